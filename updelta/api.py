@@ -1,0 +1,44 @@
+"""The Python API: `diff`, `compare` and `load`, each returning a `Result` of DataFrames.
+
+    import updelta
+    r = updelta.diff("base/", "runs/sft/")            # per-tensor table in r.tensors
+    c = updelta.compare("base/", {"sft": "runs/sft", "dft": "runs/dft"})
+    c.pairs_summary                                    # delta cosine, mask Jaccard, ...
+"""
+from __future__ import annotations
+
+import os
+
+from .engine import scan
+from .options import DiffOptions
+from .result import Result, load  # noqa: F401
+
+
+def _options(options: DiffOptions | None, overrides: dict) -> DiffOptions:
+    opts = options or DiffOptions()
+    if overrides:
+        for k in ("include", "exclude"):
+            if isinstance(overrides.get(k), str):
+                overrides[k] = (overrides[k],)
+            elif k in overrides:
+                overrides[k] = tuple(overrides[k])
+        opts = opts.replace(**overrides)
+    return opts
+
+
+def diff(base: str | os.PathLike, finetuned: str | os.PathLike, options: DiffOptions | None = None,
+         name: str = "finetuned", **overrides) -> Result:
+    """Compare one fine-tuned checkpoint with its base.
+
+    `options` is a `DiffOptions`; keyword overrides (e.g. `atol=1e-6, spectral="off"`) replace its fields.
+    """
+    return scan(base, {name: finetuned}, _options(options, overrides))
+
+
+def compare(base: str | os.PathLike, runs: dict[str, str | os.PathLike], options: DiffOptions | None = None,
+            **overrides) -> Result:
+    """Compare several fine-tunes of one base in one streaming pass (each tensor read once per checkpoint).
+
+    Runs are paired in the order given: (a, b) with a before b.
+    """
+    return scan(base, dict(runs), _options(options, overrides))

@@ -1,0 +1,1 @@
+"""Model-family naming conventions, as data (one JSON file per family)."""

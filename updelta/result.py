@@ -1,0 +1,149 @@
+"""The result of a diff or compare: tidy DataFrames plus the metadata that explains them.
+
+`Result.tensors` has one row per (run, tensor). Aggregates (`summary`, `components`,
+`layers`) and cross-run tables (`pairs`, `pairs_layers`, `pairs_components`,
+`pairs_summary`) are built once from records. `meta` holds the options, each
+checkpoint's identity, pairing notes and the updelta version.
+
+Saving: a `.parquet` file (tensors, with `meta` in the file's key-value metadata),
+`.csv` or `.json` (the table only), or a directory (every table as parquet; what
+`updelta compare --out` writes). `load(path)` reads either back.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .aggregate import aggregate_pairs, aggregate_tensors
+from .atomic import atomic_dir, atomic_path
+from .errors import UpdeltaError
+
+META_KEY = b"updelta"
+TENSOR_COLUMNS = ["run", "name", "layer", "component", "module", "param", "shape", "numel", "dtype_base",
+                  "dtype_ft", "resized", "added_rows", "added_fro", "tied", "delta_fro", "base_fro", "rel_delta",
+                  "delta_max", "delta_mean_abs", "cos_delta_base", "sparsity_exact", "sparsity_atol",
+                  "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft"]
+DIR_FILES = {"tensors": "tensors.parquet", "pairs": "pairs.parquet", "pairs_layers": "pairs_layers.parquet",
+             "pairs_summary": "pairs_summary.parquet", "layers": "layers.parquet", "summary": "summary.parquet",
+             "components": "components.parquet", "pairs_components": "pairs_components.parquet"}
+
+
+@dataclass
+class Result:
+    """Per-tensor table, aggregates, cross-run tables and metadata of one diff/compare."""
+
+    tensors: pd.DataFrame
+    summary: pd.DataFrame
+    components: pd.DataFrame
+    layers: pd.DataFrame
+    pairs: pd.DataFrame
+    pairs_summary: pd.DataFrame
+    pairs_components: pd.DataFrame
+    pairs_layers: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def runs(self) -> list[str]:
+        return list(self.meta.get("run_order") or self.tensors["run"].unique())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: `.parquet`/`.csv`/`.json` file (per-tensor table) or a directory (all tables)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            with atomic_path(path) as tmp:
+                _write_parquet(self.tensors, tmp, self.meta)
+        elif suffix == ".csv":
+            with atomic_path(path) as tmp:
+                _flat(self.tensors).to_csv(tmp, index=False)
+        elif suffix == ".json":
+            with atomic_path(path) as tmp:
+                self.tensors.to_json(tmp, orient="records", indent=1)
+        elif suffix == "":
+            with atomic_dir(path) as tmp:
+                for attr, fname in DIR_FILES.items():
+                    _write_parquet(getattr(self, attr), tmp / fname, self.meta if attr == "tensors" else None)
+                (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1, default=str), encoding="utf-8")
+        else:
+            raise UpdeltaError(f"{path}: unknown output type {suffix!r}; use .parquet, .csv, .json or a folder")
+        return path
+
+
+def _flat(df: pd.DataFrame) -> pd.DataFrame:
+    """List columns as JSON strings (CSV has no lists)."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].map(lambda v: isinstance(v, (list, tuple))).any():
+            out[c] = out[c].map(lambda v: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v)
+    return out
+
+
+def _write_parquet(df: pd.DataFrame, path: Path, meta: dict | None) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if meta is not None:
+        md = dict(table.schema.metadata or {})
+        md[META_KEY] = json.dumps(meta, default=str).encode()
+        table = table.replace_schema_metadata(md)
+    pq.write_table(table, path)
+
+
+def _order(df: pd.DataFrame, first: list[str]) -> pd.DataFrame:
+    return df[[c for c in first if c in df.columns] + [c for c in df.columns if c not in first]]
+
+
+def build_result(records: list[dict], pair_records: list[dict], meta: dict) -> Result:
+    """Build every table once from the engine's records."""
+    tensors = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=TENSOR_COLUMNS)
+    tensors = _order(tensors, TENSOR_COLUMNS)
+    return from_tensors(tensors, pd.DataFrame.from_records(pair_records), meta)
+
+
+def from_tensors(tensors: pd.DataFrame, pairs: pd.DataFrame, meta: dict) -> Result:
+    """Derive aggregates from a per-tensor table and a per-tensor pair table."""
+    if "layer" in tensors:
+        tensors["layer"] = tensors["layer"].astype("Int64")
+    if not pairs.empty and "layer" in pairs:
+        pairs["layer"] = pairs["layer"].astype("Int64")
+    return Result(
+        tensors=tensors,
+        summary=aggregate_tensors(tensors, ["run"]),
+        components=aggregate_tensors(tensors, ["run", "component"]),
+        layers=aggregate_tensors(tensors, ["run", "layer", "component"]),
+        pairs=pairs,
+        pairs_summary=aggregate_pairs(pairs, []),
+        pairs_components=aggregate_pairs(pairs, ["component"]),
+        pairs_layers=aggregate_pairs(pairs, ["layer", "component"]),
+        meta=meta,
+    )
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict]:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise UpdeltaError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:120]})") from None
+    md = table.schema.metadata or {}
+    meta = json.loads(md[META_KEY]) if META_KEY in md else {}
+    return table.to_pandas(), meta
+
+
+def load(path: str | os.PathLike) -> Result:
+    """Read a result written by `Result.save` (a `.parquet` file or a directory)."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / DIR_FILES["tensors"]).exists():
+            raise UpdeltaError(f"{p}: no tensors.parquet; pass a folder written by `updelta compare --out`")
+        tensors, meta = _read_parquet(p / DIR_FILES["tensors"])
+        pairs = _read_parquet(p / DIR_FILES["pairs"])[0] if (p / DIR_FILES["pairs"]).exists() else pd.DataFrame()
+        return from_tensors(tensors, pairs, meta)
+    if p.suffix.lower() == ".parquet" and p.exists():
+        tensors, meta = _read_parquet(p)
+        return from_tensors(tensors, pd.DataFrame(), meta)
+    raise UpdeltaError(f"{p}: not a result; pass a .parquet written by `updelta diff --out` "
+                       f"or a folder written by `updelta compare --out`")
