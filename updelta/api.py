@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .engine import scan
 from .options import DiffOptions
@@ -26,13 +27,20 @@ def _options(options: DiffOptions | None, overrides: dict) -> DiffOptions:
     return opts
 
 
+def run_name(path: str | os.PathLike) -> str:
+    """The default run name of a checkpoint path: its folder name, or its file name without suffix."""
+    p = Path(str(path).rstrip("/"))
+    return (p.name if p.is_dir() else p.stem) or "finetuned"
+
+
 def diff(base: str | os.PathLike, finetuned: str | os.PathLike, options: DiffOptions | None = None,
-         name: str = "finetuned", **overrides) -> Result:
+         name: str | None = None, **overrides) -> Result:
     """Compare one fine-tuned checkpoint with its base.
 
     `options` is a `DiffOptions`; keyword overrides (e.g. `atol=1e-6, spectral="off"`) replace its fields.
+    The run is named `name`, by default after the fine-tuned path (`run_name`).
     """
-    return scan(base, {name: finetuned}, _options(options, overrides))
+    return scan(base, {name or run_name(finetuned): finetuned}, _options(options, overrides))
 
 
 def compare(base: str | os.PathLike, runs: dict[str, str | os.PathLike], options: DiffOptions | None = None,

@@ -97,8 +97,7 @@ def diff(
     check_out(out, (".parquet", ".csv", ".json"))
     opts = make_options(atol, eta, include, exclude, device, spectral, topk, spectral_float64, offprincipal_alpha,
                         offprincipal_k, on_shape_mismatch, histogram, threads, progress)
-    fp = Path(str(finetuned).rstrip("/"))
-    res = run_diff(base, finetuned, opts, name=(fp.name if fp.is_dir() else fp.stem) or "finetuned")
+    res = run_diff(base, finetuned, opts)
     if out is not None:
         res.save(out)
     if as_json:

@@ -96,12 +96,20 @@ class _Buffers(threading.local):
 class Engine:
     """Compute per-tensor and cross-run records for one base and several runs."""
 
-    def __init__(self, base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOptions):
+    def __init__(self, base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOptions,
+                 pairs: list[tuple[str, str]] | None = None):
+        """`pairs`: the (a, b) run pairs to measure; default every unordered pair in the order given."""
         self.base, self.runs, self.opts = base, runs, opts
         self.device = resolve_device(opts.device)
         self.pairing = pair_checkpoints(base, runs, opts)
         names = list(runs)
-        self.pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        if pairs is None:
+            self.pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        else:
+            self.pairs = [(a, b) for a, b in pairs]
+            bad = [p for p in self.pairs if p[0] not in runs or p[1] not in runs or p[0] == p[1]]
+            if bad:
+                raise UpdeltaError(f"pairs {bad}: each pair names two different runs of {names}")
         self._bufs = _Buffers()
         self._use_kernel = _fused is not None and self.device.type == "cpu"
         self.nonfinite: list[str] = []
@@ -260,8 +268,12 @@ def _changed(s: ew.Sums) -> dict[str, int]:
     return {"exact": s.used - s.eq, "atol": s.used - s.le_atol, "rtol": s.used - s.le_rtol}
 
 
-def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: DiffOptions):
-    """Open, pair and measure: the `Result` of `base` against every run (name -> path)."""
+def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: DiffOptions,
+         pairs: list[tuple[str, str]] | None = None):
+    """Open, pair and measure: the `Result` of `base` against every run (name -> path).
+
+    `pairs` restricts the cross-run pairs to those listed (default: every unordered pair).
+    """
     from .result import build_result
 
     if not runs:
@@ -272,7 +284,7 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
     try:
         for r, p in runs.items():
             cks[r] = open_checkpoint(p)
-        eng = Engine(b, cks, opts)
+        eng = Engine(b, cks, opts, pairs)
         records, pair_records = eng.run()
         if eng.nonfinite:
             print(f"updelta: warning: non-finite values (NaN/Inf) in {len(eng.nonfinite)} tensor(s); their metrics "
@@ -284,6 +296,7 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
             "base": b.identity(),
             "runs": {r: ck.identity() for r, ck in cks.items()},
             "run_order": list(runs),
+            "pairs": [list(p) for p in eng.pairs],
             "pairing": eng.pairing.notes,
             "device": str(eng.device),
             "kernel": "c" if eng._use_kernel else "torch",

@@ -19,37 +19,45 @@
 #include <string.h>
 #include <math.h>
 
-static inline float bits2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static inline uint32_t f2bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float bits2f(uint32_t u) { union { uint32_t u; float f; } x; x.u = u; return x.f; }
+static inline uint32_t f2bits(float f) { union { uint32_t u; float f; } x; x.f = f; return x.u; }
 
 typedef struct {
     int64_t used, nfa, nfb, eq, at, rt;
     double ss_d, ss_a, dot, sabs;
-    float maxd;
+    uint32_t maxbits; /* bits of max |D|: for non-negative floats, integer order is float order */
 } Stats;
 
 #define LOAD_F32(p, i) (((const uint32_t *)(p))[i])
 #define LOAD_BF16(p, i) (((uint32_t)((const uint16_t *)(p))[i]) << 16)
 
-#define STATS_BODY(LA, LB, HIST)                                              \
-    for (Py_ssize_t i = 0; i < n; i++) {                                      \
+/* Chunks of CHUNK elements accumulate in float/int32 lanes (vectorisable), then into
+ * double/int64 totals: the float partial sums cover at most CHUNK/lanes terms each. */
+#define CHUNK 256
+
+/* Body of one element. Finiteness is a test on exponent bits, masking instead of branching;
+ * max(|a|,|b|) is an integer max on sign-cleared bits (no fmaxf, which blocks vectorisation). */
+#define STATS_ELEM(LA, LB, HIST)                                              \
+    {                                                                         \
         uint32_t ua = LA(pa, i), ub = LB(pb, i);                              \
-        int fa = ((ua >> 23) & 0xFFu) != 0xFFu;                               \
-        int fb = ((ub >> 23) & 0xFFu) != 0xFFu;                               \
-        nfa += !fa; nfb += !fb;                                               \
-        int m = fa & fb;                                                      \
-        float a = m ? bits2f(ua) : 0.0f;                                      \
-        float b = m ? bits2f(ub) : 0.0f;                                      \
+        int32_t fa = ((ua >> 23) & 0xFFu) != 0xFFu;                           \
+        int32_t fb = ((ub >> 23) & 0xFFu) != 0xFFu;                           \
+        nfa += 1 - fa; nfb += 1 - fb;                                         \
+        int32_t m = fa & fb;                                                  \
+        uint32_t mm = -(uint32_t)m;                                           \
+        float a = bits2f(ua & mm), b = bits2f(ub & mm);                       \
         float d = b - a;                                                      \
         float ad = fabsf(d);                                                  \
-        double dd = (double)d, da = (double)a;                                \
-        ss_d += dd * dd; ss_a += da * da; dot += dd * da; sabs += (double)ad;  \
-        maxd = ad > maxd ? ad : maxd;                                         \
+        ss_d += d * d; ss_a += a * a; dot += d * a; sabs += ad;               \
+        int32_t adb = (int32_t)f2bits(ad);                                    \
+        mx = adb > mx ? adb : mx;                                             \
+        int32_t ia = (int32_t)(ua & mm & 0x7FFFFFFFu);                        \
+        int32_t ib = (int32_t)(ub & mm & 0x7FFFFFFFu);                        \
+        float big = bits2f((uint32_t)(ia > ib ? ia : ib));                    \
         used += m;                                                            \
-        eq += m & (a == b);                                                   \
-        at += m & (ad <= atol);                                               \
-        float big = fabsf(a) > fabsf(b) ? fabsf(a) : fabsf(b);                \
-        rt += m & (ad <= eta * big);                                          \
+        eq += (a == b) & m;                                                   \
+        at += (ad <= atol) & m;                                               \
+        rt += (ad <= eta * big) & m;                                          \
         HIST                                                                  \
     }
 
@@ -61,16 +69,20 @@ typedef struct {
 #define HIST_OFF
 
 #define DEF_STATS(NAME, LA, LB, HIST)                                         \
+__attribute__((target_clones("avx2", "default")))                             \
 static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s) {                        \
-    int64_t used = 0, nfa = 0, nfb = 0, eq = 0, at = 0, rt = 0;               \
-    double ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                             \
-    float maxd = 0.0f;                                                        \
     (void)hist;                                                               \
-    STATS_BODY(LA, LB, HIST)                                                  \
-    s->used += used; s->nfa += nfa; s->nfb += nfb; s->eq += eq;               \
-    s->at += at; s->rt += rt; s->ss_d += ss_d; s->ss_a += ss_a;               \
-    s->dot += dot; s->sabs += sabs; if (maxd > s->maxd) s->maxd = maxd;       \
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
+        Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;                      \
+        int32_t used = 0, nfa = 0, nfb = 0, eq = 0, at = 0, rt = 0, mx = 0;   \
+        float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
+        for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, HIST)         \
+        s->used += used; s->nfa += nfa; s->nfb += nfb; s->eq += eq;           \
+        s->at += at; s->rt += rt; s->ss_d += ss_d; s->ss_a += ss_a;           \
+        s->dot += dot; s->sabs += sabs;                                       \
+        if ((uint32_t)mx > s->maxbits) s->maxbits = (uint32_t)mx;             \
+    }                                                                         \
 }
 
 DEF_STATS(stats_ff, LOAD_F32, LOAD_F32, HIST_OFF)
@@ -138,13 +150,51 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     if (has_hist) PyBuffer_Release(&vh);
     PyBuffer_Release(&va);
     PyBuffer_Release(&vb);
-    return Py_BuildValue("(LLLddddfLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
-                         s.ss_d, s.ss_a, s.dot, s.sabs, s.maxd,
+    return Py_BuildValue("(LLLdddddLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
+                         s.ss_d, s.ss_a, s.dot, s.sabs, (double)bits2f(s.maxbits),
                          (long long)s.eq, (long long)s.at, (long long)s.rt);
 fail:
     PyBuffer_Release(&va);
     PyBuffer_Release(&vb);
     return NULL;
+}
+
+typedef struct {
+    int64_t used, be, ba, br, sg;
+    double dot, ssa, ssb;
+} PairStats;
+
+__attribute__((target_clones("avx2", "default")))
+static void pair_loop(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb, Py_ssize_t n, float atol,
+                      float eta, PairStats *s) {
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {
+        Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
+        int32_t used = 0, be = 0, ba = 0, br = 0, sg = 0;
+        float dot = 0, ssa = 0, ssb = 0;
+        for (Py_ssize_t i = c0; i < c1; i++) {
+            uint32_t u0 = p0[i], ua = pa[i], ub = pb[i];
+            int32_t m = (((u0 >> 23) & 0xFFu) != 0xFFu) & (((ua >> 23) & 0xFFu) != 0xFFu) &
+                        (((ub >> 23) & 0xFFu) != 0xFFu);
+            uint32_t mm = -(uint32_t)m;
+            float w = bits2f(u0 & mm), x = bits2f(ua & mm), y = bits2f(ub & mm);
+            float da = x - w, db = y - w;
+            dot += da * db; ssa += da * da; ssb += db * db;
+            used += m;
+            int32_t ce = (x != w) & (y != w);
+            be += ce;
+            float ada = fabsf(da), adb = fabsf(db);
+            ba += (ada > atol) & (adb > atol);
+            int32_t i0 = (int32_t)(u0 & mm & 0x7FFFFFFFu);
+            int32_t ix = (int32_t)(ua & mm & 0x7FFFFFFFu);
+            int32_t iy = (int32_t)(ub & mm & 0x7FFFFFFFu);
+            float bx = bits2f((uint32_t)(i0 > ix ? i0 : ix));
+            float by = bits2f((uint32_t)(i0 > iy ? i0 : iy));
+            br += (ada > eta * bx) & (adb > eta * by);
+            sg += ce & ((da > 0) == (db > 0));
+        }
+        s->used += used; s->be += be; s->ba += ba; s->br += br; s->sg += sg;
+        s->dot += dot; s->ssa += ssa; s->ssb += ssb;
+    }
 }
 
 /*
@@ -168,36 +218,14 @@ static PyObject *py_pair(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "blocks differ in element count");
         return NULL;
     }
-    int64_t used = 0, be = 0, ba = 0, br = 0, sg = 0;
-    double dot = 0, ssa = 0, ssb = 0;
-    const uint32_t *p0 = v0.buf, *pa = va.buf, *pb = vb.buf;
-    Py_ssize_t n = n0;
+    PairStats s;
+    memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t u0 = p0[i], ua = pa[i], ub = pb[i];
-        int m = (((u0 >> 23) & 0xFFu) != 0xFFu) & (((ua >> 23) & 0xFFu) != 0xFFu) &
-                (((ub >> 23) & 0xFFu) != 0xFFu);
-        float w = m ? bits2f(u0) : 0.0f;
-        float x = m ? bits2f(ua) : 0.0f;
-        float y = m ? bits2f(ub) : 0.0f;
-        float da = x - w, db = y - w;
-        double dda = da, ddb = db;
-        dot += dda * ddb; ssa += dda * dda; ssb += ddb * ddb;
-        used += m;
-        int ce = (x != w) & (y != w);
-        be += m & ce;
-        float ada = fabsf(da), adb = fabsf(db);
-        ba += m & (ada > atol) & (adb > atol);
-        float aw = fabsf(w);
-        float bx = aw > fabsf(x) ? aw : fabsf(x);
-        float by = aw > fabsf(y) ? aw : fabsf(y);
-        br += m & (ada > eta * bx) & (adb > eta * by);
-        sg += m & ce & ((da > 0) == (db > 0));
-    }
+    pair_loop(v0.buf, va.buf, vb.buf, n0, atol, eta, &s);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&v0); PyBuffer_Release(&va); PyBuffer_Release(&vb);
-    return Py_BuildValue("(LdddLLLL)", (long long)used, dot, ssa, ssb, (long long)be,
-                         (long long)ba, (long long)br, (long long)sg);
+    return Py_BuildValue("(LdddLLLL)", (long long)s.used, s.dot, s.ssa, s.ssb, (long long)s.be,
+                         (long long)s.ba, (long long)s.br, (long long)s.sg);
 }
 
 /* widen_bf16(src_uint16_buffer, dst_float32_buffer): exact bf16 -> float32. */

@@ -44,6 +44,7 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._fd = -1
         try:
             self.size = self.path.stat().st_size
             self._fd = os.open(self.path, os.O_RDONLY)
@@ -52,7 +53,7 @@ class SafetensorsFile:
         try:
             self.entries, self.metadata, self.data_start = self._parse_header()
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
 
     def _bad(self, what: str) -> CheckpointError:

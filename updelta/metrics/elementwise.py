@@ -55,14 +55,14 @@ def rel_delta(w0: torch.Tensor, w1: torch.Tensor) -> float:
 
 @metric("delta_max", "elementwise", NORMS)
 def delta_max(w0: torch.Tensor, w1: torch.Tensor) -> float:
-    """max |D|."""
+    """max |D|, the largest absolute change of one element."""
     a, b = _widen(w0, w1)
     return float((b - a).abs().max()) if a.numel() else math.nan
 
 
 @metric("delta_mean_abs", "elementwise", NORMS)
 def delta_mean_abs(w0: torch.Tensor, w1: torch.Tensor) -> float:
-    """mean |D|."""
+    """mean |D|, the average absolute change per element."""
     a, b = _widen(w0, w1)
     return float((b - a).abs().double().mean()) if a.numel() else math.nan
 

@@ -1,0 +1,31 @@
+"""Shared fixtures: small real checkpoints written under tmp_path (see tests/ckpt.py)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("UPDELTA_PROGRESS", "0")
+
+import ckpt  # noqa: E402
+
+
+@pytest.fixture
+def llama_pair(tmp_path):
+    """(base_dir, ft_dir, base_sd, ft_sd): a bf16 Llama-shaped pair, 30% of elements perturbed."""
+    base = ckpt.llama_state()
+    ft = ckpt.perturb(base)
+    return ckpt.save(base, tmp_path / "base"), ckpt.save(ft, tmp_path / "ft"), base, ft
+
+
+@pytest.fixture
+def llama_runs(tmp_path):
+    """(base_dir, {name: dir}): a bf16 base and three fine-tunes with different seeds/scales."""
+    base = ckpt.llama_state()
+    b = ckpt.save(base, tmp_path / "base")
+    runs = {name: ckpt.save(ckpt.perturb(base, frac=f, scale=s, seed=seed), tmp_path / name)
+            for name, f, s, seed in (("sft", 0.9, 2e-2, 1), ("dft", 0.5, 1e-2, 2), ("grpo", 0.2, 5e-3, 3))}
+    return b, runs
