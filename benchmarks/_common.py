@@ -67,6 +67,18 @@ def write_pair(folder: Path, shapes: dict[str, tuple[int, ...]], shards: int = 5
     return base, ft
 
 
+def ensure_pair(folder: Path, layers: int, tiny: bool = False) -> tuple[Path, Path]:
+    """`write_pair` in a child process, so this (measuring) process never imports torch: a forked child
+    counts its parent's resident pages in its own peak RSS until it execs."""
+    code = ("import sys; sys.path.insert(0, %r); from _common import *; "
+            "s = qwen2_05b_shapes(%d); "
+            "s = {k: tuple(min(x, 64) for x in v) for k, v in s.items()} if %r else s; "
+            "write_pair(Path(%r), s, shards=1 if %r else 5)") % (str(Path(__file__).parent), layers, tiny,
+                                                                 str(folder), tiny)
+    subprocess.run([PY, "-c", code], check=True)
+    return folder / "base", folder / "ft"
+
+
 def measure(cmd: list[str], repeat: int = 1) -> dict:
     """Run `cmd` `repeat` times; the best wall time and the peak RSS (MB) of that process alone (wait4)."""
     best = None

@@ -149,19 +149,19 @@ def compare(
             typer.echo(f"\nwrote {out}/")
 
 
-def _register_subcommands() -> None:
-    """Command groups that live in their own modules."""
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def train(ctx: typer.Context):
+    """Train pretrain/SFT/DFT/GRPO/ES runs on a small built-in model (`updelta train --help`)."""
+    # Imported on use: transformers takes seconds and ~150 MB to import, which `diff` must not pay.
     try:
         from .train.cli import app as train_app
-    except ImportError as e:  # the trainer needs the `train` extra (transformers)
-        missing = str(e)
+    except ImportError as e:
+        raise UpdeltaError(f"the trainer needs the train extra: pip install 'updelta[train]' ({e})") from None
+    typer.main.get_command(train_app).main(args=ctx.args, prog_name="updelta train")
 
-        @app.command(name="train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-        def train_missing():
-            """Train SFT/DFT/GRPO/ES runs on a small built-in model (needs `pip install updelta[train]`)."""
-            raise UpdeltaError(f"the trainer needs the train extra: pip install 'updelta[train]' ({missing})")
-    else:
-        app.add_typer(train_app, name="train")
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (each module imports its heavy dependencies lazily)."""
 
 
 _register_subcommands()

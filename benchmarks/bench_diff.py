@@ -1,0 +1,76 @@
+"""Benchmark of `updelta diff` (no spectral work) against a plain read and the naive way.
+
+Creates, if absent, bf16 pairs with Qwen2-0.5B shapes (5 shards; fine-tune = base + noise on 30% of
+elements) with 24 layers and with 48 layers, and a tiny pair. Measures whole processes in one run:
+- a plain sequential read of both checkpoints' files (cat to /dev/null, page cache warm),
+- `updelta diff --spectral off`, and the naive way (load both state dicts, loop per tensor in torch),
+- `python -c "import torch"` and `updelta diff` of a tiny pair (start-up cost),
+and prints wall time, throughput as a ratio to the plain read with start-up taken off, and peak RSS.
+
+    python benchmarks/bench_diff.py [--skip-naive] [--skip-48]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import DATA, PY, ensure_pair, folder_bytes, measure  # noqa: E402
+
+UPDELTA = str(Path(sys.executable).parent / "updelta")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-48", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    print("preparing checkpoints under", DATA, file=sys.stderr)
+    b24, f24 = ensure_pair(DATA / "qwen05b", 24)
+    bt, ft = ensure_pair(DATA / "tiny", 2, tiny=True)
+    nbytes = folder_bytes(b24, f24)
+    files = [str(p) for d in (b24, f24) for p in sorted(d.glob("*.safetensors"))]
+
+    measure(["cat", *files], 1)  # warm the page cache
+    rows = {}
+    rows["plain read (cat)"] = measure(["sh", "-c", f"cat {' '.join(files)} > /dev/null"], args.repeat)
+    rows["python -c 'import torch'"] = measure([PY, "-c", "import torch"], args.repeat)
+    rows["updelta diff, tiny pair"] = measure([UPDELTA, "diff", str(bt), str(ft), "--spectral", "off"], args.repeat)
+    rows["updelta diff, 0.5B (24 layers)"] = measure([UPDELTA, "diff", str(b24), str(f24), "--spectral", "off"],
+                                                     args.repeat)
+    rows["updelta diff, 1 thread"] = measure([UPDELTA, "diff", str(b24), str(f24), "--spectral", "off",
+                                              "--threads", "1"], args.repeat)
+    if not args.skip_naive:
+        rows["naive (load both, torch loop)"] = measure([PY, str(Path(__file__).parent / "naive_diff.py"),
+                                                         str(b24), str(f24)], 1)
+    if not args.skip_48:
+        b48, f48 = ensure_pair(DATA / "qwen05b_48", 48)
+        measure(["sh", "-c", f"cat {b48}/*.safetensors {f48}/*.safetensors > /dev/null"], 1)
+        rows["updelta diff, 48 layers"] = measure([UPDELTA, "diff", str(b48), str(f48), "--spectral", "off"],
+                                                  args.repeat)
+
+    t_read = rows["plain read (cat)"]["wall_s"]
+    t_start = rows["updelta diff, tiny pair"]["wall_s"]
+    read_gbs = nbytes / t_read / 1e9
+    print(f"\n0.5B bf16 pair: {nbytes / 1e9:.2f} GB in {len(files)} files; {os.cpu_count()} cores; "
+          f"best of {args.repeat}")
+    print(f"{'what':34s} {'wall s':>8s} {'GB/s*':>8s} {'x read':>7s} {'peak RSS MB':>12s}")
+    for k, r in rows.items():
+        gbs = ratio = ""
+        if "0.5B" in k or "1 thread" in k or "naive" in k or k.startswith("plain"):  # rows over the 0.5B pair
+            net = r["wall_s"] - (0 if k.startswith("plain") else t_start)
+            g = nbytes / max(net, 1e-9) / 1e9
+            gbs, ratio = f"{g:.2f}", f"{g / read_gbs:.2f}"
+        print(f"{k:34s} {r['wall_s']:8.2f} {gbs:>8s} {ratio:>7s} {r['rss_mb']:12.0f}")
+    print("* throughput on the 0.5B pair with start-up (the tiny-pair diff) taken off; x read = ratio to the plain read")
+    t_torch = rows["python -c 'import torch'"]["wall_s"]
+    print(f"start-up: whole `updelta diff` of the tiny pair {t_start:.2f} s vs bare `import torch` {t_torch:.2f} s "
+          f"(+{t_start - t_torch:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
