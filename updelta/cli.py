@@ -12,6 +12,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from .errors import UpdeltaError
+from .demo import DEMO_HELP, DemoOptions
 from .options import DiffOptions, default_of, help_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -160,8 +161,30 @@ def train(ctx: typer.Context):
     typer.main.get_command(train_app).main(args=ctx.args, prog_name="updelta train")
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help=DEMO_HELP["out"])] = DemoOptions.out,
+    quick: Annotated[bool, typer.Option("--quick", help=DEMO_HELP["quick"])] = DemoOptions.quick,
+    seeds: Annotated[int, typer.Option("--seeds", help=DEMO_HELP["seeds"])] = DemoOptions.seeds,
+    force: Annotated[bool, typer.Option("--force", help=DEMO_HELP["force"])] = DemoOptions.force,
+):
+    """Train SFT, DFT, GRPO and ES fine-tunes of the built-in base, compare them and write a report."""
+    from .demo import format_table, run_demo
+
+    res = run_demo(DemoOptions(out=out, quick=quick, seeds=seeds, force=force))
+    typer.echo(format_table(res.table))
+    typer.echo("\nClaims from the literature, tested on this zoo:")
+    for c in res.claims:
+        typer.echo(f"  [{c.verdict}] {c.claim}: {c.text}")
+    typer.echo(f"\nreport: {res.out / 'report.md'} (and report.html) in {res.seconds:.0f} s")
+
+
 def _register_subcommands() -> None:
     """Commands that live in their own modules (each module imports its heavy dependencies lazily)."""
+    from .commands import plot, report, trajectory
+    report.register(app)
+    trajectory.register(app)
+    plot.register(app)
 
 
 _register_subcommands()
