@@ -1,0 +1,169 @@
+"""The report: Markdown (for CI job summaries), self-contained HTML, figures, tables and summary.json.
+
+    import updelta
+    from updelta.report import write_report
+    res = updelta.compare("base/", {"sft": "runs/sft", "grpo": "runs/grpo"})
+    outcome = write_report(res, "report/", evals={"sft": "runs/sft/eval.json"}, gates=["rel_delta<=0.05"])
+    outcome.passed        # False when a gate failed (the report still marks the failures)
+
+Layout of the output folder (written atomically: built beside it, then renamed into place):
+    report.md, report.html, summary.json, figures/*.png, tables/*.parquet (+ tables/meta.json;
+    `updelta.load("report/tables")` reads the result back).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..atomic import atomic_dir
+from ..errors import UpdeltaError
+from ..evals import Evaluation, check_names, load_evals
+from ..gates import GateResult, evaluate, parse_gates, validate
+from . import html as html_render
+from . import markdown as md_render
+from .build import build
+from .figures import FigureMissing, make_figures
+from .findings import Finding, as_frame
+from .findings import findings as compute_findings
+
+__all__ = ["write_report", "ReportOutcome", "Finding", "check_out_dir", "compute_findings"]
+
+REPORT_MARKERS = ("report.md", "summary.json")
+
+
+@dataclass
+class ReportOutcome:
+    """What `write_report` wrote and how the gates went."""
+
+    path: Path
+    gates: list[GateResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)  # relative paths of the PNGs written
+    missing_figures: list[FigureMissing] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+
+def check_out_dir(out: str | os.PathLike, protect: tuple = ()) -> Path:
+    """The report folder may be new, empty, or a previous report (replaced); anything else is refused."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UpdeltaError(f"{p}: --out must be a folder for the report, and a file of that name exists")
+    for q in protect:
+        if q is not None and p.resolve() == Path(q).resolve():
+            raise UpdeltaError(f"{p}: --out is the folder read with --from; choose another folder for the report")
+    if p.is_dir() and any(p.iterdir()) and not all((p / m).exists() for m in REPORT_MARKERS):
+        raise UpdeltaError(f"{p}: folder exists and is not an updelta report; refusing to replace it "
+                           f"(choose a new folder or remove it)")
+    return p
+
+
+def _clean(v):
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        try:
+            v = v.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is pd.NA:
+        return None
+    return v
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    drop = [c for c in ("hist",) if c in df.columns]
+    return [_clean(r) for r in df.drop(columns=drop).to_dict(orient="records")]
+
+
+def summary_json(result, evals: dict[str, Evaluation], gate_results, items, figures, missing) -> dict:
+    m = result.meta
+    runs = {}
+    summ = {r["run"]: r for r in _records(result.summary)}
+    for r in result.runs:
+        runs[r] = {
+            "identity": (m.get("runs") or {}).get(r),
+            "whole_model": {k: v for k, v in (summ.get(r) or {}).items() if k != "run"},
+            "evaluation": evals[r].as_dict() if r in evals else None,
+            "gates": [{"gate": g.gate.expr, "value": x["value"], "passed": x["passed"]}
+                      for g in gate_results for x in g.rows if x["subject"] == r],
+        }
+    return _clean({
+        "updelta_version": m.get("updelta_version"),
+        "passed": all(g.passed for g in gate_results),
+        "base": m.get("base"),
+        "run_order": result.runs,
+        "runs": runs,
+        "pairs": _records(result.pairs_summary) if len(result.pairs_summary) else [],
+        "gates": [g.as_dict() for g in gate_results],
+        "findings": [f.as_dict() for f in items],
+        "figures": [f"figures/{f.stem}.png" for f in figures],
+        "figures_missing": [{"figure": x.stem, "reason": x.reason} for x in missing],
+        "options": m.get("options"),
+        "conventions": m.get("conventions"),
+        "pairing": m.get("pairing"),
+        "device": m.get("device"),
+    })
+
+
+def _gate_frame(gate_results) -> pd.DataFrame:
+    rows = [{"gate": g.gate.expr, "subject": r["subject"], "value": r["value"], "passed": r["passed"]}
+            for g in gate_results for r in g.rows]
+    return pd.DataFrame(rows, columns=["gate", "subject", "value", "passed"])
+
+
+def _eval_frame(evals: dict[str, Evaluation]) -> pd.DataFrame:
+    rows = [{"run": r, "method": e.method, "split": k, "before": e.before[k], "after": e.after[k],
+             "gain": e.after[k] - e.before[k]} for r, e in evals.items() for k in e.splits]
+    return pd.DataFrame(rows, columns=["run", "method", "split", "before", "after", "gain"])
+
+
+def write_report(result, out_dir: str | os.PathLike, evals=None, gates=(), *, figures: bool = True,
+                 extra_findings=()) -> ReportOutcome:
+    """Write the report of `result` into `out_dir` and evaluate `gates` (expressions or `Gate`s).
+
+    `evals`: {run: Evaluation | path to eval.json | dict}. `extra_findings`: `Finding`s computed
+    elsewhere (e.g. claims tested on a zoo of runs), listed after the report's own. A malformed gate,
+    an unknown metric, a selector that matches nothing, or an evaluation for an unknown run raises
+    `UpdeltaError` before anything is written. Failed gates do not raise: see `ReportOutcome.passed`.
+    """
+    gate_list = parse_gates(gates)
+    validate(gate_list, result)
+    evals = load_evals(evals)
+    check_names(evals, result.runs)
+    out = check_out_dir(out_dir)
+    gate_results = [evaluate(result, g) for g in gate_list]
+    items = compute_findings(result, evals) + list(extra_findings)
+    figs, missing = make_figures(result, evals) if figures else ([], [FigureMissing("all", "", "not drawn "
+                                                                                    "(--no-figures)")])
+    doc = build(result, evals, gate_results, items, figs, missing)
+    with atomic_dir(out) as tmp:
+        (tmp / "figures").mkdir()
+        for f in figs:
+            (tmp / "figures" / f"{f.stem}.png").write_bytes(f.png)
+        result.save(tmp / "tables")
+        tables = tmp / "tables"
+        _gate_frame(gate_results).to_parquet(tables / "gates.parquet", index=False)
+        _eval_frame(evals).to_parquet(tables / "evals.parquet", index=False)
+        as_frame(items).to_parquet(tables / "findings.parquet", index=False)
+        (tmp / "report.md").write_text(md_render.render(doc), encoding="utf-8")
+        (tmp / "report.html").write_text(html_render.render(doc), encoding="utf-8")
+        sj = summary_json(result, evals, gate_results, items, figs, missing)
+        (tmp / "summary.json").write_text(json.dumps(sj, indent=1, default=str), encoding="utf-8")
+    return ReportOutcome(out, gate_results, items, [f"figures/{f.stem}.png" for f in figs], missing)

@@ -1,0 +1,354 @@
+"""Build the report's `Document` from a `Result`, evaluations, gate results, findings and figures."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..aggregate import aggregate_tensors
+from ..evals import SPLIT_LABELS
+from ..gates import GRAMMAR
+from ..text import fmt
+from .document import Bullets, Details, Document, Heading, Image, Para, Table
+
+RUN_COLS = [("rel_delta", "g"), ("delta_fro", "g"), ("delta_max", "g"), ("cos_delta_base", "g"),
+            ("sparsity_exact", "pct"), ("sparsity_atol", "pct"), ("sparsity_rtol", "pct")]
+LONG = 16  # tables longer than this go into a <details> block
+
+
+def conventions(meta: dict) -> str:
+    o = meta.get("options") or {}
+    return (f"Columns are metric names (usable in `--gate`). `rel_delta` = ||D||_F / ||W0||_F with D = W1 - W0; "
+            f"`cos_delta_base` = cos(D, W0); whole-model figures are sums of squares over tensors. Sparsity = share "
+            f"of elements **unchanged**: `exact` W1 == W0; `atol` |D| <= {o.get('atol', 1e-5):g} (Mukherjee et al. "
+            f"2025); `rtol` |D| <= {o.get('eta', 1e-3):g} * max(|W0|, |W1|) (Zhu et al. 2025). The three "
+            f"conventions are not comparable with each other.")
+
+
+def _v(x, kind="g") -> str:
+    if kind == "pct" and x is not None and not (isinstance(x, float) and math.isnan(x)):
+        return f"{100 * x:.2f}%"
+    return fmt(x, kind)
+
+
+def _metric_table(df: pd.DataFrame, keys: list[str], extra_cols=(), flags=None, extra_vals=None) -> Table:
+    cols = [(c, k) for c, k in RUN_COLS if c in df.columns]
+    header = keys + ["tensors", "numel"] + [c for c, _ in cols] + list(extra_cols)
+    rows = []
+    for i, (_, r) in enumerate(df.iterrows()):
+        row = [fmt(r[k]) if k != "layer" else _layer(r[k]) for k in keys]
+        row += [fmt(r["n_tensors"], "int"), fmt(r["numel"], "int")] + [_v(r[c], k) for c, k in cols]
+        if extra_vals is not None:
+            row += extra_vals[i]
+        rows.append(row)
+    align = ["l"] * len(keys) + ["r"] * (len(header) - len(keys) - len(extra_cols)) + ["l"] * len(extra_cols)
+    return Table(header, rows, align, flags)
+
+
+def _layer(v) -> str:
+    return "-" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(int(v))
+
+
+def _maybe_details(summary: str, table: Table, limit: int = LONG) -> list:
+    return [Details(summary, [table])] if len(table.rows) > limit else [table]
+
+
+# ---- sections ------------------------------------------------------------------------------------
+def header_blocks(result) -> list:
+    m = result.meta
+    base = m.get("base") or {}
+    dt = ", ".join(base.get("dtypes") or {})
+    line = (f"updelta {m.get('updelta_version', '?')} · base `{base.get('path', '?')}` ({base.get('format', '?')}, "
+            f"{fmt(base.get('n_params'), 'int')} parameters, {dt}) · runs: "
+            + ", ".join(f"**{r}** `{(m.get('runs') or {}).get(r, {}).get('path', '?')}`" for r in result.runs))
+    return [Para(line), Para(conventions(m))]
+
+
+def gate_blocks(gate_results) -> list:
+    if not gate_results:
+        return []
+    failed = [g for g in gate_results if not g.passed]
+    status = (f"**FAIL**: {len(failed)} of {len(gate_results)} gate(s) failed." if failed
+              else f"All {len(gate_results)} gate(s) pass.")
+    rows, flags = [], []
+    for g in gate_results:
+        for r in g.rows:
+            rows.append([f"`{g.gate.expr}`", r["subject"], _v(r["value"]), "pass" if r["passed"] else "**FAIL**"])
+            flags.append(None if r["passed"] else "fail")
+    blocks = [Heading("Gates"), Para(status), Table(["gate", "subject", "value", "result"], rows,
+                                                   ["l", "l", "r", "l"], flags)]
+    items = []
+    for g in failed:
+        offs = g.offenders
+        shown = []
+        for o in offs[:20]:
+            who = o.get("run") or o.get("pair")
+            shown.append(f"{who} `{o['name']}` = {_v(o['value'])}" if o.get("name") else f"{who} = {_v(o['value'])}")
+        more = f" (+{len(offs) - 20} more in summary.json)" if len(offs) > 20 else ""
+        items.append(f"`{g.gate.expr}` fails for: " + "; ".join(shown) + more)
+    if items:
+        blocks.append(Bullets(items))
+    blocks.append(Para(f"Gate grammar: `[AGG:]METRIC OP VALUE[@SELECTOR]` ({GRAMMAR.split('; ', 1)[1]})."))
+    return blocks
+
+
+TOPICS = {"sparsity": "Share of elements unchanged", "norm": "Update size", "concentration": "Where the update sits",
+          "rank": "Rank of the updates", "nss": "Spectrum shift", "offprincipal": "Off-principal alignment",
+          "intruders": "Intruder dimensions", "claim": "Claims from the literature, tested on these runs",
+          "storage": "Storage precision", "pair": "Across runs", "evaluation": "Measured evaluations",
+          "forgetting": "Forgetting", "pairing": "Not compared"}
+
+
+def _finding_text(f, with_ref: bool) -> str:
+    s = f"**{f.subject}**: {f.text}" if f.subject else f.text[:1].upper() + f.text[1:]
+    return s + (f". Published: {f.reference}." if with_ref and f.reference else ".")
+
+
+def finding_blocks(items) -> list:
+    """Findings grouped by topic; a reference shared by the whole group is stated once beside it."""
+    groups: list[list] = []
+    for f in items:
+        if groups and groups[-1][0].topic == f.topic:
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    out = []
+    for g in groups:
+        refs = {f.reference for f in g}
+        shared = next(iter(refs)) if len(refs) == 1 else None
+        if len(g) == 1:
+            out.append(_finding_text(g[0], True))
+            continue
+        head = f"**{TOPICS.get(g[0].topic, g[0].topic)}**" + (f" (published: {shared})" if shared else "")
+        out.append((head, [_finding_text(f, shared is None) for f in g]))
+    return [Heading("Findings"), Bullets(out)]
+
+
+def _gate_marks(gate_results, pair: bool) -> dict[str, str]:
+    """Per subject (run, or 'a/b' for pairs): the failed gates, or 'pass' when all of its gates pass."""
+    seen: dict[str, list[str]] = {}
+    for g in gate_results:
+        if g.gate.is_pair != pair:
+            continue
+        for r in g.rows:
+            seen.setdefault(r["subject"], [])
+            if not r["passed"]:
+                seen[r["subject"]].append(f"`{g.gate.expr}`")
+    return {k: ("**FAIL** " + ", ".join(v)) if v else "pass" for k, v in seen.items()}
+
+
+def summary_blocks(result, evals: dict, gate_results) -> list:
+    s = result.summary.set_index("run").loc[[r for r in result.runs if r in set(result.summary["run"])]].reset_index()
+    splits = []
+    for e in evals.values():
+        splits += [k for k in e.splits if k not in splits]
+    extra_cols = [f"gain_{k}" for k in splits]
+    marks = _gate_marks(gate_results, pair=False)
+    if marks:
+        extra_cols.append("gates")
+    extra, flags = [], []
+    for _, r in s.iterrows():
+        e = evals.get(r["run"])
+        row = [(f"{e.after[k] - e.before[k]:+.3f}" if e is not None and k in e.splits else "-") for k in splits]
+        if marks:
+            row.append(marks.get(r["run"], "-"))
+        extra.append(row)
+        flags.append("fail" if "FAIL" in marks.get(r["run"], "") else None)
+    t = _metric_table(s, ["run"], extra_cols, flags, extra)
+    t.align = t.aligns()[: len(t.header) - len(extra_cols)] + ["r"] * len(splits) + (["l"] if marks else [])
+    blocks = [Heading("Summary (whole model)"), t]
+    if splits:
+        blocks.append(Para("Gains are `after - before` accuracy per split from each run's evaluation file, shown "
+                           "beside the geometry; neither is derived from the other."))
+    return blocks
+
+
+SPECTRAL = [("stable_rank", "g"), ("energy_rank_90", "g"), ("energy_rank_99", "g"), ("rank_frac", "pct"),
+            ("erank", "g"), ("nss", "g"), ("angle_u_max_deg", "g"), ("offprincipal_overlap", "pct"),
+            ("offprincipal_chance", "pct"), ("intruders", "g")]
+
+
+def spectral_blocks(result) -> list:
+    s = result.summary
+    cols = [(c, k) for c, k in SPECTRAL if c in s.columns and s[c].notna().any()]
+    if not cols:
+        return []
+    k = (result.meta.get("options") or {}).get("topk")
+    rows = [[r["run"], fmt(r.get("n_spectral"), "int")] + [_v(r[c], kind) for c, kind in cols]
+            for _, r in s.iterrows()]
+    return [Heading("Spectral (medians over 2-D updates)"),
+            Para(f"Per run, the median over its 2-D tensors of each spectral figure of the update D "
+                 f"(`--spectral {(result.meta.get('options') or {}).get('spectral')}`, top {k} singular values); "
+                 f"an energy rank of '-' means it was not reached within the top {k}."),
+            Table(["run", "2-D tensors"] + [c for c, _ in cols], rows)]
+
+
+def eval_blocks(result, evals: dict) -> list:
+    if not evals:
+        return []
+    splits = []
+    for e in evals.values():
+        splits += [k for k in e.splits if k not in splits]
+    rows = []
+    for r in result.runs:
+        e = evals.get(r)
+        if e is None:
+            continue
+        facts = ", ".join(x for x in [e.method, e.task and f"task {e.task}", e.seed is not None and f"seed {e.seed}",
+                                      e.save_dtype and f"saved {e.save_dtype}",
+                                      e.weight_decay is not None and f"wd {e.weight_decay:g}"] if x)
+        rows.append([r, facts or "-"] + [(f"{e.before[k]:.3f} -> {e.after[k]:.3f} ({e.after[k] - e.before[k]:+.3f})"
+                                          if k in e.splits else "-") for k in splits])
+    t = Table(["run", "training"] + [SPLIT_LABELS.get(k, k) for k in splits], rows,
+              ["l", "l"] + ["r"] * len(splits))
+    return [Heading("Evaluations"),
+            Para("Accuracy before -> after training (gain), measured by the trainer on each split. Retention is "
+                 "measured here, not inferred from the weights: RL's Razor (Shenfeld et al. 2025) found forgetting "
+                 "tracks the forward KL on the new task, not weight-change norms, sparsity or rank."), t]
+
+
+def component_blocks(result) -> list:
+    c = result.components
+    order = {r: i for i, r in enumerate(result.runs)}
+    c = c.assign(_o=c["run"].map(order)).sort_values(["_o"], kind="stable").drop(columns="_o")
+    t = _metric_table(c, ["run", "component"])
+    return [Heading("Per component")] + _maybe_details(f"{len(t.rows)} rows (run x component)", t, 2 * LONG)
+
+
+def layer_blocks(result) -> list:
+    t = result.tensors
+    sub = t[t["layer"].notna()]
+    if sub.empty:
+        return []
+    lay = aggregate_tensors(sub, ["run", "layer"])
+    out = [Heading("Per layer"),
+           Para("Each layer's tensors together (norms from sums of squares, sparsity element-weighted); "
+                "embeddings, the final norm and the head belong to no layer and are in the component table.")]
+    layers = sorted(int(x) for x in lay["layer"].dropna().unique())
+    for metric, kind in (("rel_delta", "g"), ("sparsity_atol", "pct"), ("sparsity_exact", "pct")):
+        rows = []
+        for L in layers:
+            row = [str(L)]
+            for r in result.runs:
+                v = lay[(lay["run"] == r) & (lay["layer"] == L)][metric]
+                row.append(_v(float(v.iloc[0]), kind) if len(v) else "-")
+            rows.append(row)
+        tab = Table(["layer"] + result.runs, rows, caption=f"`{metric}` per layer")
+        out += [Details(f"{metric} per layer ({len(rows)} layers)", [tab])] if len(rows) > LONG else [tab]
+    return out
+
+
+def _matrix(result, fn, caption: str) -> Table:
+    runs = result.runs
+    ps = result.pairs_summary
+    rows = []
+    for a in runs:
+        row = [a]
+        for b in runs:
+            if a == b:
+                row.append("-")
+                continue
+            p = ps[(ps["run_a"] == a) & (ps["run_b"] == b)]
+            flip = False
+            if p.empty:
+                p, flip = ps[(ps["run_a"] == b) & (ps["run_b"] == a)], True
+            row.append(fn(p.iloc[0], flip) if len(p) else "n/a")
+        rows.append(row)
+    return Table([""] + runs, rows, caption=caption)
+
+
+def pair_blocks(result, gate_results) -> list:
+    ps = result.pairs_summary
+    if ps is None or ps.empty:
+        return []
+    atol = (result.meta.get("options") or {}).get("atol", 1e-5)
+
+    def side(p, flip, what):
+        s = "b" if flip else "a"
+        return f"{_v(p[f'overlap_{s}_{what}'], 'pct')} ({_v(p[f'overlap_{s}_random_{what}'], 'pct')})"
+
+    out = [Heading("Across runs"),
+           Para("Cosines are between the updates D = W1 - W0 (whole model: flattened over every tensor, the "
+                "task-vector convention), never between the weights themselves. Masks are the changed elements; "
+                "the value in parentheses is the baseline for independent masks of the same densities."),
+           _matrix(result, lambda p, f: _v(p["delta_cos"]), "`delta_cos` (whole model)"),
+           _matrix(result, lambda p, f: f"{_v(p['jaccard_atol'])} ({_v(p['jaccard_random_atol'])})",
+                   f"`jaccard_atol` (|D| <= {atol:g}) with the random baseline"),
+           _matrix(result, lambda p, f: side(p, f, "atol"),
+                   "`overlap_atol`: share of the row run's changed elements also changed in the column run "
+                   "(random baseline)"),
+           _matrix(result, lambda p, f: _v(p["sign_agree"], "pct"),
+                   "`sign_agree`: same sign among elements changed in both runs (exact)")]
+    pc = result.pairs_components
+    if pc is not None and not pc.empty:
+        comps = list(dict.fromkeys(pc["component"].astype(str)))
+        rows = []
+        for _, p in ps.iterrows():
+            row = [f"{p['run_a']} vs {p['run_b']}"]
+            for c in comps:
+                v = pc[(pc["run_a"] == p["run_a"]) & (pc["run_b"] == p["run_b"]) & (pc["component"].astype(str) == c)]
+                row.append(_v(float(v["delta_cos"].iloc[0])) if len(v) else "-")
+            rows.append(row)
+        out.append(Table(["pair"] + comps, rows, caption="`delta_cos` per component"))
+    pair_marks = _gate_marks(gate_results, pair=True)
+    header = ["pair", "delta_cos"] + [f"jaccard_{c} (random)" for c in ("exact", "atol", "rtol")] + \
+        ["overlap_a_atol", "overlap_b_atol", "sign_agree", "both changed (exact)"]
+    rows, flags = [], []
+    for _, p in ps.iterrows():
+        key = f"{p['run_a']}/{p['run_b']}"
+        rows.append([f"{p['run_a']} vs {p['run_b']}", _v(p["delta_cos"])]
+                    + [f"{_v(p[f'jaccard_{c}'])} ({_v(p[f'jaccard_random_{c}'])})" for c in ("exact", "atol", "rtol")]
+                    + [_v(p["overlap_a_atol"], "pct"), _v(p["overlap_b_atol"], "pct"), _v(p["sign_agree"], "pct"),
+                       fmt(p["n_both_exact"], "int")] + ([pair_marks.get(key, "-")] if pair_marks else []))
+        flags.append("fail" if "FAIL" in pair_marks.get(key, "") else None)
+    if pair_marks:
+        header.append("gates")
+    t = Table(header, rows, ["l"] + ["r"] * (len(header) - 1 - bool(pair_marks)) + (["l"] if pair_marks else []),
+              flags, caption="Every pair, all three conventions")
+    out += _maybe_details(f"all pairs ({len(rows)})", t)
+    return out
+
+
+def figure_blocks(figures, missing) -> list:
+    out = [Heading("Figures")]
+    for f in figures:
+        out.append(Image(f"figures/{f.stem}.png", f.caption, f.caption, f.png))
+    if missing:
+        out.append(Para("Not drawn:"))
+        out.append(Bullets([f"{m.stem}: {m.reason}" for m in missing]))
+    if not figures and not missing:
+        out.append(Para("No figures."))
+    return out
+
+
+def provenance_blocks(result) -> list:
+    m = result.meta
+    rows = []
+    idents = [("base", m.get("base") or {})] + [(r, (m.get("runs") or {}).get(r, {})) for r in result.runs]
+    for label, ident in idents:
+        dtypes = ", ".join(f"{k} x{v}" for k, v in (ident.get("dtypes") or {}).items())
+        rows.append([label, f"`{ident.get('path', '?')}`", str(ident.get("format", "?")),
+                     fmt(ident.get("n_params"), "int"), dtypes, str(ident.get("fingerprint", "?"))])
+    ck = Table(["checkpoint", "path", "format", "parameters", "dtypes (tensors)", "fingerprint"], rows,
+               ["l", "l", "l", "r", "l", "l"])
+    opts = m.get("options") or {}
+    ot = Table(["option", "value"], [[k, f"`{v}`"] for k, v in opts.items()], ["l", "l"])
+    info = (f"updelta {m.get('updelta_version', '?')}, device {m.get('device', '?')}, kernel {m.get('kernel', '?')}, "
+            f"family {(m.get('pairing') or {}).get('family', '?')}, {m.get('seconds', '?')} s")
+    return [Heading("Provenance"), Para(info), ck, Details("every option used", [ot])]
+
+
+def build(result, evals: dict, gate_results, findings, figures, missing) -> Document:
+    doc = Document("updelta report")
+    doc.add(*header_blocks(result))
+    doc.add(*gate_blocks(gate_results))
+    doc.add(*finding_blocks(findings))
+    doc.add(*summary_blocks(result, evals, gate_results))
+    doc.add(*spectral_blocks(result))
+    doc.add(*eval_blocks(result, evals))
+    doc.add(*component_blocks(result))
+    doc.add(*layer_blocks(result))
+    doc.add(*pair_blocks(result, gate_results))
+    doc.add(*figure_blocks(figures, missing))
+    doc.add(*provenance_blocks(result))
+    return doc

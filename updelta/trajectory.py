@@ -1,0 +1,252 @@
+"""Trajectories: how the weights moved over the checkpoints of one training run.
+
+    t = updelta.trajectory.trajectory("base/", ["out/checkpoint-*"])
+    t.table[t.table.level == "model"][["step", "rel_delta", "update_rel", "cos_prev_update"]]
+
+One streaming pass (the compare engine, each checkpoint read once) measures every checkpoint
+W_k against the base W0 (every per-tensor metric, D_k = W_k - W0) and, instead of all pairs,
+only the pairs of checkpoints one and two apart. Their dot products <D_i, D_j> give the Gram
+entries from which the updates between consecutive checkpoints U_k = W_k - W_{k-1} =
+D_k - D_{k-1} (U_first = D_first) follow exactly, without reading anything twice:
+
+    ||U_k||^2          = G(k,k) - 2 G(k-1,k) + G(k-1,k-1)
+    <U_{k-1}, U_k>     = G(k-1,k) - G(k-1,k-1) - G(k-2,k) + G(k-2,k-1)       (G(-1, .) = 0)
+
+All sums are float64 over float32 deltas (exact for bf16 storage). Columns added to the
+per-step metrics: `update_fro` = ||U_k||_F, `update_rel` = ||U_k||_F / ||W0||_F,
+`cos_prev_update` = cos(U_{k-1}, U_k) (the cosine between consecutive updates) and
+`cos_delta_prev` = cos(D_{k-1}, D_k). Groups (layer, component, whole model) combine
+sums of dot products and squares, never averages of ratios. An update whose squared norm is
+below 1e-11 of the accumulated ones reads as 0 (float64 rounding of the Gram entries).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import aggregate_tensors
+from .errors import UpdeltaError
+from .options import DiffOptions
+
+STEP_RE = re.compile(r"(?:checkpoint|ckpt|step|iter|global_step)[-_]?(\d+)", re.IGNORECASE)
+GLOB_CHARS = set("*?[")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TOL = 1e-11
+LEVEL_KEYS = {"model": [], "component": ["component"], "layer": ["layer"]}
+UPDATE_COLS = ["update_fro", "update_rel", "cos_prev_update", "cos_delta_prev"]
+
+
+def step_of(path: str | os.PathLike) -> int:
+    """The training step in a checkpoint's name: `checkpoint-500` -> 500 (else the last number in the name)."""
+    p = Path(str(path).rstrip("/"))
+    name = p.stem if p.suffix.lower() in WEIGHT_SUFFIXES else p.name
+    m = STEP_RE.search(name)
+    if m:
+        return int(m.group(1))
+    nums = re.findall(r"\d+", name)
+    if not nums:
+        raise UpdeltaError(f"{path}: no step number in the name; name checkpoints like checkpoint-500")
+    return int(nums[-1])
+
+
+def find_checkpoints(specs) -> list[tuple[int, Path]]:
+    """Folders/files or globs (expanded here too, for quoted globs) -> [(step, path)] ordered by step.
+
+    A folder holding `checkpoint-*` folders (a training output or a trainer's run folder) stands for those;
+    its own final weights, if any, carry no step number and are left out.
+    """
+    paths: list[Path] = []
+    for s in specs:
+        p = Path(s)
+        if p.exists():
+            subs = sorted(q for q in p.glob("checkpoint-*") if q.is_dir()) if p.is_dir() else []
+            paths += subs or [p]
+        elif GLOB_CHARS & set(str(s)):
+            hits = sorted(Path(x) for x in glob.glob(str(s)))
+            if not hits:
+                raise UpdeltaError(f"{s}: the pattern matches no checkpoint")
+            paths += hits
+        else:
+            raise UpdeltaError(f"{s}: no such checkpoint (a folder, a weights file or a glob like out/checkpoint-*)")
+    seen: dict[int, Path] = {}
+    for p in dict.fromkeys(paths):
+        k = step_of(p)
+        if k in seen and seen[k].resolve() != p.resolve():
+            raise UpdeltaError(f"{seen[k]} and {p} have the same step number {k}; give one checkpoint per step")
+        seen[k] = p
+    if not seen:
+        raise UpdeltaError("no checkpoint given; pass folders or a glob such as out/checkpoint-*")
+    return sorted(seen.items())
+
+
+def run_name(step: int) -> str:
+    return f"step-{step}"
+
+
+@dataclass
+class Trajectory:
+    """Per-step metrics (`table`, tidy: one row per step and level/group/tensor) and the compare `result`."""
+
+    table: pd.DataFrame
+    result: object
+    meta: dict = field(default_factory=dict)
+
+    def model(self) -> pd.DataFrame:
+        """The whole-model rows, one per step."""
+        return self.table[self.table["level"] == "model"].reset_index(drop=True)
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write `trajectory.parquet` (meta in its key-value metadata) into folder `out`, atomically."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .atomic import atomic_path
+        from .result import META_KEY
+
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UpdeltaError(f"{out}: --out takes a folder (trajectory.parquet is written into it)")
+        path = out / "trajectory.parquet"
+        table = pa.Table.from_pandas(self.table, preserve_index=False)
+        md = dict(table.schema.metadata or {})
+        md[META_KEY] = json.dumps(self.meta, default=str).encode()
+        with atomic_path(path) as tmp:
+            pq.write_table(table.replace_schema_metadata(md), tmp)
+        return path
+
+
+def _gram_rows(res, steps: list[int]) -> pd.DataFrame:
+    """Per (run, tensor): uu = ||U_k||^2, uu_prev = ||U_{k-1}||^2, up = <U_{k-1}, U_k>, and the
+    D-cosine sums (dd = <D_{k-1}, D_k>, ss_prev, ss) of consecutive checkpoints."""
+    t = res.tensors
+    names = [run_name(s) for s in steps]
+    idx = {n: i for i, n in enumerate(names)}
+    ss = {(r, n): float(f) ** 2 for r, n, f in zip(t["run"], t["name"], t["delta_fro"])}
+    dots: dict[tuple[int, int, str], float] = {}
+    p = res.pairs
+    if p is not None and not p.empty:
+        for a, b, n, d in zip(p["run_a"], p["run_b"], p["name"], p["dot"]):
+            dots[(idx[a], idx[b], n)] = float(d)
+
+    def G(i: int, j: int, n: str) -> float:
+        if i < 0 or j < 0:
+            return 0.0
+        if i == j:
+            return ss.get((names[i], n), math.nan)
+        i, j = min(i, j), max(i, j)
+        return dots.get((i, j, n), math.nan)
+
+    def norm2(k: int, n: str) -> float:
+        v = G(k, k, n) - 2 * G(k - 1, k, n) + G(k - 1, k - 1, n)
+        scale = G(k, k, n) + G(k - 1, k - 1, n)
+        return 0.0 if abs(v) <= TOL * scale else max(v, 0.0)
+
+    rows = []
+    for r, n in zip(t["run"], t["name"]):
+        k = idx[r]
+        uu = norm2(k, n)
+        if k >= 1:
+            uu_prev = norm2(k - 1, n)
+            up = G(k - 1, k, n) - G(k - 1, k - 1, n) - G(k - 2, k, n) + G(k - 2, k - 1, n)
+            dd, ss_prev, ss_k = G(k - 1, k, n), G(k - 1, k - 1, n), G(k, k, n)
+        else:
+            uu_prev = up = dd = ss_prev = ss_k = math.nan
+        rows.append({"run": r, "name": n, "uu": uu, "uu_prev": uu_prev, "up": up, "dd": dd, "ss_prev": ss_prev,
+                     "ss": ss_k})
+    return pd.DataFrame(rows)
+
+
+def _update_cols(g: pd.DataFrame, base_ss: pd.Series) -> pd.DataFrame:
+    """Update columns from summed Gram quantities (one row per group)."""
+    out = pd.DataFrame(index=g.index)
+    out["update_fro"] = np.sqrt(g["uu"])
+    out["update_rel"] = out["update_fro"] / np.sqrt(base_ss).replace(0, np.nan)
+    den = np.sqrt(g["uu_prev"] * g["uu"])
+    out["cos_prev_update"] = g["up"] / den.replace(0, np.nan)
+    den2 = np.sqrt(g["ss_prev"] * g["ss"])
+    out["cos_delta_prev"] = g["dd"] / den2.replace(0, np.nan)
+    return out
+
+
+def build_table(res, steps: list[int], paths: list[Path]) -> pd.DataFrame:
+    """The tidy trajectory table: levels model, component, layer (all components of a layer) and tensor."""
+    t = res.tensors.copy()
+    gram = _gram_rows(res, steps)
+    t = t.merge(gram, on=["run", "name"], how="left")
+    t["base_ss"] = t["base_fro"] ** 2
+    step_of_run = {run_name(s): s for s in steps}
+    path_of_run = {run_name(s): str(p) for s, p in zip(steps, paths)}
+    sums = ["uu", "uu_prev", "up", "dd", "ss_prev", "ss", "base_ss"]
+    frames = []
+    for level, keys in LEVEL_KEYS.items():
+        by = ["run"] + keys
+        src = t[t["layer"].notna()] if level == "layer" else t
+        if src.empty:
+            continue
+        grp = [src[k] for k in by]
+        g = src[sums].groupby(grp, dropna=False, sort=False, observed=True).sum(min_count=1)
+        # a group's update figures need every tensor's Gram entries: NaN where any is missing
+        g = g.mask(src[sums].isna().groupby(grp, dropna=False, sort=False, observed=True).any())
+        upd = _update_cols(g, g["base_ss"]).reset_index()
+        frames.append(aggregate_tensors(src, by).merge(upd, on=by, how="left").assign(level=level))
+    tt = t.copy()
+    upd = _update_cols(tt, tt["base_ss"])
+    frames.append(pd.concat([tt.drop(columns=sums).reset_index(drop=True), upd.reset_index(drop=True)], axis=1)
+                  .assign(level="tensor"))
+    out = pd.concat(frames, ignore_index=True, sort=False)
+    out["step"] = out["run"].map(step_of_run).astype("int64")
+    out["checkpoint"] = out["run"].map(path_of_run)
+    if "layer" in out:
+        out["layer"] = out["layer"].astype("Int64")
+    level_order = {"model": 0, "component": 1, "layer": 2, "tensor": 3}
+    out = out.assign(_l=out["level"].map(level_order)).sort_values(["_l", "step"], kind="stable").drop(columns="_l")
+    first = ["level", "step", "checkpoint", "run", "layer", "component", "name"]
+    cols = [c for c in first if c in out.columns] + [c for c in out.columns if c not in first]
+    return out[cols].reset_index(drop=True)
+
+
+def trajectory(base: str | os.PathLike, checkpoints, options: DiffOptions | None = None, **overrides) -> Trajectory:
+    """Every metric of each checkpoint against `base`, by training step, plus the updates between checkpoints.
+
+    `checkpoints`: folders/files or globs; ordered by the step number in each name (`checkpoint-STEP`).
+    """
+    from .api import _options
+    from .engine import scan
+
+    found = find_checkpoints([checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints))
+    steps = [s for s, _ in found]
+    paths = [p for _, p in found]
+    names = [run_name(s) for s in steps]
+    pairs = [(names[i], names[i + 1]) for i in range(len(names) - 1)]
+    pairs += [(names[i], names[i + 2]) for i in range(len(names) - 2)]
+    res = scan(base, dict(zip(names, paths)), _options(options, dict(overrides)), pairs=pairs)
+    table = build_table(res, steps, paths)
+    meta = {**res.meta, "steps": steps, "checkpoints": [str(p) for p in paths],
+            "trajectory": "update_fro = ||W_k - W_{k-1}||_F (first step: against the base); cos_prev_update = "
+                          "cos(W_{k-1} - W_{k-2}, W_k - W_{k-1}); cos_delta_prev = cos(D_{k-1}, D_k), D = W - W0"}
+    return Trajectory(table, res, meta)
+
+
+def summary_text(t: Trajectory) -> str:
+    """The whole-model rows as a text table for the terminal."""
+    from .text import fmt, table
+
+    m = t.model()
+    rows = [[str(int(r["step"])), Path(str(r["checkpoint"])).name, fmt(r["rel_delta"]), fmt(r["sparsity_atol"], "pct"),
+             fmt(r["sparsity_exact"], "pct"), fmt(r["update_rel"]), fmt(r["cos_prev_update"]), fmt(r["cos_delta_prev"])]
+            for _, r in m.iterrows()]
+    opts = t.meta.get("options") or {}
+    head = (f"updelta trajectory: base {(t.meta.get('base') or {}).get('path')}, {len(m)} checkpoints\n"
+            f"rel_delta = ||W_k - W0|| / ||W0||; sparse = share unchanged vs base (atol |D| <= {opts.get('atol')}; "
+            f"exact W == W0); update_rel = ||W_k - W_(k-1)|| / ||W0||; cos_prev_update = cosine between consecutive "
+            f"updates; cos_delta_prev = cos(D_(k-1), D_k)\n")
+    return head + table(rows, ["step", "checkpoint", "rel_delta", "sparse atol", "sparse exact", "update_rel",
+                               "cos_prev_update", "cos_delta_prev"])
