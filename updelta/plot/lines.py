@@ -1,6 +1,8 @@
 """Line and point figures: the per-layer profile, update spectra, the |ΔW| distribution, the size/gain trade-off."""
 from __future__ import annotations
 
+import warnings
+
 import math
 
 import matplotlib as mpl
@@ -210,7 +212,8 @@ def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
                         stack = np.full((len(curves), m), np.nan)
                         for i, c in enumerate(curves):
                             stack[i, : c.size] = c
-                        with np.errstate(all="ignore"):
+                        with np.errstate(all="ignore"), warnings.catch_warnings():
+                            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no median
                             med = np.nanmedian(stack, axis=0)
                         ax.plot(np.arange(1, m + 1) if xkind == "index" else eps, med, color="black", lw=1.6,
                                 ls="--")
