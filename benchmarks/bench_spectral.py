@@ -25,8 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# OpenMP threads that spin while waiting are many times slower on a loaded machine (measured here: a
+# 2-thread spectral pass 4.5x slower than 1 thread at load average 3); must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from updelta.metrics import spectral as sp  # noqa: E402
@@ -73,7 +77,7 @@ def run_case(m: int, n: int, kind: str, repeat: int, full: bool) -> dict:
     err = np.abs(np.asarray(fast_cols["topk_sv"]) - exact) / exact
     row = {"size": f"{m}x{n}", "spectrum": kind, "svdvals_s": min(t_sv), "fast_s": min(t_fast),
            "ratio": min(t_fast) / min(t_sv), "max_rel_err": float(err.max()),
-           "err_est": fast_cols["topk_sv_err_est"], "krylov_dim": res.dim, "fallback": res.exact,
+           "err_est": fast_cols["topk_sv_err_est"], "krylov_dim": res.dim, "method": res.method,
            "svdvals_med": statistics.median(t_sv), "fast_med": statistics.median(t_fast), "full_s": None}
     if full:
         dt, cols = timed(lambda: sp.spectral_columns(w0, w1, DiffOptions(spectral="full", topk=K)))
@@ -97,16 +101,16 @@ def main(argv=None) -> None:
     # warm up the LAPACK/BLAS paths once
     sp.spectral_columns(torch.randn(256, 256), torch.randn(256, 256), DiffOptions(spectral="full"))
     hdr = (f"{'size':>10} {'spectrum':>8} {'svdvals_s':>9} {'full_s':>8} {'fast_s':>8} {'fast/svd':>8} "
-           f"{'max_rel_err':>11} {'err_est':>8} {'dim':>5}  (medians: svdvals, fast)")
+           f"{'max_rel_err':>11} {'err_est':>8} {'method:dim':>10}  (medians: svdvals, fast)")
     print(hdr)
     for size in a.sizes.split(","):
         m, n = (int(x) for x in size.split("x"))
         for kind in a.spectra.split(","):
             r = run_case(m, n, kind, a.repeat, not a.no_full)
             full = f"{r['full_s']:8.2f}" if r["full_s"] is not None else f"{'-':>8}"
-            dim = "exact" if r["fallback"] else str(r["krylov_dim"])
+            dim = r["method"] + (f":{r['krylov_dim']}" if r["method"] == "krylov" else "")
             print(f"{r['size']:>10} {r['spectrum']:>8} {r['svdvals_s']:9.3f} {full} {r['fast_s']:8.3f} "
-                  f"{r['ratio']:8.3f} {r['max_rel_err']:11.2e} {r['err_est']:8.1e} {dim:>5}  "
+                  f"{r['ratio']:8.3f} {r['max_rel_err']:11.2e} {r['err_est']:8.1e} {dim:>10}  "
                   f"({r['svdvals_med']:.3f}, {r['fast_med']:.3f})", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -1,0 +1,175 @@
+"""GRPO (Shao et al., arXiv 2402.03300): reinforce sampled completions that beat their group, with a rule reward.
+
+    updelta train grpo --task target --out runs/grpo-0
+
+One step of this trainer is one batch of rollouts:
+  1. take P prompts of the task and sample G completions of each from the current policy at `temperature`;
+  2. reward each completion: 1 for an exactly right answer, plus `format_reward` when it ends in ">answer";
+     advantages are normalised within each group (`losses.group_advantages`);
+  3. score the sampled tokens under the sampling policy (old log-probs) and under the frozen base (for the KL);
+  4. take `inner_steps` AdamW steps on those rollouts, each over `grad_accum` micro-batches, with the clipped
+     objective and the aggregation of `losses.grpo_per_token_loss` / `losses.aggregate`.
+The log has one line per rollout batch: loss, lr, grad_norm, tokens_per_s, reward_mean, reward_std, clip_fraction,
+kl (k3 to the base, mean over completion tokens) and completion_length (mean tokens, end token included).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .batching import IGNORE, position_ids, shuffled_batches
+from .losses import (AGGREGATIONS, Aggregation, aggregate, clipped_fraction, group_advantages, grpo_per_token_loss,
+                     token_logprobs)
+from .optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
+from .options import OptionsError, RunOptions, check_choice, option, resolve
+from .runs import RunResult, RunWriter, finetune
+from .tasks import Example, extract_answer, train_examples
+
+MARGIN_TOKENS = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPOOptions(RunOptions):
+    steps: int | None = option("rollout batches (each followed by --inner-steps optimizer steps)", 40, quick=2)
+    prompts_per_step: int | None = option("prompts per rollout batch (P)", 16, quick=4)
+    group_size: int = option("completions sampled per prompt (G)", 8)
+    temperature: float = option("sampling temperature of the rollouts", 1.0)
+    inner_steps: int = option("optimizer steps on each rollout batch (mu)", 2)
+    grad_accum: int = option("micro-batches per optimizer step", 2)
+    lr: float = option("peak learning rate (AdamW betas 0.9/0.95, 10% warm-up, cosine, grad clip 1.0)", 2e-4)
+    weight_decay: float = option("AdamW decoupled weight decay on matrices (TRL's GRPO default 0.0)", 0.0)
+    eps_low: float = option("lower clip range of the importance ratio: clip(rho, 1 - eps_low, ...)", 0.2)
+    eps_high: float = option("upper clip range: clip(rho, ..., 1 + eps_high); DAPO uses 0.28", 0.2)
+    beta: float = option("weight of the k3 KL penalty to the frozen base (0 allowed; TRL and DAPO use 0)", 0.0)
+    aggregation: Aggregation = option("loss aggregation: grpo, bnpo, dapo (TRL 1.16 default) or dr_grpo", "dapo")
+    scale_rewards: bool | None = option(
+        "divide advantages by the group's reward std (default: yes, except with --aggregation dr_grpo)", None)
+    format_reward: float = option("extra reward for a completion that ends in '>' and an answer", 0.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        if self.group_size < 2:
+            raise OptionsError(f"--group-size must be at least 2, got {self.group_size}")
+        if self.temperature <= 0 or self.lr <= 0 or self.inner_steps < 1 or self.grad_accum < 1:
+            raise OptionsError("need --temperature > 0, --lr > 0, --inner-steps >= 1 and --grad-accum >= 1")
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    input_ids: torch.Tensor       # [B, Tp + Tc] left-padded prompt, then the sampled completion
+    attention_mask: torch.Tensor  # [B, Tp + Tc]
+    completion_mask: torch.Tensor  # [B, Tc] bool: sampled tokens up to and including the end token
+    rewards: torch.Tensor         # [B] (B = P * G, grouped by prompt)
+
+    @property
+    def prompt_width(self) -> int:
+        return self.input_ids.shape[1] - self.completion_mask.shape[1]
+
+
+def reward(text: str, example: Example, format_reward: float) -> float:
+    """1 for the exact answer, plus `format_reward` if the text ends in '>' and something."""
+    well_formed = ">" in text and extract_answer(text) != ""
+    return float(extract_answer(text) == example.answer) + (format_reward if well_formed else 0.0)
+
+
+@torch.no_grad()
+def sample_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Example],
+                    group_size: int, temperature: float, format_reward: float) -> Rollouts:
+    """G sampled completions per prompt, their masks and rewards."""
+    group = [x for x in prompts for _ in range(group_size)]
+    longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in prompts)
+    enc = tokenizer([x.prompt for x in group], padding=True, return_tensors="pt")
+    model.eval()
+    out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                         max_new_tokens=longest + MARGIN_TOKENS)
+    model.train()
+    completion = out[:, enc["input_ids"].shape[1]:]
+    is_end = completion == tokenizer.eos_token_id
+    ended_before = (is_end.long().cumsum(-1) - is_end.long()) > 0      # strictly after the first end token
+    completion_mask = ~ended_before
+    texts = tokenizer.batch_decode(completion.masked_fill(~completion_mask, tokenizer.pad_token_id),
+                                   skip_special_tokens=True)
+    rewards = torch.tensor([reward(t, x, format_reward) for t, x in zip(texts, group)])
+    attention = torch.cat([enc["attention_mask"], completion_mask.long()], dim=1)
+    return Rollouts(out, attention, completion_mask, rewards)
+
+
+def completion_logprobs(model: PreTrainedModel, rollouts: Rollouts, rows: slice, temperature: float) -> torch.Tensor:
+    """log p(sampled token) under `model` for rows `rows`: [b, Tc], 0 outside the completion mask."""
+    ids, mask = rollouts.input_ids[rows], rollouts.attention_mask[rows]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    start = rollouts.prompt_width
+    labels = ids[:, start:].masked_fill(~rollouts.completion_mask[rows], IGNORE)
+    logp, _ = token_logprobs(logits[:, start - 1:-1] / temperature, labels)
+    return logp
+
+
+def row_slices(rows: int, parts: int) -> list[slice]:
+    size = -(-rows // parts)
+    return [slice(i, i + size) for i in range(0, rows, size)]
+
+
+def policy_update(model: PreTrainedModel, reference: PreTrainedModel, optimizer: torch.optim.Optimizer,
+                  rollouts: Rollouts, advantages: torch.Tensor, options: GRPOOptions, first_update: int,
+                  total_updates: int) -> dict[str, float]:
+    """`options.inner_steps` AdamW steps on one batch of rollouts; returns that batch's log metrics."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    micro = row_slices(rollouts.rewards.numel(), options.grad_accum)
+    with torch.no_grad():
+        old = [completion_logprobs(model, rollouts, rows, options.temperature) for rows in micro]
+        ref = [completion_logprobs(reference, rollouts, rows, options.temperature) for rows in micro]
+    num_items = int(rollouts.completion_mask.sum())              # completion tokens of the whole batch (dapo)
+    losses, clip_fractions, kls = [], [], []
+    for inner in range(options.inner_steps):
+        lr = lr_at(first_update + inner, total_updates, options.lr)
+        set_lr(optimizer, lr)
+        loss_sum = 0.0
+        for rows, old_logp, ref_logp in zip(micro, old, ref):
+            logp = completion_logprobs(model, rollouts, rows, options.temperature)
+            mask = rollouts.completion_mask[rows]
+            per_token = grpo_per_token_loss(logp, old_logp, advantages[rows], eps_low=options.eps_low,
+                                            eps_high=options.eps_high, ref_logp=ref_logp, beta=options.beta)
+            loss = aggregate(per_token, mask, options.aggregation, num_items=num_items,
+                             num_micro_batches=len(micro), max_completion_length=mask.shape[1])
+            loss.backward()
+            loss_sum += loss.item()
+            clip_fractions.append(clipped_fraction(logp.detach(), old_logp, advantages[rows], mask,
+                                                   eps_low=options.eps_low, eps_high=options.eps_high))
+            delta = (ref_logp - logp.detach())[mask]
+            kls.append(float((delta.exp() - delta - 1).mean()))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss_sum)
+    return {"loss": sum(losses) / len(losses), "lr": lr, "grad_norm": float(grad_norm),
+            "clip_fraction": sum(clip_fractions) / len(clip_fractions), "kl": sum(kls) / len(kls)}
+
+
+def train(options: GRPOOptions) -> RunResult:
+    """Fine-tune the base on the task by GRPO (rule reward: exact-match answer) and write the run folder."""
+    options = resolve(options)
+    prompts = shuffled_batches(train_examples(options.task), options.prompts_per_step, options.seed)
+    scale = options.scale_rewards if options.scale_rewards is not None else options.aggregation != "dr_grpo"
+
+    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter) -> None:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        optimizer = build_optimizer(model, options.lr, options.weight_decay)
+        for step in range(options.steps):
+            t0 = time.perf_counter()
+            rollouts = sample_rollouts(model, tokenizer, next(prompts), options.group_size, options.temperature,
+                                       options.format_reward)
+            advantages = group_advantages(rollouts.rewards.view(-1, options.group_size), scale=scale).flatten()
+            metrics = policy_update(model, reference, optimizer, rollouts, advantages, options,
+                                    step * options.inner_steps, options.steps * options.inner_steps)
+            tokens = int(rollouts.attention_mask.sum()) * (options.inner_steps + 2)  # forwards: old, ref, inner
+            writer.step(step + 1, {
+                "step": step + 1, **metrics, "tokens_per_s": tokens / (time.perf_counter() - t0),
+                "reward_mean": float(rollouts.rewards.mean()), "reward_std": float(rollouts.rewards.std()),
+                "completion_length": float(rollouts.completion_mask.sum(-1).float().mean())})
+
+    return finetune("grpo", options, options.steps, run)

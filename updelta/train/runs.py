@@ -1,0 +1,111 @@
+"""Run folders: what every training command writes, and the scaffold every fine-tuning method runs in.
+
+    runs/NAME/
+      config.json, model.safetensors, tokenizer.json, ...   the final checkpoint (save dtype)
+      checkpoint-STEP/                                      with --save-every N: the checkpoint after step STEP
+      train_log.jsonl                                       one object per logged step: step, loss, lr, grad_norm,
+                                                            tokens_per_s, plus the method's own metrics
+      eval.json                                             method, task, seed, save_dtype, weight_decay, base,
+                                                            before/after accuracies per split (fractions in
+                                                            [0, 1]), options, seconds, cpu_seconds, torch_threads
+
+The folder is built under a temporary name beside `out` and renamed into place when the run succeeds, so a failed run
+leaves nothing half-written and a finished one replaces an earlier run of the same name.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..atomic import atomic_dir, write_text
+from ..progress import Progress
+from .evaluate import evaluate, evaluate_model
+from .model import default_base_path, load_model, save_checkpoint
+from .options import OptionsError, RunOptions, as_record
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    seconds: float
+
+
+def check_out(out: Path) -> None:
+    """Refuse to replace a non-empty folder that is not a previous output (no eval.json, no config.json)."""
+    if out.exists() and not out.is_dir():
+        raise OptionsError(f"--out exists and is not a folder: {out}")
+    if out.is_dir() and any(out.iterdir()) and not ((out / "eval.json").exists() or (out / "config.json").exists()):
+        raise OptionsError(f"refusing to replace {out}: not empty and not a run folder")
+
+
+class RunWriter:
+    """Collects one run's log records and writes its intermediate checkpoints inside the (temporary) run folder."""
+
+    def __init__(self, folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
+                 save_dtype: str, save_every: int, total_steps: int, desc: str, log_every: int = 1):
+        self.folder, self.model, self.tokenizer = folder, model, tokenizer
+        self.save_dtype, self.save_every, self.log_every = save_dtype, save_every, log_every
+        self.total_steps = total_steps
+        self.records: list[dict[str, Any]] = []
+        self.bar = Progress(total=total_steps, desc=desc, unit="step")
+
+    def step(self, step: int, record: dict[str, Any]) -> None:
+        """Log `record` (every log_every steps, the first and the last) and save checkpoint-STEP when it is due."""
+        if step == 1 or step % self.log_every == 0 or step == self.total_steps:
+            self.records.append(record)
+        if self.save_every and step % self.save_every == 0:
+            save_checkpoint(self.model, self.tokenizer, self.folder / f"checkpoint-{step}", self.save_dtype)
+        shown = "loss" if "loss" in record else "reward_mean"
+        self.bar.update(1, postfix=f"{shown} {record[shown]:.4f}")
+
+    def finish(self) -> None:
+        """Save the final checkpoint and train_log.jsonl."""
+        self.bar.close()
+        save_checkpoint(self.model, self.tokenizer, self.folder, self.save_dtype)
+        write_text(self.folder / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+Train = Callable[[PreTrainedModel, PreTrainedTokenizerBase, RunWriter], None]
+
+
+def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Train, *,
+               method: str, task: str, base: Path | None, options: Any, steps: int, log_every: int = 1) -> RunResult:
+    """Evaluate `model`, run `train(model, tokenizer, writer)`, save, evaluate the saved checkpoint, and write the
+    run folder `out` (atomically). `options` is the resolved options dataclass of the command: its seed, eval_items,
+    save_dtype, save_every and weight_decay fields are used, and all of it is recorded in eval.json."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    check_out(out)
+    torch.manual_seed(options.seed)
+    before = evaluate_model(model, tokenizer, options.eval_items)
+    with atomic_dir(out) as tmp:
+        writer = RunWriter(tmp, model, tokenizer, save_dtype=options.save_dtype, save_every=options.save_every,
+                           total_steps=steps, desc=f"{method} {task}", log_every=log_every)
+        train(model, tokenizer, writer)
+        writer.finish()
+        after = evaluate(tmp, options.eval_items)
+        seconds = time.perf_counter() - t0
+        record = {
+            "method": method, "task": task, "seed": options.seed, "save_dtype": options.save_dtype,
+            "weight_decay": options.weight_decay, "base": None if base is None else str(base.resolve()),
+            "before": before, "after": after, "options": as_record(options),
+            "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
+            "torch_threads": torch.get_num_threads()}
+        write_text(tmp / "eval.json", json.dumps(record, indent=2) + "\n")
+    return RunResult(out, before, after, seconds)
+
+
+def finetune(method: str, options: RunOptions, steps: int, train: Train) -> RunResult:
+    """Load the base (options.base, or the committed one) and fine-tune it in a run folder (see `run_folder`)."""
+    base = Path(options.base) if options.base is not None else default_base_path()
+    check_out(Path(options.out))
+    model, tokenizer = load_model(base)
+    return run_folder(Path(options.out), model, tokenizer, train, method=method, task=options.task, base=base,
+                      options=options, steps=steps)

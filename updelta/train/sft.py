@@ -1,0 +1,63 @@
+"""Supervised fine-tuning: cross-entropy on the completion tokens (and the end token) of the task's examples.
+
+    from updelta.train import SFTOptions, sft
+    result = sft.train(SFTOptions(out=Path("runs/sft"), task="target", seed=0))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .batching import Batch, shuffled_batches
+from .losses import NORMALIZATIONS, Normalization, sft_loss
+from .options import OptionsError, RunOptions, check_choice, option, resolve
+from .runs import RunResult, RunWriter, finetune
+from .supervised import Objective, shifted_logits, train_supervised
+from .tasks import train_examples
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTOptions(RunOptions):
+    steps: int | None = option("optimizer steps", 100, quick=8)
+    batch_size: int = option("examples per optimizer step, split into --grad-accum micro-batches", 32)
+    grad_accum: int = option("micro-batches per optimizer step (gradient accumulation)", 2)
+    lr: float | None = option("peak learning rate (AdamW betas 0.9/0.95, 10% warm-up, cosine, grad clip 1.0)",
+                              1e-4, quick=1e-3)
+    weight_decay: float = option("AdamW decoupled weight decay on matrices (the DFT paper's 0.01)", 0.01)
+    normalization: Normalization = option(
+        "loss normalisation: global (token mean over the accumulated batch, as TRL) or microbatch "
+        "(mean of per-micro-batch token means, as the official DFT code)", "global")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        bad_lr = self.lr is not None and self.lr <= 0
+        bad_steps = self.steps is not None and self.steps < 1
+        if not 1 <= self.grad_accum <= self.batch_size or bad_lr or bad_steps:
+            raise OptionsError("need 1 <= --grad-accum <= --batch-size, --lr > 0 and --steps >= 1")
+
+
+def objective(normalization: Normalization = "global") -> Objective:
+    """Cross-entropy of each micro-batch's target tokens, normalised as `normalization` says."""
+    def sft_objective(model: PreTrainedModel, batch: Batch, *, num_items: int,
+                      num_micro_batches: int) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, labels = shifted_logits(model, batch)
+        loss = sft_loss(logits, labels, normalization=normalization, num_items=num_items,
+                        num_micro_batches=num_micro_batches)
+        return loss, {}
+    return sft_objective
+
+
+def train(options: SFTOptions) -> RunResult:
+    """Fine-tune the base on the task by cross-entropy (SFT) and write the run folder."""
+    options = resolve(options)
+    examples = train_examples(options.task)
+
+    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter) -> None:
+        train_supervised(model, tokenizer, shuffled_batches(examples, options.batch_size, options.seed),
+                         objective(options.normalization), steps=options.steps, grad_accum=options.grad_accum,
+                         lr=options.lr, weight_decay=options.weight_decay, on_step=writer.step)
+
+    return finetune("sft", options, options.steps, run)

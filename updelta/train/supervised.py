@@ -1,0 +1,73 @@
+"""The supervised training loop shared by pretraining, SFT and DFT: they differ only in the objective.
+
+One optimizer step = `grad_accum` micro-batches, each run forward and backward with its share of the accumulated
+loss (see `losses.py`), then gradient clipping, then AdamW at the scheduled learning rate.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Protocol, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .batching import Batch, collate, micro_batches, position_ids
+from .optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
+from .tasks import Example
+
+
+class Objective(Protocol):
+    def __call__(self, model: PreTrainedModel, batch: Batch, *, num_items: int,
+                 num_micro_batches: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """(this micro-batch's share of the loss, extra per-step metrics to sum over micro-batches)."""
+        ...
+
+
+def shifted_logits(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, T-1, V], labels [B, T-1]) with logits[b, t] scoring labels[b, t]."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask))
+    return out.logits[:, :-1], batch.labels[:, 1:]
+
+
+def accumulate_gradients(model: PreTrainedModel, micro: Sequence[Batch], objective: Objective) -> dict[str, float]:
+    """Forward and backward every micro-batch of one optimizer step, adding into `.grad`; returns summed metrics.
+
+    The objective gets the target-token count of the whole step (`num_items`, for the global normalization) and the
+    number of micro-batches (for the per-micro-batch one), so the summed gradient is that of the chosen mean.
+    """
+    num_items = sum(b.num_targets for b in micro)
+    totals: dict[str, float] = {"loss": 0.0}
+    for batch in micro:
+        loss, extra = objective(model, batch, num_items=num_items, num_micro_batches=len(micro))
+        loss.backward()
+        totals["loss"] += loss.item()
+        for key, value in extra.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def train_supervised(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     batches: Iterator[Sequence[Example]], objective: Objective, *, steps: int, grad_accum: int,
+                     lr: float, weight_decay: float, on_step: Callable[[int, dict], None],
+                     prompt_loss: bool = False) -> None:
+    """Run `steps` optimizer steps over `batches`; after each, call `on_step(step, record)` (1-based step).
+
+    record: step, loss, lr, grad_norm (before clipping), tokens_per_s (non-padding tokens), plus the objective's
+    extra metrics.
+    """
+    model.train()
+    optimizer = build_optimizer(model, lr, weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in range(steps):
+        t0 = time.perf_counter()
+        step_lr = lr_at(step, steps, lr)
+        set_lr(optimizer, step_lr)
+        micro = [collate(m, tokenizer, prompt_loss) for m in micro_batches(next(batches), grad_accum)]
+        totals = accumulate_gradients(model, micro, objective)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens = sum(int(b.attention_mask.sum()) for b in micro)
+        on_step(step + 1, {"step": step + 1, **totals, "lr": step_lr, "grad_norm": float(grad_norm),
+                           "tokens_per_s": tokens / (time.perf_counter() - t0)})
