@@ -2,6 +2,11 @@
 
     from updelta.train import SFTOptions, sft
     result = sft.train(SFTOptions(out=Path("runs/sft"), task="target", seed=0))
+
+Defaults (shared with DFT): 100 steps of 32 examples at peak lr 1e-4 (the paper's recipe uses 5e-5 on 1.5B+ models),
+weight decay 0.01. Chosen by measurement on the committed base: at lr 3e-4 for 100 steps, or 1e-4 for 200, SFT
+already reaches 100% on target_id (DFT 80-99%), which leaves nothing to compare; at 1e-4 for 100 steps neither
+saturates and a run takes ~20 s on one core.
 """
 from __future__ import annotations
 
