@@ -4,8 +4,15 @@ Every `UpdeltaError` becomes one line on stderr and exit code 2; no traceback.
 """
 from __future__ import annotations
 
-import json
-import sys
+import os
+
+# The command line is a process of its own: idle OpenMP threads should sleep instead of spinning. On a
+# shared 2-core machine spinning threads made torch's SVDs 10-20x slower (benchmarks/README.md). This must
+# be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path
 from typing import Annotated, List, Optional
 
