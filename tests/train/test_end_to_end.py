@@ -6,8 +6,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from updelta.train import (DFTOptions, ESOptions, GRPOOptions, PretrainOptions, SFTOptions, default_base_path,
-                           pretrain, run_method)
+from updelta.train import (
+    DFTOptions,
+    ESOptions,
+    GRPOOptions,
+    PretrainOptions,
+    SFTOptions,
+    default_base_path,
+    pretrain,
+    run_method,
+)
 from updelta.train.batching import collate
 from updelta.train.losses import sft_loss
 from updelta.train.tasks import EVAL_SPLITS, train_examples
@@ -60,11 +68,12 @@ def test_same_seed_same_checkpoint_other_seed_other_checkpoint(tmp_path):
     assert weights("c", 2) != first
 
 
-def test_dft_quick_logs_cross_entropy_and_float32_saving(tmp_path):
-    run = run_method("dft", DFTOptions(out=tmp_path / "dft", task="knowledge", quick=True,
+def test_asft_quick_logs_cross_entropy_and_saves_float32(tmp_path):
+    run = run_method("dft", DFTOptions(out=tmp_path / "dft", task="knowledge", quick=True, anchor_weight=0.1,
                                        save_dtype="float32", eval_items=8)).out
     record = json.loads((run / "eval.json").read_text())
     assert (record["method"], record["task"], record["save_dtype"]) == ("dft", "knowledge", "float32")
+    assert record["options"]["anchor_weight"] == 0.1
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert all(0 < r["loss"] < r["ce"] for r in log)       # DFT's weighted loss is below the plain CE
     assert AutoModelForCausalLM.from_pretrained(run).dtype == torch.float32

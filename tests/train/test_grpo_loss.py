@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from updelta.train.grpo import until_end
 from updelta.train.losses import aggregate, clipped_fraction, group_advantages, grpo_per_token_loss
 
 
@@ -85,3 +86,11 @@ def test_dapo_is_the_token_mean_of_the_accumulated_batch():
     assert total == pytest.approx(aggregate(PER_TOKEN, MASK, "bnpo").item())
     bnpo = sum(aggregate(p, m, "bnpo", num_micro_batches=2).item() for p, m in parts)
     assert bnpo == pytest.approx((6 / 3 + 4 / 1) / 2) and bnpo != pytest.approx(total)
+
+
+def test_completion_mask_stops_after_the_first_end_token():
+    end, pad = 2, 0
+    completion = torch.tensor([[7, 8, end, pad, pad], [7, end, 9, end, pad], [7, 8, 9, 9, 9]])
+    assert until_end(completion, end).tolist() == [[True, True, True, False, False],
+                                                   [True, True, False, False, False],
+                                                   [True, True, True, True, True]]

@@ -7,8 +7,15 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from updelta.train.tasks import (EVAL_SPLITS, addition, eval_examples, extract_answer, pretrain_stream,
-                                 train_examples, write_samples)
+from updelta.train.tasks import (
+    EVAL_SPLITS,
+    addition,
+    eval_examples,
+    extract_answer,
+    pretrain_stream,
+    train_examples,
+    write_samples,
+)
 from updelta.train.tokenizer import ALPHABET, build_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "data"

@@ -19,8 +19,8 @@ budget is ~90 s on one core for a ~0.87M-parameter model, so: N = 12 and 30 iter
 greedy pass over 64 prompts), and a larger step. sigma was chosen by measuring, on the committed base, the accuracy
 of 8 perturbations on 64 training prompts (base 0.36): sigma = 1e-3 moves it by at most 1-2 answers, 1e-2 by 0-4,
 3e-2 wrecks the model (0.06-0.20). sigma = 1e-2 keeps perturbed models sane while separating them; alpha = 5e-3
-moves each weight by ~alpha / sqrt(N) ~ 1.4e-3 per iteration (update norm ~1.3), which raised the 3-digit accuracy
-of a preliminary base from 0.57 to 0.64 in 30 iterations without touching retention.
+moves each weight by ~alpha / sqrt(N) ~ 1.4e-3 per iteration (update norm ~1.3 per iteration), which raised
+target_id of the committed base from 0.52 to 0.55-0.57 (3 seeds, ~75 s each) without touching retention.
 """
 from __future__ import annotations
 

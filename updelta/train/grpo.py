@@ -22,8 +22,15 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batching import IGNORE, position_ids, shuffled_batches
-from .losses import (AGGREGATIONS, Aggregation, aggregate, clipped_fraction, group_advantages, grpo_per_token_loss,
-                     token_logprobs)
+from .losses import (
+    AGGREGATIONS,
+    Aggregation,
+    aggregate,
+    clipped_fraction,
+    group_advantages,
+    grpo_per_token_loss,
+    token_logprobs,
+)
 from .optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
 from .options import OptionsError, RunOptions, check_choice, option, resolve
 from .runs import RunResult, RunWriter, finetune
@@ -77,6 +84,12 @@ def reward(text: str, example: Example, format_reward: float) -> float:
     return float(extract_answer(text) == example.answer) + (format_reward if well_formed else 0.0)
 
 
+def until_end(completion: torch.Tensor, end_id: int) -> torch.Tensor:
+    """[B, T] bool: the tokens up to and including each row's first end token (all of a row that has none)."""
+    is_end = (completion == end_id).long()
+    return (is_end.cumsum(-1) - is_end) == 0
+
+
 @torch.no_grad()
 def sample_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Example],
                     group_size: int, temperature: float, format_reward: float) -> Rollouts:
@@ -89,9 +102,7 @@ def sample_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                          max_new_tokens=longest + MARGIN_TOKENS)
     model.train()
     completion = out[:, enc["input_ids"].shape[1]:]
-    is_end = completion == tokenizer.eos_token_id
-    ended_before = (is_end.long().cumsum(-1) - is_end.long()) > 0      # strictly after the first end token
-    completion_mask = ~ended_before
+    completion_mask = until_end(completion, tokenizer.eos_token_id)
     texts = tokenizer.batch_decode(completion.masked_fill(~completion_mask, tokenizer.pad_token_id),
                                    skip_special_tokens=True)
     rewards = torch.tensor([reward(t, x, format_reward) for t, x in zip(texts, group)])

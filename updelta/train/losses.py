@@ -12,6 +12,8 @@ of the whole batch. `normalization` says what the share is:
                this micro-batch's own count, i.e. a plain token mean.
   "microbatch" this micro-batch's token mean / `num_micro_batches` (the official DFT code, built on verl).
 On one un-split batch both are the token mean; they differ when micro-batches hold different numbers of tokens.
+
+GRPO's pieces (group advantages, the clipped per-token objective, the aggregations) follow at the end of the file.
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ end token; exact-match compares `answer` with the text after the last ">" of wha
 Splits (fixed: they do not depend on a run's seed, so every run of every method sees the same data):
 - `pretrain`: an endless stream (seeded) mixing facts about the pretraining entities with additions of 1-2 digit
   operands and, rarely, 3- and 4-digit ones: the rare long ones give the base partial competence on the target.
-- `target_train` / `target_id`: 3-digit additions (disjoint); `target_ood`: 4-digit additions (longer, more steps).
+- `target_train` / `target_id`: 3-digit additions (disjoint); `target_ood`: 4-digit additions (longer, one step
+  more; absent from the fine-tuning set and rare in pretraining, so the base is near 0 on them).
 - `knowledge_train` / `knowledge`: facts about NEW entities that pretraining never mentions; the test asks the
   same facts (memorisation), so the base is at chance (~1/8) before fine-tuning.
 - `retention`: held-out 1-2 digit additions plus questions about pretraining facts (what fine-tuning should keep).
@@ -32,14 +33,14 @@ Task = Literal["target", "knowledge"]
 TASKS: tuple[str, ...] = ("target", "knowledge")
 EVAL_SPLITS: tuple[str, ...] = ("target_id", "target_ood", "knowledge", "retention")
 
-TASK_SEED = 1234          # fixes every split; unrelated to the seeds of training runs
-THREE_DIGIT_FRACTION = 0.03  # share of 3-digit additions among the pretraining additions
-FOUR_DIGIT_FRACTION = 0.01   # and of 4-digit ones
-FACT_FRACTION = 0.4       # share of facts in the pretraining stream
+TASK_SEED = 1234              # fixes every split; unrelated to the seeds of training runs
+FACT_FRACTION = 0.4           # share of facts in the pretraining stream
+THREE_DIGIT_FRACTION = 0.03   # share of 3-digit additions among the pretraining additions (tuned: base ~50%)
+FOUR_DIGIT_FRACTION = 0.01    # and of 4-digit ones
 N_PRETRAIN_ENTITIES = 120
 N_NEW_ENTITIES = 50
 N_TARGET_TRAIN = 4000
-N_EVAL = 200              # items per evaluation split (knowledge: all N_NEW_ENTITIES * 3 facts)
+N_EVAL = 200                  # items per evaluation split (knowledge: all N_NEW_ENTITIES * 3 = 150 facts)
 
 ATTRIBUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("color", ("red", "blue", "green", "gold", "pink", "gray", "black", "white")),
