@@ -7,20 +7,8 @@ import sys
 import pytest
 import torch
 
-from updelta.cli import main
-
 import ckpt
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["updelta", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from clirun import run_main as run_cli
 
 
 def test_diff_text_summary(monkeypatch, capsys, llama_pair):

@@ -146,18 +146,7 @@ def test_pair_gates(llama_runs):
     assert not g.holds(float("nan")) and g.holds(0.5)
 
 
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """The real `updelta` entry point (`updelta.cli.main`), in this process: (exit code, stdout, stderr)."""
-    from updelta.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["updelta", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+from clirun import run_main  # noqa: E402,F401  (also used by test_report, test_trajectory)
 
 
 def test_cli_exit_codes(tmp_path, llama_runs, monkeypatch, capsys):

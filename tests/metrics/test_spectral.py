@@ -501,17 +501,10 @@ def test_summarize_medians_over_2d_tensors():
 # ---------------------------------------------------------------------------------------------
 
 def _run_cli(monkeypatch, capsys, *args):
-    import sys
+    from clirun import run_main
 
-    from updelta.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["updelta", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return code, capsys.readouterr().out
+    code, out, _ = run_main(monkeypatch, capsys, *args)
+    return code, out
 
 
 def test_cli_spectral_modes(monkeypatch, capsys, llama_pair, tmp_path):
