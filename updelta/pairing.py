@@ -96,7 +96,8 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
 
     notes: dict = {"family": family.name, "tied": [], "only_in_base": {r: [] for r in runs},
                    "only_in_run": {r: [] for r in runs}, "resized": [], "skipped_shape": [],
-                   "non_float": [], "ignored": [], "filtered_out": 0}
+                   "non_float": [], "ignored": [], "filtered_out": 0,
+                   "unindexed": {n: ck.unindexed for n, ck in (("base", base), *runs.items()) if ck.unindexed}}
     pairs: list[PairedTensor] = []
     for key in keys:
         if key in bmap:
@@ -110,6 +111,7 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
         if _filtered(display, opts):
             notes["filtered_out"] += 1
             continue
+        _refuse_quantized(bref, base)
         if not bref.is_float:
             notes["non_float"].append(display)
             continue
@@ -125,6 +127,7 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
                 ref, tied = runs[r].tensors[rm[src]], True
             if btied and tied:
                 continue  # tied in both: the embedding row already covers it
+            _refuse_quantized(ref, runs[r])
             if not ref.is_float:
                 notes["non_float"].append(f"{display} ({r})")
                 continue
@@ -162,4 +165,39 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
     for head, embed in family.tied:
         if head not in bmap and embed in bmap and all(head not in rm for rm in rmaps.values()):
             notes["tied"].append({"name": head, "run": "*", "side": "both", "to": bmap[embed]})
+    _require_compared(pairs, base, runs, notes, opts)
     return Pairing(family.name, pairs, notes)
+
+
+def _refuse_quantized(ref: TensorRef, ck: Checkpoint) -> None:
+    if ref.is_quantized:
+        raise PairingError(f"{ref.file.path}: tensor {ref.name} is stored as {ref.dtype} (quantized); updelta does "
+                           f"not measure quantized weights without their scales: compare de-quantized (bf16/fp32) "
+                           f"checkpoints, or leave such tensors out with --exclude")
+
+
+def _require_compared(pairs: list[PairedTensor], base: Checkpoint, runs: dict[str, Checkpoint], notes: dict,
+                      opts: DiffOptions) -> None:
+    """Refuse a pairing in which some run has no tensor to compare: exit 0 never means "measured nothing"."""
+    for r, ck in runs.items():
+        if any(r in t.runs for t in pairs):
+            continue
+        where = f"{ck.path} (run {r}) and base {base.path}"
+        names = list(ck.tensors)
+        if any("lora_A" in n or "lora_B" in n for n in names):
+            why = ("the run holds LoRA factors (lora_A/lora_B): merge the adapter into its base first "
+                   "(PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(DIR))")
+        elif notes["filtered_out"] and not notes["only_in_base"][r]:
+            why = "--include/--exclude left out every tensor; loosen the patterns"
+        elif any(s["run"] == r for s in notes["skipped_shape"]):
+            s = next(s for s in notes["skipped_shape"] if s["run"] == r)
+            why = (f"every shared tensor has a different shape (e.g. {s['name']}: {s['ft_shape']} vs base "
+                   f"{s['base_shape']}): a different model? pass the base it was fine-tuned from")
+        elif notes["only_in_base"][r] and notes["only_in_run"][r]:
+            why = (f"no tensor name in common (base has e.g. {notes['only_in_base'][r][0]}, the run has e.g. "
+                   f"{notes['only_in_run'][r][0]}): a different model or naming scheme")
+        elif notes["non_float"]:
+            why = "no floating-point tensor in common (integer or boolean tensors are not compared)"
+        else:
+            why = "no tensor in common"
+        raise PairingError(f"{where}: nothing to compare: {why}")

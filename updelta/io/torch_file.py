@@ -40,15 +40,18 @@ class TorchFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.size = self.path.stat().st_size
-        mmap = zipfile.is_zipfile(self.path)
+        try:
+            self.size = self.path.stat().st_size
+            mmap = zipfile.is_zipfile(self.path)
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot open ({e.strerror})") from None
         try:
             obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
             raise CheckpointError(f"{self.path}: refused to unpickle: it holds objects other than tensors "
                                   f"({first[:160]}); only plain state dicts are read (weights_only=True)") from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        except Exception as e:  # whatever the unpickler or zip reader raises on damaged bytes
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{self.path}: not a readable PyTorch checkpoint ({msg[:160]}); "
                                   f"re-save it with torch.save(model.state_dict(), path)") from None
