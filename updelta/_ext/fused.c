@@ -24,16 +24,19 @@ static inline uint32_t f2bits(float f) { union { uint32_t u; float f; } x; x.f =
 
 typedef struct {
     int64_t used, nfa, nfb, eq, at, rt;
-    double ss_d, ss_a, dot, sabs;
-    uint32_t maxbits; /* bits of max |D|: for non-negative floats, integer order is float order */
+    double ss_d, ss_a, dot, sabs, maxd;
 } Stats;
 
 #define LOAD_F32(p, i) (((const uint32_t *)(p))[i])
 #define LOAD_BF16(p, i) (((uint32_t)((const uint16_t *)(p))[i]) << 16)
 
 /* Chunks of CHUNK elements accumulate in float/int32 lanes (vectorisable), then into
- * double/int64 totals: the float partial sums cover at most CHUNK/lanes terms each. */
+ * double/int64 totals: the float partial sums cover at most CHUNK/lanes terms each.
+ * A chunk whose float sums overflow (finite weights above ~1e19 in magnitude: never seen in a
+ * trained model, but a damaged file can hold them) is summed again in double, element by element,
+ * so an overflow never becomes an infinite norm. The counts never overflow and are kept. */
 #define CHUNK 256
+#define F_OVERFLOW(x) (!isfinite(x))
 
 /* Body of one element. Finiteness is a test on exponent bits, masking instead of branching;
  * max(|a|,|b|) is an integer max on sign-cleared bits (no fmaxf, which blocks vectorisation). */
@@ -79,9 +82,26 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
         float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
         for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, HIST)         \
         s->used += used; s->nfa += nfa; s->nfb += nfb; s->eq += eq;           \
-        s->at += at; s->rt += rt; s->ss_d += ss_d; s->ss_a += ss_a;           \
+        s->at += at; s->rt += rt;                                             \
+        if (F_OVERFLOW(ss_d) || F_OVERFLOW(ss_a) || F_OVERFLOW(dot) ||        \
+            F_OVERFLOW(sabs) || (uint32_t)mx >= 0x7F800000u) {                \
+            double dd_ = 0, da_ = 0, dt_ = 0, ds_ = 0, dm_ = 0;               \
+            for (Py_ssize_t i = c0; i < c1; i++) {                            \
+                uint32_t ua = LA(pa, i), ub = LB(pb, i);                      \
+                if (((ua >> 23) & 0xFFu) == 0xFFu) continue;                  \
+                if (((ub >> 23) & 0xFFu) == 0xFFu) continue;                  \
+                double a = bits2f(ua), b = bits2f(ub), d = b - a;             \
+                dd_ += d * d; da_ += a * a; dt_ += d * a; ds_ += fabs(d);     \
+                if (fabs(d) > dm_) dm_ = fabs(d);                             \
+            }                                                                 \
+            ss_d = 0; ss_a = 0; dot = 0; sabs = 0; mx = 0;                    \
+            s->ss_d += dd_; s->ss_a += da_; s->dot += dt_; s->sabs += ds_;    \
+            if (dm_ > s->maxd) s->maxd = dm_;                                 \
+        }                                                                     \
+        s->ss_d += ss_d; s->ss_a += ss_a;                                     \
         s->dot += dot; s->sabs += sabs;                                       \
-        if ((uint32_t)mx > s->maxbits) s->maxbits = (uint32_t)mx;             \
+        if ((double)bits2f((uint32_t)mx) > s->maxd)                           \
+            s->maxd = (double)bits2f((uint32_t)mx);                           \
     }                                                                         \
 }
 
@@ -151,7 +171,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     PyBuffer_Release(&va);
     PyBuffer_Release(&vb);
     return Py_BuildValue("(LLLdddddLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
-                         s.ss_d, s.ss_a, s.dot, s.sabs, (double)bits2f(s.maxbits),
+                         s.ss_d, s.ss_a, s.dot, s.sabs, s.maxd,
                          (long long)s.eq, (long long)s.at, (long long)s.rt);
 fail:
     PyBuffer_Release(&va);
@@ -193,6 +213,18 @@ static void pair_loop(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb
             sg += ce & ((da > 0) == (db > 0));
         }
         s->used += used; s->be += be; s->ba += ba; s->br += br; s->sg += sg;
+        if (F_OVERFLOW(dot) || F_OVERFLOW(ssa) || F_OVERFLOW(ssb)) { /* see CHUNK: redo the sums in double */
+            double dt_ = 0, sa_ = 0, sb_ = 0;
+            for (Py_ssize_t i = c0; i < c1; i++) {
+                uint32_t u0 = p0[i], ua = pa[i], ub = pb[i];
+                if (((u0 >> 23) & 0xFFu) == 0xFFu || ((ua >> 23) & 0xFFu) == 0xFFu ||
+                    ((ub >> 23) & 0xFFu) == 0xFFu) continue;
+                double w = bits2f(u0), da = (double)bits2f(ua) - w, db = (double)bits2f(ub) - w;
+                dt_ += da * db; sa_ += da * da; sb_ += db * db;
+            }
+            dot = 0; ssa = 0; ssb = 0;
+            s->dot += dt_; s->ssa += sa_; s->ssb += sb_;
+        }
         s->dot += dot; s->ssa += ssa; s->ssb += ssb;
     }
 }

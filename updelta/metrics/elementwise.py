@@ -148,12 +148,16 @@ def partial_sums(w0: torch.Tensor, w1: torch.Tensor, atol: float, eta: float,
     a, b = torch.where(m, a, zero), torch.where(m, b, zero)
     d = b - a
     ad = d.abs()
-    dd, da = d.double(), a.double()
+    da = a.double()
+    # Sums in float64. A float32 difference that overflows (finite weights above ~1e38: only damaged files) is
+    # taken again in float64, as the C kernel does, so it never becomes an infinite norm.
+    dd = torch.where(torch.isfinite(d), d.double(), b.double() - da)
     big = torch.maximum(a.abs(), b.abs())
     if hist is not None:
         _histogram(ad[m], hist)
+    add = dd.abs()
     return (int(m.sum()), int((~fa).sum()), int((~fb).sum()), float((dd * dd).sum()), float((da * da).sum()),
-            float((dd * da).sum()), float(ad.double().sum()), float(ad.max()) if ad.numel() else 0.0,
+            float((dd * da).sum()), float(add.sum()), float(add.max()) if add.numel() else 0.0,
             int((m & (a == b)).sum()), int((m & (ad <= atol)).sum()), int((m & (ad <= eta * big)).sum()))
 
 

@@ -106,7 +106,9 @@ def pair_partial_sums(w0: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, atol
     cb = db.abs() > atol
     ra = da.abs() > eta * torch.maximum(w0.abs(), wa.abs())
     rb = db.abs() > eta * torch.maximum(w0.abs(), wb.abs())
-    dda, ddb = da.double(), db.double()
+    w0d = w0.double()  # a float32 difference that overflows is taken again in float64 (as the C kernel does)
+    dda = torch.where(torch.isfinite(da), da.double(), wa.double() - w0d)
+    ddb = torch.where(torch.isfinite(db), db.double(), wb.double() - w0d)
     return (int(m.sum()), float((dda * ddb).sum()), float((dda * dda).sum()), float((ddb * ddb).sum()),
             int((m & ce).sum()), int((m & ca & cb).sum()), int((m & ra & rb).sum()),
             int((m & ce & ((da > 0) == (db > 0))).sum()))
