@@ -200,6 +200,10 @@ _register_subcommands()
 def main() -> None:
     try:
         app()
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130
+            typer.echo("updelta: interrupted", err=True)
+        raise
     except UpdeltaError as e:
         typer.echo(f"updelta: {e}", err=True)
         sys.exit(2)

@@ -40,6 +40,8 @@ class TorchFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if not self.path.is_file():  # a FIFO or device would block or never end
+            raise CheckpointError(f"{self.path}: not a regular file; pass the weights file itself")
         try:
             self.size = self.path.stat().st_size
             mmap = zipfile.is_zipfile(self.path)

@@ -10,11 +10,17 @@
                                                             [0, 1]), options, seconds, cpu_seconds, torch_threads
 
 The folder is built under a temporary name beside `out` and renamed into place when the run succeeds, so a failed run
-leaves nothing half-written and a finished one replaces an earlier run of the same name.
+leaves nothing half-written and a finished one replaces an earlier run of the same name. Before any training step,
+`preflight` saves the model once into a scratch folder beside `out`: a run that could not write its result fails in
+one line before it trains, not after. An interrupted run (Ctrl-C) keeps the `checkpoint-STEP/` folders it finished in
+`NAME.interrupted/` (with its log so far and an INTERRUPTED note, never an eval.json, so nothing mistakes it for a
+finished run).
 """
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +52,58 @@ def check_out(out: Path) -> None:
         raise OptionsError(f"refusing to replace {out}: not empty and not a run folder")
 
 
+INTERRUPTED = "INTERRUPTED"
+
+
+def preflight(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, save_dtype: str,
+              base: Path | None) -> None:
+    """Check that the run can write its result: `out`'s folder is writable and `model` saves in `save_dtype`.
+
+    Raises OptionsError (one line) naming the problem; writes nothing that outlives the call."""
+    where = f"base {base}" if base is not None else "the base"
+    quant = getattr(model.config, "quantization_config", None)
+    if quant is not None:
+        method = quant.get("quant_method", "unnamed") if isinstance(quant, dict) else getattr(
+            quant, "quant_method", "unnamed")
+        raise OptionsError(f"{where}: config.json carries a quantization_config ({method}); updelta train saves "
+                           f"full-precision weights: use a de-quantized folder (drop quantization_config from "
+                           f"config.json after converting the weights)")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.preflight.", dir=parent))
+    except OSError as e:
+        raise OptionsError(f"--out {out}: cannot write in {parent} ({e.strerror})") from None
+    try:
+        save_checkpoint(model, tokenizer, scratch, save_dtype)
+    except OptionsError:
+        raise
+    except Exception as e:  # whatever transformers raises for a model it cannot serialise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise OptionsError(f"{where}: the model cannot be saved as a {save_dtype} checkpoint before training "
+                           f"({type(e).__name__}: {first}); fix the base folder or pick another --save-dtype") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def keep_interrupted(tmp: Path, out: Path, records: list[dict[str, Any]], done: list[str]) -> Path | None:
+    """After Ctrl-C: move the finished checkpoint-STEP/ folders (`done`) of `tmp` to OUT.interrupted/ (replacing an
+    older one) with the log so far and an INTERRUPTED note; a checkpoint being written is dropped. Returns that folder,
+    or None when no checkpoint had finished."""
+    if not done:
+        return None
+    for p in tmp.iterdir():
+        if p.name not in done:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp / INTERRUPTED).write_text(f"interrupted after {done[-1]}; finished checkpoints: {', '.join(done)}\n")
+    dest = out.with_name(out.name + ".interrupted")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
 class RunWriter:
     """Collects one run's log records and writes its intermediate checkpoints inside the (temporary) run folder."""
 
@@ -55,6 +113,7 @@ class RunWriter:
         self.save_dtype, self.save_every, self.log_every = save_dtype, save_every, log_every
         self.total_steps = total_steps
         self.records: list[dict[str, Any]] = []
+        self.saved: list[str] = []  # checkpoint-STEP folders written completely
         self.bar = Progress(total=total_steps, desc=desc, unit="step")
 
     def step(self, step: int, record: dict[str, Any]) -> None:
@@ -63,6 +122,7 @@ class RunWriter:
             self.records.append(record)
         if self.save_every and step % self.save_every == 0:
             save_checkpoint(self.model, self.tokenizer, self.folder / f"checkpoint-{step}", self.save_dtype)
+            self.saved.append(f"checkpoint-{step}")
         shown = "loss" if "loss" in record else "reward_mean"
         self.bar.update(1, postfix=f"{shown} {record[shown]:.4f}")
 
@@ -83,12 +143,18 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     save_dtype, save_every and weight_decay fields are used, and all of it is recorded in eval.json."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     check_out(out)
+    preflight(out, model, tokenizer, options.save_dtype, base)
     torch.manual_seed(options.seed)
     before = evaluate_model(model, tokenizer, options.eval_items)
     with atomic_dir(out) as tmp:
         writer = RunWriter(tmp, model, tokenizer, save_dtype=options.save_dtype, save_every=options.save_every,
                            total_steps=steps, desc=f"{method} {task}", log_every=log_every)
-        train(model, tokenizer, writer)
+        try:
+            train(model, tokenizer, writer)
+        except KeyboardInterrupt:
+            writer.bar.close()
+            keep_interrupted(tmp, out, writer.records, writer.saved)
+            raise
         writer.finish()
         after = evaluate(tmp, options.eval_items)
         seconds = time.perf_counter() - t0
