@@ -1,7 +1,10 @@
 """Checkpoint reading: the only part of updelta that knows about files.
 
-`open_checkpoint(path)` resolves a Hugging Face folder, a sharded index, a single
-`.safetensors` file or a `.bin`/`.pt` state dict into a `Checkpoint` whose tensors
-are read block by block (`Checkpoint.read`) without loading the model.
+- `open_checkpoint(path)` resolves a path (`formats.RESOLVERS`: Hugging Face folders, sharded indexes, single
+  `.safetensors` / `.bin` / `.pt` files) into a `Checkpoint` whose tensors are read block by block without
+  loading the model; every header and index is validated first (`safetensors_header`, `jsonfiles`).
+- `open_factored(path)` reads an update given as factors (a PEFT LoRA adapter) without densifying it.
 """
 from .checkpoint import Checkpoint, TensorRef, open_checkpoint  # noqa: F401
+from .factored import FactoredSource, FactoredUpdate, is_adapter, open_factored  # noqa: F401
+from .formats import FILE_READERS, RESOLVERS, Layout, TensorFile, resolve  # noqa: F401

@@ -1,15 +1,14 @@
-"""Resolve a checkpoint path into named tensors that can be read block by block.
+"""A checkpoint: named tensors, read block by block, with the identity of the files they came from.
 
-Accepted layouts:
-- a Hugging Face model folder: `model.safetensors`; sharded `*.safetensors` with
-  `model.safetensors.index.json`; `pytorch_model.bin`, or sharded `.bin` with
-  `pytorch_model.bin.index.json`; a folder holding only `*.safetensors` files;
-- a single `.safetensors` file; a single `.bin`/`.pt`/`.pth` state dict.
+Which files a path stands for is decided by the format resolvers (`formats.RESOLVERS`): a Hugging Face
+folder (`model.safetensors`, sharded `*.safetensors` with `model.safetensors.index.json`, `pytorch_model.bin`
+or sharded `.bin` with its index, a folder of `*.safetensors`), a single `.safetensors` file, or a single
+`.bin`/`.pt`/`.pth` state dict. Every file is validated when opened (docs/formats.md).
 """
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from .safetensors_file import SafetensorsFile
-from .torch_file import TorchFile
-
-TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+from .formats import TensorFile, open_files, resolve
+from .jsonfiles import read_config
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # Low-precision formats that store quantized weights: never measured as if they were plain numbers (a float8 weight
 # means nothing without its block scales), refused by name when a compared tensor has one.
@@ -35,11 +32,11 @@ class TensorRef:
     name: str
     dtype: str  # torch name without prefix: "bfloat16"
     shape: tuple[int, ...]
-    file: object  # SafetensorsFile | TorchFile
+    file: TensorFile
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
+        return math.prod(self.shape)
 
     @property
     def is_float(self) -> bool:
@@ -72,7 +69,7 @@ class Checkpoint:
         self.tensors: dict[str, TensorRef] = {}
         self.unindexed: list[str] = []
         for f in files:
-            for name in _names(f):
+            for name in f.names():
                 if name in self.tensors:
                     raise CheckpointError(f"{f.path}: tensor {name} is also in {self.tensors[name].file.path}; "
                                           f"a checkpoint must hold each tensor once")
@@ -129,124 +126,20 @@ class Checkpoint:
         self.close()
 
 
-def _names(f) -> list[str]:
-    return list(f.entries if isinstance(f, SafetensorsFile) else f.tensors)
-
-
-MAX_JSON = 64 << 20  # an index or config.json larger than this is not one
-
-
-def _read_json(path: Path) -> dict:
-    def no_constants(name):
-        raise ValueError(f"{name} is not JSON")
-    try:
-        if not path.is_file():
-            raise CheckpointError(f"{path}: not a regular file; replace it with the JSON file itself")
-        if path.stat().st_size > MAX_JSON:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a JSON index or config")
-        with open(path, encoding="utf-8") as fh:
-            obj = json.loads(fh.read(), parse_constant=no_constants)
-    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{path}: not valid JSON ({e.__class__.__name__}); re-save the checkpoint") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return obj
-
-
-def _read_config(folder: Path) -> dict:
-    """config.json as a dict; {} when absent or unreadable (it only refines family detection and tying)."""
-    try:
-        return _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
-    except CheckpointError:
-        return {}
-
-
-def _open_file(path: Path):
-    if path.suffix == ".safetensors":
-        return SafetensorsFile(path)
-    if path.suffix in TORCH_SUFFIXES:
-        return TorchFile(path)
-    raise CheckpointError(f"{path}: unknown weight file type; expected .safetensors, .bin, .pt or .pth")
-
-
-def _plain_name(shard: str) -> bool:
-    return (bool(shard) and shard not in (".", "..") and "/" not in shard and "\\" not in shard
-            and "\0" not in shard and not os.path.isabs(shard))
-
-
-def read_index(index: Path) -> dict[str, str]:
-    """The `weight_map` of a shard index, checked: a non-empty map of tensor names to plain shard file names."""
-    obj = _read_json(index)
-    wm = obj.get("weight_map")
-    if not isinstance(wm, dict) or not wm:
-        raise CheckpointError(f"{index}: no weight_map (a non-empty map of tensor names to shard files); "
-                              f"re-save the checkpoint or pass a single weights file")
-    for name, shard in wm.items():
-        if not isinstance(shard, str):
-            raise CheckpointError(f"{index}: weight_map gives {shard!r} for tensor {name}, not a file name; "
-                                  f"re-save the checkpoint")
-        if not _plain_name(shard):
-            raise CheckpointError(f"{index}: weight_map names shard {shard!r} for tensor {name}; shards must be "
-                                  f"plain file names beside the index (no folders, no '..')")
-    return wm
-
-
-def _open_index(index: Path) -> tuple[list, dict[str, str]]:
-    wm = read_index(index)
-    files = []
-    try:
-        for shard in sorted(set(wm.values())):
-            p = index.parent / shard
-            if not p.exists():
-                raise CheckpointError(f"{index}: names shard {shard}, which is missing; copy it beside the index")
-            if not p.is_file():  # follows symlinks: a Hugging Face cache snapshot links into ../../blobs/
-                raise CheckpointError(f"{index}: shard {shard} is not a regular file; replace it with the weights")
-            files.append(_open_file(p))
-    except BaseException:
-        for f in files:
-            f.close()
-        raise
-    return files, wm
-
-
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open the checkpoint at `path` (see module docstring for layouts). Reads headers only."""
+    """Open the checkpoint at `path` (layouts: `formats.RESOLVERS`). Reads and validates headers only."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder; pass a Hugging Face model folder, "
                               f"a .safetensors file or a .bin/.pt state dict")
-    config: dict = {}
-    files: list
-    wm = index = None
-    if p.is_dir():
-        config = _read_config(p)
-        st_index, bin_index = p / "model.safetensors.index.json", p / "pytorch_model.bin.index.json"
-        if st_index.exists():
-            (files, wm), fmt, index = _open_index(st_index), "safetensors-sharded", st_index
-        elif (p / "model.safetensors").exists():
-            fmt, files = "safetensors", [SafetensorsFile(p / "model.safetensors")]
-        elif bin_index.exists():
-            (files, wm), fmt, index = _open_index(bin_index), "bin-sharded", bin_index
-        elif (p / "pytorch_model.bin").exists():
-            fmt, files = "bin", [TorchFile(p / "pytorch_model.bin")]
-        else:
-            st = sorted(q for q in p.glob("*.safetensors") if q.is_file())
-            tf = sorted(q for q in p.iterdir() if q.suffix in TORCH_SUFFIXES and q.is_file())
-            if st:
-                fmt, files = ("safetensors" if len(st) == 1 else "safetensors-sharded"), _open_all(st)
-            elif len(tf) == 1:
-                fmt, files = "bin", [TorchFile(tf[0])]
-            else:
-                hint = _adapter_hint(p)
-                raise CheckpointError(hint or f"{p}: no weights found (expected model.safetensors, "
-                                              f"model.safetensors.index.json, pytorch_model.bin or its index)")
-    elif p.is_file():
-        files = [_open_file(p)]
-        fmt = "safetensors" if p.suffix == ".safetensors" else "bin"
-    else:
-        raise CheckpointError(f"{p}: not a regular file or folder; pass a checkpoint folder or weights file")
+    layout = resolve(p)
+    if layout is None:
+        raise CheckpointError(_adapter_hint(p) or f"{p}: no weights found (expected model.safetensors, "
+                                                   f"model.safetensors.index.json, pytorch_model.bin or its index)")
+    config = read_config(p) if p.is_dir() else {}
+    files = open_files(layout)
     try:
-        ck = Checkpoint(p, fmt, files, config, wm, index)
+        ck = Checkpoint(p, layout.format, files, config, layout.weight_map, layout.index)
     except BaseException:
         for f in files:
             f.close()
@@ -263,18 +156,6 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               f"as {packed.dtype}; updelta measures full-precision weights: compare de-quantized "
                               f"(bf16/fp32) checkpoints")
     return ck
-
-
-def _open_all(paths: list[Path]) -> list:
-    files = []
-    try:
-        for q in paths:
-            files.append(_open_file(q))
-    except BaseException:
-        for f in files:
-            f.close()
-        raise
-    return files
 
 
 def _adapter_hint(p: Path) -> str | None:

@@ -76,6 +76,9 @@ class SafetensorsFile:
         return CheckpointError(f"{self.path}: truncated or corrupt safetensors file ({what}); "
                                f"re-save or re-download it")
 
+    def names(self) -> list[str]:
+        return list(self.entries)
+
     def dtype_name(self, name: str) -> str:
         return DTYPES[self.entries[name][0]][0]
 

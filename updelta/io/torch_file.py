@@ -59,6 +59,9 @@ class TorchFile:
                                   f"re-save it with torch.save(model.state_dict(), path)") from None
         self.tensors = _unwrap(obj, self.path)
 
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
     def dtype_name(self, name: str) -> str:
         return str(self.tensors[name].dtype).removeprefix("torch.")
 
