@@ -17,7 +17,8 @@ from .params import ENGINE_PANEL, with_options
 def compare(
     base: Annotated[str, typer.Argument(help="Base checkpoint every run started from.")],
     runs: Annotated[List[str], typer.Argument(help="Fine-tuned runs as NAME=PATH (pairs are ordered as given).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every table as parquet into this folder.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write every table as parquet into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON instead of text.")] = False,
     *, opts: DiffOptions,
 ) -> None:

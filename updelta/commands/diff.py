@@ -16,9 +16,11 @@ from .params import ENGINE_PANEL, with_options
 def diff(
     base: Annotated[str, typer.Argument(help="Base checkpoint: HF folder, .safetensors, or .bin/.pt state dict.")],
     finetuned: Annotated[str, typer.Argument(help="Fine-tuned checkpoint, any of the same layouts.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the per-tensor table: .parquet "
-                                                "(options, summary, identities in its metadata), .csv or .json.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole-model summary as JSON instead of text.")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write the per-tensor table: .parquet (options, summary, identities in its metadata), "
+                            ".csv or .json.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the whole-model summary as JSON instead of text.")] = False,
     *, opts: DiffOptions,
 ) -> None:
     """Diff one fine-tuned checkpoint against its base, tensor by tensor."""
