@@ -43,7 +43,7 @@ def main() -> None:
     rows["updelta diff, 0.5B (24 layers)"] = measure([UPDELTA, "diff", str(b24), str(f24), "--spectral", "off"],
                                                      args.repeat)
     rows["updelta diff, 1 thread"] = measure([UPDELTA, "diff", str(b24), str(f24), "--spectral", "off",
-                                              "--threads", "1"], args.repeat)
+                                              "--workers", "1"], args.repeat)
     if not args.skip_naive:
         rows["naive (load both, torch loop)"] = measure([PY, str(Path(__file__).parent / "naive_diff.py"),
                                                          str(b24), str(f24)], 1)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import UpdeltaError
 from .io import Checkpoint, TensorRef, open_checkpoint
 from .metrics import elementwise as ew
@@ -232,8 +232,8 @@ class Engine:
     def run(self) -> tuple[list[dict], list[dict]]:
         tensors = self.pairing.tensors
         total = sum(t.numel * (t.base.itemsize + sum(s.ref.itemsize for s in t.runs.values())) for t in tensors)
-        threads = self.opts.threads or min(os.cpu_count() or 1, 4)
-        if self.device.type == "cuda":
+        threads = self.opts.workers or min(os.cpu_count() or 1, 4)
+        if self.device.type == "cuda" or self.opts.executor == "serial":
             threads = 1
         records: list[dict] = []
         pair_records: list[dict] = []

@@ -1,47 +1,81 @@
 """Options of the diff/compare engine: one typed, frozen object shared by the API and the CLI.
 
-Every field's help text lives here (field metadata) and nowhere else: the CLI
-reads it with `help_for(name)`. Defaults are documented in the help text.
+Every field is the single source of truth for its option: its type, default, help text (field metadata) and
+allowed range live here and nowhere else. The CLI generates the `diff`, `compare`, `report` and `trajectory`
+flags from the fields (`updelta.commands.params`); `__post_init__` checks every value, so a bad option fails
+with a one-line `UpdeltaError` naming the flag and the allowed values, from the API as from the CLI, before
+any checkpoint is read.
+
+Adding an engine option: add one field here (type, default, help, range) and use it.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import re
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Literal
+from typing import Any, Literal
+
+from .errors import UpdeltaError
 
 Spectral = Literal["off", "fast", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 OnMismatch = Literal["error", "skip"]
+Executor = Literal["serial", "threads"]
 
 
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _opt(default, help: str, *, at_least=None, above=None, at_most=None, below=None, regex: bool = False):
+    """A field with its help text and, for numbers, its allowed range (checked by `check_fields`)."""
+    meta: dict[str, Any] = {"help": help}
+    for k, v in (("at_least", at_least), ("above", above), ("at_most", at_most), ("below", below)):
+        if v is not None:
+            meta[k] = v
+    if regex:
+        meta["regex"] = True
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class DiffOptions:
-    """Options of `updelta.diff` / `updelta.compare` and of the `diff`, `compare`, `report` commands."""
+    """Options of `updelta.diff` / `updelta.compare` / `updelta.trajectory` and of the `diff`, `compare`,
+    `report`, `trajectory` commands."""
 
     atol: float = _opt(1e-5, "Absolute tolerance of the `atol` sparsity convention: an element is unchanged when "
-                             "|W1 - W0| <= atol (Mukherjee et al. 2025 use 1e-5 on bf16).")
+                             "|W1 - W0| <= atol (Mukherjee et al. 2025 use 1e-5 on bf16).", at_least=0)
     eta: float = _opt(1e-3, "Relative tolerance of the `rtol` sparsity convention (Zhu et al. 2025): unchanged when "
-                            "|W1 - W0| <= eta * max(|W0|, |W1|). On bf16 storage 1e-3 equals `exact`.")
-    include: tuple[str, ...] = _opt((), "Regular expression; only tensors whose name matches are compared (repeatable).")
-    exclude: tuple[str, ...] = _opt((), "Regular expression; tensors whose name matches are skipped (repeatable).")
+                            "|W1 - W0| <= eta * max(|W0|, |W1|). On bf16 storage 1e-3 equals `exact`.", at_least=0)
+    include: tuple[str, ...] = _opt((), "Regular expression; only tensors whose name matches are compared "
+                                        "(repeatable).", regex=True)
+    exclude: tuple[str, ...] = _opt((), "Regular expression; tensors whose name matches are skipped (repeatable).",
+                                    regex=True)
     device: Device = _opt("auto", "Where to compute: auto (CUDA when available), cpu or cuda.")
     on_shape_mismatch: OnMismatch = _opt("error", "A shape mismatch that is not a vocabulary resize: `error` stops "
                                                   "with the tensor named; `skip` leaves the tensor out and lists it.")
     spectral: Spectral = _opt("fast", "Spectral work on 2-D updates: off, fast (top-k singular values of the update), "
                                       "or full (exact SVDs, subspace angles, intruders).")
-    topk: int = _opt(16, "How many top singular values of the update the spectral modes keep.")
+    topk: int = _opt(16, "How many top singular values of the update the spectral modes keep.", at_least=1)
     spectral_float64: bool = _opt(False, "Exact (full) spectral work in float64 instead of float32.")
     offprincipal_alpha: float = _opt(0.05, "Off-principal alignment (Zhu et al.): share of elements in the principal "
-                                           "mask of W0 (the chance level of the overlap).")
-    offprincipal_k: int = _opt(16, "Off-principal alignment: rank of the reconstruction of W0 that defines the mask.")
+                                           "mask of W0 (the chance level of the overlap).", above=0, below=1)
+    offprincipal_k: int = _opt(16, "Off-principal alignment: rank of the reconstruction of W0 that defines the mask.",
+                               at_least=1)
+    intruder_k: int = _opt(10, "Intruder dimensions (Shuttleworth et al. 2024; spectral full): how many top left "
+                               "singular vectors y_j of W1 are tested against all left singular vectors x_i of W0.",
+                           at_least=1)
+    intruder_eps: float = _opt(0.5, "Intruder dimensions: y_j is an intruder when max_i |cos(y_j, x_i)| < eps (the "
+                                    "`intruders` column; `intruders_sweep` counts eps = 0.1 .. 0.9).",
+                               above=0, at_most=1)
     histogram: bool = _opt(False, "Count |W1 - W0| per tensor in power-of-two bins (plus exact zeros), for "
                                   "`updelta plot --kind distribution`.")
-    threads: int = _opt(0, "Worker threads for the CPU path (0 = one per core, at most 4).")
-    block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).")
+    executor: Executor = _opt("threads", "How per-tensor jobs run: serial (in this thread) or threads (a thread "
+                                         "pool of --workers).")
+    workers: int = _opt(0, "Worker threads for the CPU path (0 = one per core, at most 4).", at_least=0)
+    block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
     progress: bool = _opt(True, "Show a progress bar on stderr.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -51,6 +85,88 @@ class DiffOptions:
 
     def replace(self, **changes) -> "DiffOptions":
         return replace(self, **changes)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of option `name` (`on_shape_mismatch` -> `--on-shape-mismatch`)."""
+    return "--" + name.replace("_", "-")
+
+
+def _range_text(meta: dict) -> str:
+    lo = ("[", meta["at_least"]) if "at_least" in meta else ("(", meta["above"]) if "above" in meta else None
+    hi = ("]", meta["at_most"]) if "at_most" in meta else (")", meta["below"]) if "below" in meta else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def _in_range(v, meta: dict) -> bool:
+    return (("at_least" not in meta or v >= meta["at_least"]) and ("above" not in meta or v > meta["above"])
+            and ("at_most" not in meta or v <= meta["at_most"]) and ("below" not in meta or v < meta["below"]))
+
+
+def _checked(name: str, hint: Any, meta: dict, v: Any) -> Any:
+    """`v` coerced to the field's type (tuple from a list or one string, int/float from any number), or a one-line
+    UpdeltaError naming the flag and the allowed values."""
+    opt = flag(name)
+    if typing.get_origin(hint) is Literal:
+        allowed = typing.get_args(hint)
+        if v not in allowed:
+            raise UpdeltaError(f"{opt} {v!r}: choose one of {', '.join(map(str, allowed))}")
+        return v
+    if hint is bool:
+        if isinstance(v, str) or v not in (True, False):
+            raise UpdeltaError(f"{opt} {v!r}: must be true or false")
+        return bool(v)
+    if hint is int or hint is float:
+        is_int = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        ok = is_int if hint is int else (isinstance(v, numbers.Real) and not isinstance(v, bool))
+        what = "an integer" if hint is int else "a finite number"
+        v2 = (int(v) if hint is int else float(v)) if ok else None
+        if not ok or (hint is float and not math.isfinite(v2)) or not _in_range(v2, meta):
+            rng = _range_text(meta)
+            raise UpdeltaError(f"{opt} {v!r}: must be {what}{' ' + rng if rng else ''}")
+        return v2
+    if typing.get_origin(hint) is tuple:
+        items = (v,) if isinstance(v, str) else v
+        try:
+            items = tuple(items)
+        except TypeError:
+            items = (v,)
+        for s in items:
+            if not isinstance(s, str):
+                raise UpdeltaError(f"{opt} {s!r}: expected a string" + (" (a regular expression)"
+                                                                         if meta.get("regex") else ""))
+            if meta.get("regex"):
+                try:
+                    re.compile(s)
+                except re.error as e:
+                    raise UpdeltaError(f"{opt} {s!r}: not a valid regular expression ({e})") from None
+        return items
+    return v
+
+
+def check_fields(obj: Any) -> None:
+    """Check (and coerce, on a frozen dataclass too) every field of `obj` from its type and metadata."""
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        v2 = _checked(f.name, hints[f.name], f.metadata, v)
+        if v2 is not v:
+            object.__setattr__(obj, f.name, v2)
+
+
+_HINTS: dict[type, dict] = {}
+
+
+def _hints(cls: type) -> dict:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def help_for(name: str, cls=DiffOptions) -> str:

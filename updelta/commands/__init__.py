@@ -1,1 +1,20 @@
-"""Subcommands that live in their own modules; each exposes `register(app)` (called from `updelta/cli.py`)."""
+"""The `updelta` commands, one module each; `updelta.cli` only assembles them into the typer app.
+
+Each command module exposes `register(app)`. Engine flags are generated from the fields of
+`updelta.options.DiffOptions` by `params.with_options` (help, defaults and checks live on the fields);
+shared helpers are in `common`. Heavy dependencies (torch, pandas, the trainer) are imported on use.
+"""
+from __future__ import annotations
+
+import typer
+
+# In the order `updelta --help` lists them.
+COMMANDS = ("diff", "compare", "train", "demo", "report", "trajectory", "plot")
+
+
+def register_all(app: typer.Typer) -> None:
+    """Add every command to `app`."""
+    from importlib import import_module
+
+    for name in COMMANDS:
+        import_module(f"{__name__}.{name}").register(app)

@@ -1,6 +1,6 @@
 """`updelta plot RESULT --kind ... --metric ... --out fig.png`: one figure from a saved result.
 
-Registered on the main typer app by `register(app)` (called from `updelta/cli.py`). The figure
+Registered on the main typer app by `register(app)` (`updelta.commands.register_all`). The figure
 functions live in `updelta.plot`; this is a thin wrapper that loads the result, checks the options
 and writes the file (PNG at 150 dpi, or .svg/.pdf).
 """

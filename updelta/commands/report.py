@@ -4,6 +4,7 @@ Exit codes: 0 report written and every gate passes; 1 report written, a gate fai
 offenders are printed and marked in the report); 2 bad input (malformed gate, unknown metric,
 selector matching nothing, unreadable eval file, ...), raised before any output is written.
 """
+from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -12,6 +13,10 @@ import typer
 
 from ..errors import UpdeltaError
 from ..gates import GRAMMAR
+from ..options import DiffOptions
+from .common import parse_runs
+from .params import ENGINE_PANEL, with_options
+
 
 def _esc(s: str) -> str:
     """Escape '[' for typer's rich help rendering (it would read [@SELECTOR] as markup)."""
@@ -29,77 +34,68 @@ HELP = _esc(
     "(select with a run name, or a/b for one pair). An undefined value (NaN) fails.")
 
 
+@with_options(DiffOptions, panel=ENGINE_PANEL)
+def report(
+    checkpoints: Annotated[Optional[List[str]], typer.Argument(
+        help="BASE NAME=PATH [NAME=PATH ...]: the base and the runs to compare (leave out with --from).",
+        show_default=False)] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Report folder (created; a previous report there is replaced; any other non-empty "
+                            "folder is refused).")] = ...,
+    from_: Annotated[Optional[Path], typer.Option("--from", help="A folder written by `updelta compare --out` "
+                                                                 "(engine options are then ignored).")] = None,
+    eval_: Annotated[Optional[List[str]], typer.Option(
+        "--eval", help="NAME=FILE.json: a run's evaluation (the trainer's eval.json with before/after accuracies "
+                       "per split), shown beside its geometry as gains after - before (repeatable).")] = None,
+    gate: Annotated[Optional[List[str]], typer.Option(
+        "--gate", help=_esc("[AGG:]METRIC OP VALUE[@SELECTOR]") + ", e.g. 'rel_delta<=0.05', "
+                       "'sparsity_atol>=0.5@grpo', 'max:rel_delta<=0.2@component=attn' (repeatable; see above).")
+    ] = None,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the figures (the slowest "
+                                                                       "part of a small report).")] = True,
+    *, opts: DiffOptions,
+):
+    from ..evals import check_names, parse_eval_specs
+    from ..gates import check_runs, parse_gates
+    from ..report import check_out_dir, write_report
+
+    # Everything that can be checked without reading a checkpoint, before reading one.
+    gates = parse_gates(gate or [])
+    evals = parse_eval_specs(eval_ or [])
+    args = list(checkpoints or [])
+    if from_ is not None and args:
+        raise UpdeltaError("give either BASE NAME=PATH ... or --from DIR, not both")
+    if from_ is None and len(args) < 2:
+        raise UpdeltaError("give the base and at least one run (BASE NAME=PATH ...), or --from DIR "
+                           "(a folder written by `updelta compare --out`)")
+    check_out_dir(out, protect=(from_,))
+    if from_ is not None:
+        from ..result import load
+
+        res = load(from_)
+        check_runs(gates, res.runs)
+        check_names(evals, res.runs)
+    else:
+        runs = parse_runs(args[1:])
+        check_runs(gates, list(runs))
+        check_names(evals, list(runs))
+        from ..api import compare
+
+        res = compare(args[0], runs, opts)
+    outcome = write_report(res, out, evals=evals, gates=gates, figures=figures)
+    for g in outcome.gates:
+        typer.echo(g.describe(limit=20))
+    for m in outcome.missing_figures:
+        if m.error:
+            typer.echo(f"updelta: figure {m.stem} not drawn: {m.reason}", err=True)
+    typer.echo(f"wrote {out}/report.md, report.html, summary.json, "
+               f"{len(outcome.figures)} figures, tables/")
+    if not outcome.passed:
+        typer.echo(f"updelta: {len(outcome.failed)} gate(s) failed: "
+                   + ", ".join(g.gate.expr for g in outcome.failed), err=True)
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `report` command to the `updelta` app."""
-    from ..cli import (F64, Alpha, Atol, Device, Eta, Exclude, Hist, Include, Mismatch, PrincK, ProgressOpt,
-                       Spectral, Threads, TopK)
-    from ..options import default_of
-
-    @app.command(help=HELP)
-    def report(
-        checkpoints: Annotated[Optional[List[str]], typer.Argument(
-            help="BASE NAME=PATH [NAME=PATH ...]: the base and the runs to compare (leave out with --from).",
-            show_default=False)] = None,
-        out: Annotated[Path, typer.Option(
-            "--out", "-o", help="Report folder (created; a previous report there is replaced; any other non-empty "
-                                "folder is refused).")] = ...,
-        from_: Annotated[Optional[Path], typer.Option("--from", help="A folder written by `updelta compare --out` "
-                                                                     "(engine options are then ignored).")] = None,
-        eval_: Annotated[Optional[List[str]], typer.Option(
-            "--eval", help="NAME=FILE.json: a run's evaluation (the trainer's eval.json with before/after accuracies "
-                           "per split), shown beside its geometry as gains after - before (repeatable).")] = None,
-        gate: Annotated[Optional[List[str]], typer.Option(
-            "--gate", help=_esc("[AGG:]METRIC OP VALUE[@SELECTOR]") + ", e.g. 'rel_delta<=0.05', "
-                           "'sparsity_atol>=0.5@grpo', 'max:rel_delta<=0.2@component=attn' (repeatable; see above).")
-        ] = None,
-        figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the figures (the slowest "
-                                                                           "part of a small report).")] = True,
-        atol: Atol = default_of("atol"), eta: Eta = default_of("eta"), include: Include = None,
-        exclude: Exclude = None, device: Device = default_of("device"), spectral: Spectral = default_of("spectral"),
-        topk: TopK = default_of("topk"), spectral_float64: F64 = False,
-        offprincipal_alpha: Alpha = default_of("offprincipal_alpha"),
-        offprincipal_k: PrincK = default_of("offprincipal_k"), on_shape_mismatch: Mismatch = "error",
-        histogram: Hist = False, threads: Threads = 0, progress: ProgressOpt = True,
-    ):
-        from ..cli import make_options, parse_runs
-        from ..evals import check_names, parse_eval_specs
-        from ..gates import check_runs, parse_gates
-        from ..report import check_out_dir, write_report
-
-        # Everything that can be checked without reading a checkpoint, before reading one.
-        gates = parse_gates(gate or [])
-        evals = parse_eval_specs(eval_ or [])
-        args = list(checkpoints or [])
-        if from_ is not None and args:
-            raise UpdeltaError("give either BASE NAME=PATH ... or --from DIR, not both")
-        if from_ is None and len(args) < 2:
-            raise UpdeltaError("give the base and at least one run (BASE NAME=PATH ...), or --from DIR "
-                               "(a folder written by `updelta compare --out`)")
-        check_out_dir(out, protect=(from_,))
-        if from_ is not None:
-            from ..result import load
-
-            res = load(from_)
-            check_runs(gates, res.runs)
-            check_names(evals, res.runs)
-        else:
-            runs = parse_runs(args[1:])
-            check_runs(gates, list(runs))
-            check_names(evals, list(runs))
-            opts = make_options(atol, eta, include, exclude, device, spectral, topk, spectral_float64,
-                                offprincipal_alpha, offprincipal_k, on_shape_mismatch, histogram, threads, progress)
-            from ..api import compare
-
-            res = compare(args[0], runs, opts)
-        outcome = write_report(res, out, evals=evals, gates=gates, figures=figures)
-        for g in outcome.gates:
-            typer.echo(g.describe(limit=20))
-        for m in outcome.missing_figures:
-            if m.error:
-                typer.echo(f"updelta: figure {m.stem} not drawn: {m.reason}", err=True)
-        typer.echo(f"wrote {out}/report.md, report.html, summary.json, "
-                   f"{len(outcome.figures)} figures, tables/")
-        if not outcome.passed:
-            typer.echo(f"updelta: {len(outcome.failed)} gate(s) failed: "
-                       + ", ".join(g.gate.expr for g in outcome.failed), err=True)
-            raise typer.Exit(1)
+    app.command(help=HELP)(report)

@@ -1,5 +1,6 @@
 """`updelta trajectory BASE CHECKPOINT... [--out DIR]`: every metric against training step, and the
 cosine between consecutive updates (see `updelta.trajectory`)."""
+from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -7,47 +8,42 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from ..errors import UpdeltaError
+from ..options import DiffOptions
+from .params import ENGINE_PANEL, with_options
+
+
+@with_options(DiffOptions, panel=ENGINE_PANEL)
+def trajectory(
+    base: Annotated[str, typer.Argument(help="The checkpoint training started from.")],
+    checkpoints: Annotated[List[str], typer.Argument(
+        help="Checkpoints of one run: folders, files or a glob such as 'out/checkpoint-*' (quoted or not), "
+             "or a folder holding checkpoint-* folders; ordered by the step number in each name.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder to write trajectory.parquet into "
+                                                                    "(other files there are kept).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole-model rows as JSON.")] = False,
+    *, opts: DiffOptions,
+) -> None:
+    """Every metric of each checkpoint against the base, by training step, in one streaming pass.
+
+    Also the updates between consecutive checkpoints: their norm, and the cosine between consecutive updates."""
+    from ..trajectory import find_checkpoints, summary_text
+    from ..trajectory import trajectory as run_trajectory
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise UpdeltaError(f"{out}: --out takes a folder (trajectory.parquet is written into it)")
+    find_checkpoints(checkpoints)  # names and steps checked before any reading
+    t = run_trajectory(base, checkpoints, opts)
+    path = t.save(out) if out is not None else None
+    if as_json:
+        m = t.model().drop(columns=[c for c in ("hist", "topk_sv") if c in t.table.columns], errors="ignore")
+        typer.echo(json.dumps(json.loads(m.to_json(orient="records")), indent=1))
+    else:
+        typer.echo(summary_text(t))
+        if path is not None:
+            typer.echo(f"\nwrote {path}")
+
 
 def register(app: typer.Typer) -> None:
     """Add the `trajectory` command to the `updelta` app."""
-    from ..cli import (F64, Alpha, Atol, Device, Eta, Exclude, Hist, Include, Mismatch, PrincK, ProgressOpt,
-                       Spectral, Threads, TopK)
-    from ..options import default_of
-
-    @app.command()
-    def trajectory(
-        base: Annotated[str, typer.Argument(help="The checkpoint training started from.")],
-        checkpoints: Annotated[List[str], typer.Argument(
-            help="Checkpoints of one run: folders, files or a glob such as 'out/checkpoint-*' (quoted or not), "
-                 "or a folder holding checkpoint-* folders; ordered by the step number in each name.")],
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder to write trajectory.parquet into "
-                                                                        "(other files there are kept).")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the whole-model rows as JSON.")] = False,
-        atol: Atol = default_of("atol"), eta: Eta = default_of("eta"), include: Include = None,
-        exclude: Exclude = None, device: Device = default_of("device"), spectral: Spectral = default_of("spectral"),
-        topk: TopK = default_of("topk"), spectral_float64: F64 = False,
-        offprincipal_alpha: Alpha = default_of("offprincipal_alpha"),
-        offprincipal_k: PrincK = default_of("offprincipal_k"), on_shape_mismatch: Mismatch = "error",
-        histogram: Hist = False, threads: Threads = 0, progress: ProgressOpt = True,
-    ):
-        """Every metric of each checkpoint against the base, by training step, plus the updates between
-        consecutive checkpoints (norm, and the cosine between consecutive updates), in one streaming pass."""
-        from ..cli import make_options
-        from ..errors import UpdeltaError
-        from ..trajectory import find_checkpoints, summary_text
-        from ..trajectory import trajectory as run_trajectory
-
-        if out is not None and out.exists() and not out.is_dir():
-            raise UpdeltaError(f"{out}: --out takes a folder (trajectory.parquet is written into it)")
-        find_checkpoints(checkpoints)  # names and steps checked before any reading
-        opts = make_options(atol, eta, include, exclude, device, spectral, topk, spectral_float64,
-                            offprincipal_alpha, offprincipal_k, on_shape_mismatch, histogram, threads, progress)
-        t = run_trajectory(base, checkpoints, opts)
-        path = t.save(out) if out is not None else None
-        if as_json:
-            m = t.model().drop(columns=[c for c in ("hist", "topk_sv") if c in t.table.columns], errors="ignore")
-            typer.echo(json.dumps(json.loads(m.to_json(orient="records")), indent=1))
-        else:
-            typer.echo(summary_text(t))
-            if path is not None:
-                typer.echo(f"\nwrote {path}")
+    app.command()(trajectory)

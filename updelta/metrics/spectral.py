@@ -51,10 +51,8 @@ from .registry import metric
 RANK = "metrics.md, Rank of an update"
 SUBSPACE = "metrics.md, Spectrum and subspaces of base vs fine-tuned"
 
-# Intruder dimensions (Shuttleworth et al. 2024): top INTRUDER_K left singular vectors of W1, threshold
-# INTRUDER_EPS, and the sweep of thresholds for plots. Module constants until DiffOptions has fields.
-INTRUDER_K = 10
-INTRUDER_EPS = 0.5
+# Intruder dimensions (Shuttleworth et al. 2024): top k = opts.intruder_k left singular vectors of W1,
+# threshold eps = opts.intruder_eps, and this sweep of thresholds for plots.
 INTRUDER_SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))  # 0.1 .. 0.9
 FAST_RTOL = 2.5e-4  # stopping tolerance of the fast solver (4x inside the promised 1e-3)
 ENERGY_QS = {"energy_rank_90": 0.9, "energy_rank_99": 0.99}
@@ -171,12 +169,12 @@ def _principal(A: torch.Tensor, B: torch.Tensor) -> tuple[list[float], float]:
     return [float(c) for c in cos], ang
 
 
-def _intruder_counts(C: torch.Tensor) -> tuple[int, list[int]]:
+def _intruder_counts(C: torch.Tensor, eps: float) -> tuple[int, list[int]]:
     """Shuttleworth et al.: C = U0^T Y, the cosines of the top left singular vectors y_j of W1 (columns of Y)
     with ALL left singular vectors x_i of W0 (the economy U0); count the y_j with max_i |cos(y_j, x_i)|
-    below INTRUDER_EPS, and below each eps of INTRUDER_SWEEP."""
+    below `eps` (opts.intruder_eps), and below each eps of INTRUDER_SWEEP."""
     mx = C.abs().amax(dim=0).double().cpu().numpy()
-    return int(np.sum(mx < INTRUDER_EPS)), [int(np.sum(mx < e)) for e in INTRUDER_SWEEP]
+    return int(np.sum(mx < eps)), [int(np.sum(mx < e)) for e in INTRUDER_SWEEP]
 
 
 def _row_chunks(m: int, n: int, target: int = 1 << 22):
@@ -337,7 +335,7 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     out["topk_sv_err_est"] = 0.0
     out["rank_frac"] = _numerical_rank(sd, (m, n), dt) / r
     out["erank"] = _erank(sd)
-    ki = min(INTRUDER_K, r)
+    ki = min(int(opts.intruder_k), r)
     kp = min(max(1, int(opts.offprincipal_k)), r)
     dec1 = _Decomp(w1)
     U1t = dec1.u(max(kk, ki)).clone()
@@ -349,7 +347,7 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     out["nss"] = _nss(s0, s1)
     out["principal_cos_u"], out["angle_u_max_deg"] = _principal(dec0.u(kk), U1t[:, :kk])
     out["principal_cos_v"], out["angle_v_max_deg"] = _principal(dec0.vh(kk).T, V1t)
-    out["intruders"], out["intruders_sweep"] = _intruder_counts(dec0.ut(U1t[:, :ki]))
+    out["intruders"], out["intruders_sweep"] = _intruder_counts(dec0.ut(U1t[:, :ki]), float(opts.intruder_eps))
     del U1t, V1t
     out["offprincipal_overlap"] = _offprincipal(w0, w1, dec0.u(kp), dec0.S[:kp], dec0.vh(kp),
                                                 float(opts.offprincipal_alpha))
@@ -616,15 +614,16 @@ def _intruder_def(what: str) -> Callable:
     def f(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions | None = None):
         U0 = torch.linalg.svd(_f64(w0), full_matrices=False)[0]
         U1 = torch.linalg.svd(_f64(w1), full_matrices=False)[0]
-        mx = (U0.T @ U1[:, :INTRUDER_K]).abs().amax(dim=0)
+        o = _opts(opts)
+        mx = (U0.T @ U1[:, :o.intruder_k]).abs().amax(dim=0)
         if what == "count":
-            return int((mx < INTRUDER_EPS).sum())
+            return int((mx < o.intruder_eps).sum())
         return [int((mx < e).sum()) for e in INTRUDER_SWEEP]
 
-    f.__doc__ = ("Intruder dimensions (Shuttleworth et al. 2024, arXiv 2410.21228): among the top "
-                 f"{INTRUDER_K} left singular vectors y_j of W1, the number with max_i |cos(y_j, x_i)| < eps over "
+    f.__doc__ = ("Intruder dimensions (Shuttleworth et al. 2024, arXiv 2410.21228): among the top k = "
+                 "opts.intruder_k left singular vectors y_j of W1, the number with max_i |cos(y_j, x_i)| < eps over "
                  "ALL left singular vectors x_i of W0 (economy SVD: the min(m, n) vectors with singular values). "
-                 + (f"eps = {INTRUDER_EPS}." if what == "count" else
+                 + ("eps = opts.intruder_eps." if what == "count" else
                     f"Returns the counts for eps in {list(INTRUDER_SWEEP)}."))
     return f
 

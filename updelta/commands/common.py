@@ -1,0 +1,39 @@
+"""Helpers shared by the commands: run specs, output checks, the JSON summary of a result."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UpdeltaError
+
+
+def parse_runs(specs: list[str]) -> dict[str, str]:
+    """NAME=PATH arguments -> {name: path}, in order; a bare PATH is named after its folder."""
+    runs: dict[str, str] = {}
+    for s in specs:
+        name, sep, path = s.partition("=")
+        if not sep:
+            name, path = Path(s.rstrip("/")).name or s, s
+        if not name or not path:
+            raise UpdeltaError(f"{s!r}: expected NAME=PATH")
+        if name in runs:
+            raise UpdeltaError(f"run name {name!r} given twice; names must be unique")
+        runs[name] = path
+    return runs
+
+
+def check_out(out: Optional[Path], kinds: tuple[str, ...]) -> None:
+    """`out` (when given) must end in one of the suffixes `kinds`."""
+    if out is not None and out.suffix.lower() not in kinds:
+        raise UpdeltaError(f"{out}: unknown output type {out.suffix or '(none)'!r}; use one of {', '.join(kinds)}")
+
+
+def summary_json(res) -> dict:
+    """Whole-model and per-component figures, pairing notes and identities, as plain JSON."""
+    def recs(df):
+        return json.loads(df.to_json(orient="records"))
+    return {"summary": recs(res.summary), "components": recs(res.components),
+            "pairs_summary": recs(res.pairs_summary) if len(res.pairs_summary) else [],
+            "pairing": res.meta.get("pairing"), "base": res.meta.get("base"), "runs": res.meta.get("runs"),
+            "options": res.meta.get("options"), "updelta_version": res.meta.get("updelta_version")}

@@ -1,0 +1,25 @@
+"""`updelta demo`: train a zoo of fine-tunes of the built-in base, compare them and write a report
+(`updelta.demo`; its flags come from the fields of `DemoOptions`, its help from `DEMO_HELP`)."""
+from __future__ import annotations
+
+import typer
+
+from ..demo import DEMO_HELP, DemoOptions
+from .params import with_options
+
+
+@with_options(DemoOptions, help=DEMO_HELP)
+def demo(opts: DemoOptions) -> None:
+    """Train SFT, DFT, GRPO and ES fine-tunes of the built-in base, compare them and write a report."""
+    from ..demo import format_table, run_demo
+
+    res = run_demo(opts)
+    typer.echo(format_table(res.table))
+    typer.echo("\nClaims from the literature, tested on this zoo:")
+    for c in res.claims:
+        typer.echo(f"  [{c.verdict}] {c.claim}: {c.text}")
+    typer.echo(f"\nreport: {res.out / 'report.md'} (and report.html) in {res.seconds:.0f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
