@@ -93,7 +93,7 @@ class Tied:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Tied":
-        return cls(d["name"], d["run"], d["side"], d["to"])
+        return cls(d.get("name", "?"), d.get("run", "?"), d.get("side", "both"), d.get("to", "?"))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "run": self.run, "side": self.side, "to": self.to}
@@ -110,7 +110,8 @@ class ShapeNote:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShapeNote":
-        return cls(d["name"], d["run"], tuple(d["base_shape"]), tuple(d["ft_shape"]))
+        return cls(d.get("name", "?"), d.get("run", "?"), tuple(d.get("base_shape") or ()),
+                   tuple(d.get("ft_shape") or ()))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "run": self.run, "base_shape": list(self.base_shape),

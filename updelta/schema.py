@@ -270,6 +270,11 @@ def conventions(atol: float = DEFAULT_ATOL, eta: float = DEFAULT_ETA) -> dict[st
     return {c: f"{c}: " + CONVENTION_TEXT[c].format(atol=atol, eta=eta) for c in CONVS}
 
 
+def changed(conv: str, atol: float = DEFAULT_ATOL, eta: float = DEFAULT_ETA) -> str:
+    """A convention's definition of *changed* (the complement): "atol: |ΔW| > 1e-05"."""
+    return conventions(atol, eta)[conv].replace("≤", ">").replace("==", "!=")
+
+
 def label(name: str, long: bool = False, atol: float = DEFAULT_ATOL, eta: float = DEFAULT_ETA) -> str:
     """Plot label of a column with its unit (`long`: the description for titles); the name when it has none.
     Sparsity and mask metrics name their convention with the result's tolerances."""
@@ -280,8 +285,7 @@ def label(name: str, long: bool = False, atol: float = DEFAULT_ATOL, eta: float 
     conv = next((k for k in CONVS if name.endswith(f"_{k}")), None)
     if conv is None:
         return text
-    cv = conventions(atol, eta)[conv]
-    return text.format(conv=cv, changed=cv.replace("≤", ">").replace("==", "!="))
+    return text.format(conv=conventions(atol, eta)[conv], changed=changed(conv, atol, eta))
 
 
 def shape_text(v) -> str:
