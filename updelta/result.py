@@ -2,12 +2,15 @@
 
 `Result.tensors` has one row per (run, tensor). Aggregates (`summary`, `components`,
 `layers`) and cross-run tables (`pairs`, `pairs_layers`, `pairs_components`,
-`pairs_summary`) are built once from records. `meta` holds the options, each
-checkpoint's identity, pairing notes and the updelta version.
+`pairs_summary`) are built once from records; every column is declared in
+`updelta.schema`. `meta` holds the options, each checkpoint's identity, pairing notes and
+the updelta version as a JSON dict; `info` gives it typed (`updelta.meta.RunInfo`).
 
 Saving: a `.parquet` file (tensors, with `meta` in the file's key-value metadata),
-`.csv` or `.json` (the table only; CSV writes list cells such as `shape` as JSON), or a directory (every table as parquet; what
-`updelta compare --out` writes). `load(path)` reads either back.
+`.csv` or `.json` (the table only; CSV writes list cells such as `shape` as JSON), or a
+directory (every table as parquet; what `updelta compare --out` writes). `load(path)`
+reads either back, without torch. Results of updelta 0.1.0 (shape as "16x16", no raw-sum
+columns) load too: shapes are parsed, sums rebuilt from the ratios (`aggregate.sums_from_ratios`).
 """
 from __future__ import annotations
 
