@@ -144,7 +144,10 @@ def damage(rng: random.Random, kind: str, folder: Path) -> None:
     if kind == "header_json":
         text = None
         for _ in range(rng.choice((1, 1, 2, 3))):
-            text = _mutate_entry(rng, header) or text
+            try:
+                text = _mutate_entry(rng, header) or text
+            except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+                continue  # an earlier mutation removed what this one edits
             if text is not None:
                 break
         hb = (text if text is not None else json.dumps(header)).encode("utf-8", "surrogatepass")

@@ -5,8 +5,7 @@
     c = updelta.compare("base/", {"sft": "runs/sft", "dft": "runs/dft"})
     r2 = updelta.load("out.parquet")
 """
-__version__ = "0.1.0"
-
-from .api import compare, diff, load  # noqa: E402,F401
+from ._version import __version__  # noqa: F401
+from .api import compare, diff, load  # noqa: E402,F401  (torch is imported by diff/compare, on call)
 from .options import DiffOptions  # noqa: E402,F401
 from .result import Result  # noqa: E402,F401

@@ -1,80 +1,87 @@
 """Aggregate per-tensor rows into per-layer, per-component and whole-model figures.
 
-Done correctly (metrics.md): norms from sums of squares, cosines from summed dot
-products, sparsity and mean |D| weighted by element count - never averages of ratios.
-Spectral figures are medians over 2-D tensors (`metrics.spectral.summarize`).
+Done correctly (docs/metrics.md): every figure is recomputed from summed raw sums (norms from
+sums of squares, cosines from summed dot products, sparsity and mean |D| from element counts)
+by the formulas declared in `updelta.schema` - the same code that computes each tensor's own
+row - never averages of ratios. Spectral figures are medians over 2-D tensors
+(`metrics.summary.summarize`). What each column does is declared once, in `updelta.schema`.
+
+Tables without the raw-sum columns (results saved by updelta 0.1.0, hand-made tables): the sums
+are rebuilt from the ratio columns first (`sums_from_ratios`), which is exact up to rounding.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .metrics import pairwise as pw
+from . import schema
+from .metrics.sums import pair_row
+from .metrics.summary import summarize
 
-CHEAP = ["delta_fro", "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base",
-         "sparsity_exact", "sparsity_atol", "sparsity_rtol"]
+CHEAP = list(schema.CHEAP)
+
+# Rebuilding a raw sum from the ratio columns of an older table: sum = f(ratios); NaN ratios (undefined
+# figures) come from zero sums.
+_FROM_RATIOS = {
+    "ss_delta": lambda d: d["delta_fro"] ** 2,
+    "ss_base": lambda d: d["base_fro"] ** 2,
+    "dot_delta_base": lambda d: d["cos_delta_base"] * d["delta_fro"] * d["base_fro"],
+    "sum_abs_delta": lambda d: d["delta_mean_abs"] * d["n_compared"],
+    "n_eq": lambda d: d["sparsity_exact"] * d["n_compared"],
+    "n_le_atol": lambda d: d["sparsity_atol"] * d["n_compared"],
+    "n_le_rtol": lambda d: d["sparsity_rtol"] * d["n_compared"],
+    "ss_delta_a": lambda d: d["delta_fro_a"] ** 2,
+    "ss_delta_b": lambda d: d["delta_fro_b"] ** 2,
+}
 
 
-def _groups(df: pd.DataFrame, by: list[str]):
-    return df.groupby(by, dropna=False, sort=False, observed=True) if by else [((), df)]
+def sums_from_ratios(df: pd.DataFrame, names) -> pd.DataFrame:
+    """`df` with each missing raw-sum column of `names` rebuilt from the ratio columns (older results)."""
+    missing = [c for c in names if c not in df.columns and c in _FROM_RATIOS]
+    if not missing:
+        return df
+    d = df.assign(n_compared=df["n_compared"].astype("float64")) if "n_compared" in df else df
+    return df.assign(**{c: _FROM_RATIOS[c](d).fillna(0.0) for c in missing})
+
+
+def _summed(df: pd.DataFrame, by: list[str], cols: list[str], maxes: list[str] = ()) -> pd.DataFrame:
+    """Per group of `by`: the sum of `cols`, the max of `maxes` and `n_tensors`; group keys as columns."""
+    w = df[by + cols + list(maxes)].assign(n_tensors=1)
+    if not by:
+        w = w.assign(_all=0)
+    g = w.groupby(by or ["_all"], dropna=False, sort=False, observed=True)
+    spec = {**{c: (c, "sum") for c in cols + ["n_tensors"]}, **{c: (c, "max") for c in maxes}}
+    s = g.agg(**spec).reset_index()
+    return s.drop(columns=["_all"]) if not by else s
 
 
 def aggregate_tensors(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """One row per group of `by` (e.g. ["run"], ["run", "component"], ["run", "layer", "component"])."""
     if df.empty:
         return pd.DataFrame(columns=by + CHEAP + ["numel", "n_tensors"])
-    n = df["n_compared"].astype("float64")
-    ss_d = df["delta_fro"] ** 2
-    ss_b = df["base_fro"] ** 2
-    w = pd.DataFrame({
-        **{k: df[k] for k in by},
-        "ss_d": ss_d, "ss_b": ss_b,
-        "dot": (df["cos_delta_base"] * df["delta_fro"] * df["base_fro"]).fillna(0.0),
-        "sabs": (df["delta_mean_abs"] * n).fillna(0.0),
-        "eq": (df["sparsity_exact"] * n).fillna(0.0), "at": (df["sparsity_atol"] * n).fillna(0.0),
-        "rt": (df["sparsity_rtol"] * n).fillna(0.0), "n": n, "numel": df["numel"],
-        "delta_max": df["delta_max"], "nonfinite_base": df["nonfinite_base"], "nonfinite_ft": df["nonfinite_ft"],
-        "added_rows": df.get("added_rows", 0), "one": 1,
-    })
-    g = w.groupby(by, dropna=False, sort=False, observed=True) if by else w.assign(_all=0).groupby("_all")
-    s = g.agg(ss_d=("ss_d", "sum"), ss_b=("ss_b", "sum"), dot=("dot", "sum"), sabs=("sabs", "sum"),
-              eq=("eq", "sum"), at=("at", "sum"), rt=("rt", "sum"), n=("n", "sum"), numel=("numel", "sum"),
-              delta_max=("delta_max", "max"), nonfinite_base=("nonfinite_base", "sum"),
-              nonfinite_ft=("nonfinite_ft", "sum"), added_rows=("added_rows", "sum"), n_tensors=("one", "sum"))
-    out = pd.DataFrame(index=s.index)
-    nn = s["n"].replace(0, np.nan)
-    out["delta_fro"] = np.sqrt(s["ss_d"])
-    out["base_fro"] = np.sqrt(s["ss_b"])
-    out["rel_delta"] = out["delta_fro"] / out["base_fro"].replace(0, np.nan)
-    out["delta_max"] = s["delta_max"]
-    out["delta_mean_abs"] = s["sabs"] / nn
-    out["cos_delta_base"] = s["dot"] / (out["delta_fro"] * out["base_fro"]).replace(0, np.nan)
-    out["sparsity_exact"] = s["eq"] / nn
-    out["sparsity_atol"] = s["at"] / nn
-    out["sparsity_rtol"] = s["rt"] / nn
-    out["numel"] = s["numel"].astype("int64")
-    out["n_compared"] = s["n"].astype("int64")
-    out["n_tensors"] = s["n_tensors"].astype("int64")
-    out["nonfinite_base"] = s["nonfinite_base"].astype("int64")
-    out["nonfinite_ft"] = s["nonfinite_ft"].astype("int64")
-    out["added_rows"] = s["added_rows"].astype("int64")
-    out = out.reset_index()
-    if not by:
-        out = out.drop(columns=["_all"])
-    spec = _spectral_summary(df, by)
-    if spec is not None and not spec.empty:
-        out = out.merge(spec, on=by, how="left") if by else pd.concat([out, spec.reset_index(drop=True)], axis=1)
+    summed = list(schema.columns(schema.AGGREGATES, agg="sum"))
+    df = sums_from_ratios(df, schema.RAW_SUMS)
+    if "added_rows" not in df:
+        df = df.assign(added_rows=0)
+    s = _summed(df, by, summed, ["delta_max"])
+    derived = schema.derive({c: s[c].to_numpy() for c in summed}, schema.TENSORS)
+    out = s[by].copy()
+    for c in ("delta_fro", "base_fro", "rel_delta"):
+        out[c] = derived[c]
+    out["delta_max"] = s["delta_max"].to_numpy()
+    for c in derived:
+        if c not in out:
+            out[c] = derived[c]
+    for c in ("numel", "n_compared", "n_tensors", "nonfinite_base", "nonfinite_ft", "added_rows"):
+        out[c] = s[c].astype("int64").to_numpy()
+    for c in schema.RAW_SUMS:  # int64 / float64 (floats where rebuilt from ratios)
+        if c not in out:
+            out[c] = s[c].to_numpy()
+    if "spectral_s" in df.columns:
+        spec = summarize(df, by)
+        if not spec.empty:
+            out = out.merge(spec, on=by, how="left") if by else pd.concat([out, spec.reset_index(drop=True)], axis=1)
     return out
-
-
-def _spectral_summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame | None:
-    try:
-        from .metrics import spectral
-    except ImportError:
-        return None
-    if not hasattr(spectral, "summarize") or "spectral_s" not in df.columns:
-        return None
-    return spectral.summarize(df, by)
 
 
 def aggregate_pairs(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -82,21 +89,12 @@ def aggregate_pairs(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     keys = ["run_a", "run_b"] + [k for k in by if k not in ("run_a", "run_b")]
     if df.empty:
         return pd.DataFrame(columns=keys)
-    cols = ["dot", "n_compared", "n_sign_agree"] + [f"{p}_{c}" for c in pw.CONVS
-                                                   for p in ("n_changed_a", "n_changed_b", "n_both", "expected_both")]
-    w = df[keys + cols].copy()
-    w["ss_a"] = df["delta_fro_a"] ** 2
-    w["ss_b"] = df["delta_fro_b"] ** 2
-    w["n_tensors"] = 1
-    s = w.groupby(keys, dropna=False, sort=False, observed=True).sum(numeric_only=True).reset_index()
-    rows = []
-    for _, r in s.iterrows():
-        ps = pw.PairSums(used=int(r["n_compared"]), dot=r["dot"], ss_a=r["ss_a"], ss_b=r["ss_b"],
-                         both_exact=int(r["n_both_exact"]), both_atol=int(r["n_both_atol"]),
-                         both_rtol=int(r["n_both_rtol"]), sign_agree=int(r["n_sign_agree"]))
-        ca = {c: int(r[f"n_changed_a_{c}"]) for c in pw.CONVS}
-        cb = {c: int(r[f"n_changed_b_{c}"]) for c in pw.CONVS}
-        exp = {c: float(r[f"expected_both_{c}"]) for c in pw.CONVS}
-        rows.append({**{k: r[k] for k in keys}, **pw.finalize_pair(ps, ca, cb, exp, int(r["n_compared"])),
-                     "n_tensors": int(r["n_tensors"])})
-    return pd.DataFrame(rows)
+    df = sums_from_ratios(df, schema.PAIR_SUMS)
+    s = _summed(df, keys, list(schema.PAIR_SUMS))
+    raw = {c: s[c].to_numpy() for c in schema.PAIR_SUMS}
+    row = pair_row(raw, schema.derive(raw, schema.PAIRS))
+    out = s[keys].copy()
+    for c, v in row.items():
+        out[c] = v
+    out["n_tensors"] = s["n_tensors"].astype("int64").to_numpy()
+    return out

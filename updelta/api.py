@@ -4,13 +4,15 @@
     r = updelta.diff("base/", "runs/sft/")            # per-tensor table in r.tensors
     c = updelta.compare("base/", {"sft": "runs/sft", "dft": "runs/dft"})
     c.pairs_summary                                    # delta cosine, mask Jaccard, ...
+
+`load` (and everything that works on saved results) does not import torch; `diff` and `compare`
+import the engine when called.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .engine import scan
 from .options import DiffOptions
 from .result import Result, load  # noqa: F401
 
@@ -40,6 +42,8 @@ def diff(base: str | os.PathLike, finetuned: str | os.PathLike, options: DiffOpt
     `options` is a `DiffOptions`; keyword overrides (e.g. `atol=1e-6, spectral="off"`) replace its fields.
     The run is named `name`, by default after the fine-tuned path (`run_name`).
     """
+    from .engine import scan
+
     return scan(base, {name or run_name(finetuned): finetuned}, _options(options, overrides))
 
 
@@ -49,4 +53,6 @@ def compare(base: str | os.PathLike, runs: dict[str, str | os.PathLike], options
 
     Runs are paired in the order given: (a, b) with a before b.
     """
+    from .engine import scan
+
     return scan(base, dict(runs), _options(options, overrides))

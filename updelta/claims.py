@@ -152,7 +152,7 @@ def claims(result, evals: dict) -> list[Claim]:
     if seeds:
         g = [_geometry(result, idx[("grpo", "target")][s], "sparsity_atol") for s in seeds]
         f = [_geometry(result, idx[("sft", "target")][s], "sparsity_atol") for s in seeds]
-        atol = (result.meta.get("options") or {}).get("atol", 1e-5)
+        atol = result.info.options.atol
         r0, r1 = idx[("grpo", "target")][seeds[0]], idx[("sft", "target")][seeds[0]]
         text = (f"share of elements unchanged (|D| <= {atol:g}): grpo {_spread(g, pct=True)}, sft {_spread(f, pct=True)} "
                 f"(grpo: {_facts(evals, r0)}; sft: {_facts(evals, r1)}); published 68.5-96% for RL, 6-15% for SFT, "

@@ -182,7 +182,7 @@ class Engine:
     def _records(self, t, sums, psums, hists, nbytes) -> _TensorOut:
         info = t.info
         common = {"name": t.name, "layer": info.layer, "component": info.component, "module": info.module,
-                  "param": info.param, "shape": "x".join(str(s) for s in t.base.shape) or "1", "numel": t.numel,
+                  "param": info.param, "shape": list(t.base.shape), "numel": t.numel,
                   "dtype_base": t.base.dtype}
         recs = []
         for r, s in sums.items():

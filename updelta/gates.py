@@ -29,6 +29,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 
+from . import schema
 from .errors import UpdeltaError
 
 GRAMMAR = ("gate grammar: [AGG:]METRIC OP VALUE[@SELECTOR]; AGG in max, min, mean (over the selected tensors; "
@@ -39,21 +40,15 @@ GRAMMAR = ("gate grammar: [AGG:]METRIC OP VALUE[@SELECTOR]; AGG in max, min, mea
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 AGGS = ("max", "min", "mean")
 SELECTOR_KEYS = ("run", "component", "layer", "name")
-COMPONENTS = ("attn", "mlp", "norm", "embed", "head", "other")
+COMPONENTS = schema.components()
 _GATE_RE = re.compile(r"^\s*(?:(?P<agg>[A-Za-z]+)\s*:)?\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*"
                       r"(?P<op><=|>=|<|>)\s*(?P<value>[^@\s<>=]+)\s*(?:@(?P<sel>.*))?$")
 
-# Per-run numeric columns known without reading a checkpoint (spectral ones depend on --spectral).
-RUN_COLUMNS = ("delta_fro", "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base",
-               "sparsity_exact", "sparsity_atol", "sparsity_rtol", "added_fro", "added_rows", "numel",
-               "n_compared", "nonfinite_base", "nonfinite_ft")
-CONVS = ("exact", "atol", "rtol")  # = metrics.pairwise.CONVS (not imported: it pulls in torch)
-PAIR_COLUMNS = ("delta_cos", "sign_agree") + tuple(
-    f"{p}_{c}" for c in CONVS for p in ("jaccard", "jaccard_random", "overlap_a", "overlap_a_random",
-                                           "overlap_b", "overlap_b_random"))
-# Per-tensor pair columns that are meaningless to gate on.
-_NOT_METRICS = {"run", "run_a", "run_b", "name", "layer", "component", "module", "param", "shape", "dtype_base",
-                "dtype_ft", "resized", "tied", "hist", "dot", "delta_fro_a", "delta_fro_b"}
+# Numeric columns a gate may use, from the schema: per-run (spectral ones depend on --spectral) and cross-run.
+RUN_COLUMNS = tuple(c for c in schema.gate_columns(schema.TENSORS) if schema.COLUMNS[c].kind != "spectral")
+SPECTRAL_COLUMNS = tuple(c for c in schema.gate_columns(schema.TENSORS) if schema.COLUMNS[c].kind == "spectral")
+CONVS = schema.CONVS
+PAIR_COLUMNS = tuple(c for c in schema.gate_columns(schema.PAIRS) if schema.COLUMNS[c].kind == "metric")
 
 
 def _fail(msg: str) -> UpdeltaError:
@@ -178,17 +173,8 @@ def _parse_selector(s: str, expr: str) -> Selector:
 
 
 def known_metrics() -> set[str]:
-    """Metric names a gate may use: the registry plus the numeric columns of the result tables."""
-    import importlib
-
-    from .metrics import REGISTRY
-
-    for mod in ("elementwise", "pairwise", "spectral"):  # registering modules (spectral is optional)
-        try:
-            importlib.import_module(f"updelta.metrics.{mod}")
-        except ImportError:
-            pass
-    return set(REGISTRY) | set(RUN_COLUMNS) | set(PAIR_COLUMNS)
+    """Metric names a gate may use: the gateable columns of the schema (every registered metric is one)."""
+    return set(RUN_COLUMNS) | set(SPECTRAL_COLUMNS) | set(PAIR_COLUMNS)
 
 
 def parse_gate(expr: str) -> Gate:
@@ -287,7 +273,7 @@ def _subjects(gate: Gate, result) -> tuple:
         hint = " (spectral metrics need --spectral fast or full)" if gate.metric not in RUN_COLUMNS + PAIR_COLUMNS \
             else ""
         raise _fail(f"gate {gate.expr!r}: metric {gate.metric!r} is not in this result{hint}")
-    if not pd.api.types.is_numeric_dtype(table[gate.metric]) or gate.metric in _NOT_METRICS:
+    if not pd.api.types.is_numeric_dtype(table[gate.metric]):
         raise _fail(f"gate {gate.expr!r}: {gate.metric!r} is not a numeric metric")
     if not subjects:
         raise _fail(f"gate {gate.expr!r}: selector {gate.selector} matches no "

@@ -2,12 +2,15 @@
 
 `Result.tensors` has one row per (run, tensor). Aggregates (`summary`, `components`,
 `layers`) and cross-run tables (`pairs`, `pairs_layers`, `pairs_components`,
-`pairs_summary`) are built once from records. `meta` holds the options, each
-checkpoint's identity, pairing notes and the updelta version.
+`pairs_summary`) are built once from records; every column is declared in
+`updelta.schema`. `meta` holds the options, each checkpoint's identity, pairing notes and
+the updelta version as a JSON dict; `info` gives it typed (`updelta.meta.RunInfo`).
 
 Saving: a `.parquet` file (tensors, with `meta` in the file's key-value metadata),
-`.csv` or `.json` (the table only), or a directory (every table as parquet; what
-`updelta compare --out` writes). `load(path)` reads either back.
+`.csv` or `.json` (the table only; CSV writes list cells such as `shape` as JSON), or a
+directory (every table as parquet; what `updelta compare --out` writes). `load(path)`
+reads either back, without torch. Results of updelta 0.1.0 (shape as "16x16", no raw-sum
+columns) load too: shapes are parsed, sums rebuilt from the ratios (`aggregate.sums_from_ratios`).
 """
 from __future__ import annotations
 
@@ -16,19 +19,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import schema
 from .aggregate import aggregate_pairs, aggregate_tensors
 from .atomic import atomic_dir, atomic_path
 from .errors import UpdeltaError
+from .meta import RunInfo
 
 META_KEY = b"updelta"
-TENSOR_COLUMNS = ["run", "name", "layer", "component", "module", "param", "shape", "numel", "dtype_base",
-                  "dtype_ft", "resized", "added_rows", "added_fro", "tied", "delta_fro", "base_fro", "rel_delta",
-                  "delta_max", "delta_mean_abs", "cos_delta_base", "sparsity_exact", "sparsity_atol",
-                  "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft"]
+TENSOR_COLUMNS = schema.TENSOR_COLUMNS
 DIR_FILES = {"tensors": "tensors.parquet", "pairs": "pairs.parquet", "pairs_layers": "pairs_layers.parquet",
              "pairs_summary": "pairs_summary.parquet", "layers": "layers.parquet", "summary": "summary.parquet",
              "components": "components.parquet", "pairs_components": "pairs_components.parquet"}
@@ -49,8 +52,13 @@ class Result:
     meta: dict = field(default_factory=dict)
 
     @property
+    def info(self) -> RunInfo:
+        """`meta` as typed, frozen dataclasses (`updelta.meta.RunInfo`)."""
+        return RunInfo.from_dict(self.meta)
+
+    @property
     def runs(self) -> list[str]:
-        return list(self.meta.get("run_order") or self.tensors["run"].unique())
+        return list(self.info.run_order or self.tensors["run"].unique())
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: `.parquet`/`.csv`/`.json` file (per-tensor table) or a directory (all tables)."""
@@ -75,12 +83,16 @@ class Result:
         return path
 
 
+def _is_list(v) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
 def _flat(df: pd.DataFrame) -> pd.DataFrame:
-    """List columns as JSON strings (CSV has no lists)."""
+    """List columns (lists, or arrays as parquet reads them back) as JSON strings (CSV has no lists)."""
     out = df.copy()
     for c in out.columns:
-        if out[c].map(lambda v: isinstance(v, (list, tuple))).any():
-            out[c] = out[c].map(lambda v: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v)
+        if out[c].map(_is_list).any():
+            out[c] = out[c].map(lambda v: json.dumps(np.asarray(v).tolist()) if _is_list(v) else v)
     return out
 
 
@@ -106,6 +118,8 @@ def build_result(records: list[dict], pair_records: list[dict], meta: dict) -> R
 
 def from_tensors(tensors: pd.DataFrame, pairs: pd.DataFrame, meta: dict) -> Result:
     """Derive aggregates from a per-tensor table and a per-tensor pair table."""
+    if "shape" in tensors:  # a list of ints per tensor (parquet gives arrays; updelta 0.1.0 wrote "16x16")
+        tensors["shape"] = tensors["shape"].map(schema.shape_list)
     if "layer" in tensors:
         tensors["layer"] = tensors["layer"].astype("Int64")
     if not pairs.empty and "layer" in pairs:

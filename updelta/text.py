@@ -5,6 +5,8 @@ import math
 
 import pandas as pd
 
+from . import schema
+from .meta import PairingNotes
 from .result import Result
 
 SPARSITY_NOTE = ("sparsity = share of elements unchanged; exact: W1 == W0; atol: |D| <= {atol} "
@@ -38,10 +40,13 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header, True), sep] + [line(r) for r in rows])
 
 
-SUMMARY_COLS = [("rel_delta", "rel_delta", "g"), ("delta_fro", "delta_fro", "g"), ("delta_max", "delta_max", "g"),
-                ("cos_delta_base", "cos(D,W0)", "g"), ("sparsity_exact", "sparse exact", "pct"),
-                ("sparsity_atol", "sparse atol", "pct"), ("sparsity_rtol", "sparse rtol", "pct")]
-SPECTRAL_COLS = [("stable_rank", "stable_rank", "g"), ("energy_rank_90", "r90", "g"), ("erank", "erank", "g")]
+def _cols(names) -> list[tuple[str, str, str]]:
+    """(column, header, format) from the schema."""
+    return [(c, schema.header_of(c), schema.fmt_of(c)) for c in names]
+
+
+SUMMARY_COLS = _cols(schema.HEADLINE)
+SPECTRAL_COLS = _cols(("stable_rank", "energy_rank_90", "erank"))
 
 
 def _rows(df: pd.DataFrame, keys: list[str], cols) -> tuple[list[list[str]], list[str]]:
@@ -53,15 +58,15 @@ def _rows(df: pd.DataFrame, keys: list[str], cols) -> tuple[list[list[str]], lis
 
 
 def summary_text(res: Result, top: int = 10) -> str:
-    m = res.meta
-    opts = m.get("options", {})
+    m = res.info
+    opts = m.options
     runs = res.runs
-    out = [f"updelta {m.get('updelta_version', '')}: base {m.get('base', {}).get('path')}"]
+    out = [f"updelta {m.updelta_version or ''}: base {m.base.path}"]
     for r in runs:
-        rid = m.get("runs", {}).get(r, {})
-        out.append(f"  {r}: {rid.get('path')} ({rid.get('format')}, {', '.join(rid.get('dtypes', {}))})")
-    out.append(f"family {m.get('pairing', {}).get('family')}, device {m.get('device')}, "
-               f"{len(res.tensors['name'].unique()) if len(res.tensors) else 0} tensors, {m.get('seconds')} s")
+        rid = m.run(r)
+        out.append(f"  {r}: {rid.path} ({rid.format}, {', '.join(rid.dtypes)})")
+    out.append(f"family {m.pairing.family}, device {m.device}, "
+               f"{len(res.tensors['name'].unique()) if len(res.tensors) else 0} tensors, {m.seconds} s")
     out.append(SPARSITY_NOTE.format(atol=opts.get("atol"), eta=opts.get("eta")))
     spec_cols = SPECTRAL_COLS if "stable_rank" in res.summary.columns else []
     out.append("\nWhole model" + (" (spectral figures: medians over 2-D tensors)" if spec_cols else ""))
@@ -71,14 +76,14 @@ def summary_text(res: Result, top: int = 10) -> str:
     rows, header = _rows(res.components, ["run", "component"], SUMMARY_COLS + spec_cols)
     out.append(table(rows, header))
     if spec_cols and "energy_rank_90" in res.tensors:
-        k = opts.get("topk")
+        k = opts.topk
         out.append(f"(r90 = energy rank at 90%; '-' where not reached within the top {k}, i.e. > {k})")
     t = res.tensors
     if len(t):
         out.append(f"\nTop {top} tensors by rel_delta")
         for r in runs:
             sub = t[t["run"] == r].sort_values("rel_delta", ascending=False, na_position="last").head(top)
-            rows = [[r, x["name"], x["shape"], fmt(x["rel_delta"]), fmt(x["delta_max"]),
+            rows = [[r, x["name"], schema.shape_text(x["shape"]), fmt(x["rel_delta"]), fmt(x["delta_max"]),
                      fmt(x["sparsity_exact"], "pct")] for _, x in sub.iterrows()]
             out.append(table(rows, ["run", "tensor", "shape", "rel_delta", "delta_max", "sparse exact"]))
     if len(res.pairs_summary):
@@ -87,31 +92,31 @@ def summary_text(res: Result, top: int = 10) -> str:
                  fmt(p["jaccard_random_exact"]), fmt(p["overlap_a_exact"]), fmt(p["sign_agree"])]
                 for _, p in res.pairs_summary.iterrows()]
         out.append(table(rows, ["run_a", "run_b", "delta_cos", "jaccard exact", "random", "overlap_a", "sign_agree"]))
-    out += _notes(m.get("pairing", {}), res)
+    out += _notes(m.pairing, res)
     return "\n".join(out)
 
 
-def _notes(p: dict, res: Result) -> list[str]:
+def _notes(p: PairingNotes, res: Result) -> list[str]:
     lines = []
-    for t in p.get("tied", []):
-        side = {"base": "absent from the base", "finetuned": f"absent from {t['run']}",
-                "both": "absent from every checkpoint"}[t["side"]]
-        lines.append(f"tied: {t['name']} {side}; read as {t['to']}")
-    for d in p.get("resized", []):
-        lines.append(f"resized: {d['name']} ({d['run']}) {d['base_shape']} -> {d['ft_shape']}, compared on the "
+    for t in p.tied:
+        side = {"base": "absent from the base", "finetuned": f"absent from {t.run}",
+                "both": "absent from every checkpoint"}[t.side]
+        lines.append(f"tied: {t.name} {side}; read as {t.to}")
+    for d in p.resized:
+        lines.append(f"resized: {d.name} ({d.run}) {list(d.base_shape)} -> {list(d.ft_shape)}, compared on the "
                      f"base's rows")
-    for d in p.get("skipped_shape", []):
-        lines.append(f"skipped (shape mismatch): {d['name']} ({d['run']}) {d['base_shape']} vs {d['ft_shape']}")
-    for r, names in p.get("only_in_base", {}).items():
+    for d in p.skipped_shape:
+        lines.append(f"skipped (shape mismatch): {d.name} ({d.run}) {list(d.base_shape)} vs {list(d.ft_shape)}")
+    for r, names in p.only_in_base.items():
         if names:
             lines.append(f"only in base (not in {r}): {', '.join(names[:20])}" + (" ..." if len(names) > 20 else ""))
-    for r, names in p.get("only_in_run", {}).items():
+    for r, names in p.only_in_run.items():
         if names:
             lines.append(f"only in {r}: {', '.join(names[:20])}" + (" ..." if len(names) > 20 else ""))
-    if p.get("non_float"):
-        lines.append(f"not compared (not floating point): {', '.join(p['non_float'][:20])}")
-    if p.get("filtered_out"):
-        lines.append(f"left out by --include/--exclude: {p['filtered_out']} tensors")
+    if p.non_float:
+        lines.append(f"not compared (not floating point): {', '.join(p.non_float[:20])}")
+    if p.filtered_out:
+        lines.append(f"left out by --include/--exclude: {p.filtered_out} tensors")
     if "n_spectral_skipped" in res.summary.columns:
         n = int(res.summary["n_spectral_skipped"].fillna(0).max())
         if n:

@@ -243,8 +243,11 @@ def summary_text(t: Trajectory) -> str:
     rows = [[str(int(r["step"])), Path(str(r["checkpoint"])).name, fmt(r["rel_delta"]), fmt(r["sparsity_atol"], "pct"),
              fmt(r["sparsity_exact"], "pct"), fmt(r["update_rel"]), fmt(r["cos_prev_update"]), fmt(r["cos_delta_prev"])]
             for _, r in m.iterrows()]
-    opts = t.meta.get("options") or {}
-    head = (f"updelta trajectory: base {(t.meta.get('base') or {}).get('path')}, {len(m)} checkpoints\n"
+    from .meta import RunInfo
+
+    info = RunInfo.from_dict(t.meta)
+    opts = info.options
+    head = (f"updelta trajectory: base {info.base.path}, {len(m)} checkpoints\n"
             f"rel_delta = ||W_k - W0|| / ||W0||; sparse = share unchanged vs base (atol |D| <= {opts.get('atol')}; "
             f"exact W == W0); update_rel = ||W_k - W_(k-1)|| / ||W0||; cos_prev_update = cosine between consecutive "
             f"updates; cos_delta_prev = cos(D_(k-1), D_k)\n")

@@ -42,7 +42,7 @@ def test_bf16_one_ulp_small_and_ordinary(tmp_path):
     assert row["base_fro"] == pytest.approx(float(w0.norm()), rel=1e-6)
     assert row["rel_delta"] == pytest.approx(exp_fro / float(w0.norm()), rel=1e-6)
     assert row["cos_delta_base"] == pytest.approx(float(((ft.double() - w0) * w0).sum()) / (exp_fro * float(w0.norm())), rel=1e-6)
-    assert row["dtype_base"] == "bfloat16" and row["dtype_ft"] == "bfloat16" and row["shape"] == "10x100"
+    assert row["dtype_base"] == "bfloat16" and row["dtype_ft"] == "bfloat16" and row["shape"] == [10, 100]
 
 
 def test_fp32_tiny_relative_changes_part_the_conventions(tmp_path):

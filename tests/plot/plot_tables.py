@@ -38,7 +38,7 @@ def planted_tensors(layers: int = 4, runs=("sft", "grpo"), bias: bool = False, h
 
 def _row(run, name, layer, comp, mod, param, v, ri) -> dict:
     return {"run": run, "name": name, "layer": layer, "component": comp, "module": mod, "param": param,
-            "shape": "10x10", "numel": 100, "n_compared": 100, "delta_fro": v, "base_fro": 1.0, "rel_delta": v,
+            "shape": [10, 10], "numel": 100, "n_compared": 100, "delta_fro": v, "base_fro": 1.0, "rel_delta": v,
             "delta_max": v, "delta_mean_abs": v / 10, "cos_delta_base": 0.1 * (ri + 1) - 0.15,
             "sparsity_exact": 0.1 * (ri + 1), "sparsity_atol": 0.2 * (ri + 1), "sparsity_rtol": 0.1 * (ri + 1),
             "nonfinite_base": 0, "nonfinite_ft": 0, "added_rows": 0}

@@ -1,6 +1,6 @@
 """The cheap per-tensor metric family: norms, direction and the three sparsity conventions.
 
-Definitions (../shared/reference/metrics.md, "Norms and direction", "Update sparsity"):
+Definitions (docs/metrics.md, "Norms and direction", "Update sparsity"):
 W0 is the base tensor, W1 the fine-tuned one, D = W1 - W0, all widened exactly to the
 wider stored dtype (float32 for bf16/fp16/fp32; float64 if either is float64). Elements
 where W0 or W1 is NaN/Inf are left out of every metric and counted (`nonfinite_*`).
@@ -8,17 +8,18 @@ where W0 or W1 is NaN/Inf are left out of every metric and counted (`nonfinite_*
 Each registered function below is the definition of one column and works on whole
 tensors. The engine does not call them one by one: it streams blocks through one
 fused pass (`partial_sums`, or the C kernel `updelta._fused.stats` on CPU), adds the
-partial sums up (`add`) and turns them into the same columns (`finalize`). The tests
+partial sums up (`Sums.add`) and turns them into the same columns (`finalize`, in the
+torch-free `metrics.sums`, which also keeps the raw sums as columns). The tests
 check the fused path against these definitions.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .registry import metric
+from .sums import Sums, finalize  # noqa: F401  (torch-free; re-exported for the engine)
 
 NORMS = "metrics.md, Norms and direction"
 SPARSITY = "metrics.md, Update sparsity"
@@ -101,38 +102,6 @@ def sparsity_rtol(w0: torch.Tensor, w1: torch.Tensor, eta: float = 1e-3) -> floa
     return float(((b - a).abs() <= eta * torch.maximum(a.abs(), b.abs())).double().mean())
 
 
-@dataclass
-class Sums:
-    """Partial sums of one tensor (or block) from which `finalize` computes every cheap metric."""
-
-    used: int = 0  # element pairs with both values finite
-    nonfinite_base: int = 0
-    nonfinite_ft: int = 0
-    ss_d: float = 0.0  # sum D^2
-    ss_base: float = 0.0  # sum W0^2
-    dot: float = 0.0  # sum D * W0
-    sum_abs: float = 0.0  # sum |D|
-    max_abs: float = 0.0  # max |D|
-    eq: int = 0  # W1 == W0
-    le_atol: int = 0  # |D| <= atol
-    le_rtol: int = 0  # |D| <= eta * max(|W0|, |W1|)
-
-    def add(self, t: tuple) -> None:
-        """Add a tuple in the order of `partial_sums`/the C kernel."""
-        (used, nfb, nff, ss_d, ss_b, dot, sabs, mx, eq, at, rt) = t
-        self.used += used
-        self.nonfinite_base += nfb
-        self.nonfinite_ft += nff
-        self.ss_d += ss_d
-        self.ss_base += ss_b
-        self.dot += dot
-        self.sum_abs += sabs
-        self.max_abs = max(self.max_abs, float(mx))
-        self.eq += eq
-        self.le_atol += at
-        self.le_rtol += rt
-
-
 def partial_sums(w0: torch.Tensor, w1: torch.Tensor, atol: float, eta: float,
                  hist: torch.Tensor | None = None) -> tuple:
     """One fused pass over a block (torch; any device): the tuple `Sums.add` takes.
@@ -174,24 +143,3 @@ def _histogram(ad: torch.Tensor, hist: torch.Tensor) -> None:
 def hist_edges() -> list[float]:
     """Lower edges of the |D| bins: bin i (1..254) is [2^(i-127), 2^(i-126)); bin 0 is (0, 2^-126)."""
     return [0.0] + [2.0 ** (i - 127) for i in range(1, 256)]
-
-
-def finalize(s: Sums) -> dict:
-    """The cheap metric columns from a tensor's partial sums (NaN where undefined)."""
-    n = s.used
-    dfro, bfro = math.sqrt(s.ss_d), math.sqrt(s.ss_base)
-    den = dfro * bfro
-    return {
-        "delta_fro": dfro,
-        "base_fro": bfro,
-        "rel_delta": dfro / bfro if bfro > 0 else math.nan,
-        "delta_max": s.max_abs if n else math.nan,
-        "delta_mean_abs": s.sum_abs / n if n else math.nan,
-        "cos_delta_base": s.dot / den if den > 0 else math.nan,
-        "sparsity_exact": s.eq / n if n else math.nan,
-        "sparsity_atol": s.le_atol / n if n else math.nan,
-        "sparsity_rtol": s.le_rtol / n if n else math.nan,
-        "n_compared": n,
-        "nonfinite_base": s.nonfinite_base,
-        "nonfinite_ft": s.nonfinite_ft,
-    }

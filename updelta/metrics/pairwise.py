@@ -1,6 +1,6 @@
 """Cross-run metrics of two updates D_a, D_b of the same base tensor W0.
 
-Definitions (../shared/reference/metrics.md, "Across runs"):
+Definitions (docs/metrics.md, "Across runs"):
 - `delta_cos` = <D_a, D_b> / (||D_a|| ||D_b||); whole model = flattened over all tensors
   (task-vector convention, Ilharco et al. 2022).
 - For each sparsity convention <conv> in exact, atol, rtol, with M_a, M_b the masks of
@@ -14,14 +14,13 @@ Definitions (../shared/reference/metrics.md, "Across runs"):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .registry import metric
+from .sums import CONVS, PairSums, finalize_pair  # noqa: F401  (torch-free; re-exported for the engine)
 
 ACROSS = "metrics.md, Across runs"
-CONVS = ("exact", "atol", "rtol")
 
 
 def _deltas(w0, wa, wb):
@@ -68,31 +67,6 @@ def sign_agree(w0, wa, wb) -> float:
     return int((((wa - w0) > 0) == ((wb - w0) > 0))[both].sum()) / n if n else math.nan
 
 
-@dataclass
-class PairSums:
-    """Partial sums of one tensor for one pair of runs."""
-
-    used: int = 0
-    dot: float = 0.0
-    ss_a: float = 0.0
-    ss_b: float = 0.0
-    both_exact: int = 0
-    both_atol: int = 0
-    both_rtol: int = 0
-    sign_agree: int = 0
-
-    def add(self, t: tuple) -> None:
-        used, dot, ssa, ssb, be, ba, br, sg = t
-        self.used += used
-        self.dot += dot
-        self.ss_a += ssa
-        self.ss_b += ssb
-        self.both_exact += be
-        self.both_atol += ba
-        self.both_rtol += br
-        self.sign_agree += sg
-
-
 def pair_partial_sums(w0: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, atol: float, eta: float) -> tuple:
     """One fused pass over a block (torch; the reference of `updelta._fused.pair`)."""
     dt = torch.float64 if torch.float64 in (w0.dtype, wa.dtype, wb.dtype) else torch.float32
@@ -112,31 +86,3 @@ def pair_partial_sums(w0: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, atol
     return (int(m.sum()), float((dda * ddb).sum()), float((dda * dda).sum()), float((ddb * ddb).sum()),
             int((m & ce).sum()), int((m & ca & cb).sum()), int((m & ra & rb).sum()),
             int((m & ce & ((da > 0) == (db > 0))).sum()))
-
-
-def finalize_pair(s: PairSums, changed_a: dict[str, int], changed_b: dict[str, int], expected_both: dict[str, float],
-                  n: int) -> dict:
-    """Pair columns from partial sums, per-run changed counts and the expected intersection of independent masks.
-
-    `expected_both[conv]` is sum over tensors of n_t d_a,t d_b,t (one tensor: |A| |B| / n).
-    """
-    den = math.sqrt(s.ss_a) * math.sqrt(s.ss_b)
-    out = {"delta_cos": s.dot / den if den > 0 else math.nan,
-           "dot": s.dot, "delta_fro_a": math.sqrt(s.ss_a), "delta_fro_b": math.sqrt(s.ss_b), "n_compared": n}
-    both = {"exact": s.both_exact, "atol": s.both_atol, "rtol": s.both_rtol}
-    for c in CONVS:
-        a, b, ab, e = changed_a[c], changed_b[c], both[c], expected_both[c]
-        union, e_union = a + b - ab, a + b - e
-        out[f"jaccard_{c}"] = ab / union if union else math.nan
-        out[f"jaccard_random_{c}"] = e / e_union if e_union > 0 else math.nan
-        out[f"overlap_a_{c}"] = ab / a if a else math.nan
-        out[f"overlap_a_random_{c}"] = e / a if a else math.nan
-        out[f"overlap_b_{c}"] = ab / b if b else math.nan
-        out[f"overlap_b_random_{c}"] = e / b if b else math.nan
-        out[f"n_changed_a_{c}"] = a
-        out[f"n_changed_b_{c}"] = b
-        out[f"n_both_{c}"] = ab
-        out[f"expected_both_{c}"] = e
-    out["sign_agree"] = s.sign_agree / s.both_exact if s.both_exact else math.nan
-    out["n_sign_agree"] = s.sign_agree
-    return out

@@ -1,6 +1,6 @@
 """Spectral and subspace metrics of a weight update (issue 4): one row of columns per 2-D tensor.
 
-Definitions follow ../shared/reference/metrics.md ("Rank of an update", "Spectrum and subspaces
+Definitions follow docs/metrics.md ("Rank of an update", "Spectrum and subspaces
 of base vs fine-tuned"). Notation: W0 the base weight, W1 the fine-tuned one, D = W1 - W0, all
 oriented [out, in] (the engine transposes GPT-2 Conv1D weights), so "left" singular vectors live on
 the output side. s_i are singular values in descending order, r = min(m, n).
@@ -41,52 +41,35 @@ import time
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
+from .. import schema
 from ..options import DiffOptions
 from .linalg import QR_ASPECT, svdvals, tall_r, topk_singular_values
 from .registry import metric
+from .summary import NULL_IS_INF as _NULL_IS_INF
+from .summary import median as _median
+from .summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
 
 RANK = "metrics.md, Rank of an update"
 SUBSPACE = "metrics.md, Spectrum and subspaces of base vs fine-tuned"
 
 # Intruder dimensions (Shuttleworth et al. 2024): top k = opts.intruder_k left singular vectors of W1,
-# threshold eps = opts.intruder_eps, and this sweep of thresholds for plots.
-INTRUDER_SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))  # 0.1 .. 0.9
+# threshold eps = opts.intruder_eps, and this sweep of thresholds for plots (declared in the schema).
+INTRUDER_SWEEP = schema.INTRUDER_SWEEP  # 0.1 .. 0.9
 FAST_RTOL = 2.5e-4  # stopping tolerance of the fast solver (4x inside the promised 1e-3)
 ENERGY_QS = {"energy_rank_90": 0.9, "energy_rank_99": 0.99}
 ENERGY_RTOL = 1e-6  # energy ranks compare cumulative energy with q ||D||_F^2 (1 - ENERGY_RTOL): float32 rounding
 
-FAST_COLUMNS: dict[str, str] = {
-    "stable_rank": "float",
-    "topk_sv": "list",
-    "topk_energy": "float",
-    "energy_rank_90": "int",
-    "energy_rank_99": "int",
-    "topk_sv_err_est": "float",
-}
-FULL_COLUMNS: dict[str, str] = {
-    "rank_frac": "float",
-    "erank": "float",
-    "nss": "float",
-    "principal_cos_u": "list",
-    "principal_cos_v": "list",
-    "angle_u_max_deg": "float",
-    "angle_v_max_deg": "float",
-    "offprincipal_overlap": "float",
-    "offprincipal_chance": "float",
-    "intruders": "int",
-    "intruders_sweep": "list",
-}
+# Column kinds (float, int, list) per mode: declared once in updelta.schema.
+FAST_COLUMNS: dict[str, str] = schema.spectral_columns("fast")
+FULL_COLUMNS: dict[str, str] = schema.spectral_columns("full")
 # scalar columns that get a per-expert list `<name>_experts` on 3-D (stacked expert) tensors
-_EXPERT_SCALARS = ["stable_rank", "topk_energy", "energy_rank_90", "energy_rank_99", "rank_frac", "erank",
-                   "nss", "angle_u_max_deg", "angle_v_max_deg", "offprincipal_overlap", "intruders"]
-EXPERT_COLUMNS: dict[str, str] = {"n_experts": "int", **{f"{c}_experts": "list" for c in _EXPERT_SCALARS}}
+_EXPERT_SCALARS = list(schema.EXPERT_SCALARS)
+EXPERT_COLUMNS: dict[str, str] = schema.spectral_columns("expert")
 
-SPECTRAL_COLUMNS: dict[str, str] = {**FAST_COLUMNS, **FULL_COLUMNS, **EXPERT_COLUMNS, "spectral_s": "float"}
+SPECTRAL_COLUMNS: dict[str, str] = schema.spectral_columns()
 _KIND = SPECTRAL_COLUMNS
-_NULL_IS_INF = {"energy_rank_90", "energy_rank_99"}  # null means "> k": +inf for medians
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,22 +338,6 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     return out
 
 
-def _median(vals: list, kind: str, null_is_inf: bool):
-    if kind == "int":
-        xs = [math.inf if v is None else v for v in vals] if null_is_inf else [v for v in vals if v is not None]
-        if not xs:
-            return None
-        xs = sorted(xs)
-        v = xs[(len(xs) - 1) // 2]  # lower median
-        return None if v == math.inf else int(v)
-    xs = [math.inf if v is None else float(v) for v in vals] if null_is_inf else \
-        [float(v) for v in vals if v is not None]
-    if not xs:
-        return None
-    v = float(np.median(xs))
-    return None if math.isinf(v) else v
-
-
 def _list_median(lists: list) -> list | None:
     ls = [x for x in lists if x is not None]
     if not ls:
@@ -418,65 +385,6 @@ def spectral_columns(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> d
     if w0.is_cuda:
         torch.cuda.synchronize(w0.device)
     out["spectral_s"] = time.perf_counter() - t0
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Summaries
-# ---------------------------------------------------------------------------------------------
-
-def _ndim(df: pd.DataFrame) -> pd.Series | None:
-    if "ndim" in df.columns:
-        return df["ndim"].astype("float64")
-    if "shape" in df.columns:
-        def nd(s):
-            if isinstance(s, str):
-                return float(len(s.split("x"))) if "x" in s else 1.0
-            try:
-                return float(len(s))
-            except TypeError:
-                return math.nan
-        return df["shape"].map(nd)
-    return None
-
-
-def summarize(tensors: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Per-group medians over 2-D tensors of the numeric spectral columns, for the whole-model and
-    per-component spectral figures ("medians over 2-D tensors"; a stacked-expert tensor counts once,
-    with its median over experts).
-
-    Group keys `by` (e.g. ["run", "component"] or ["run"]; [] for one row). Float columns: the median
-    over the tensors that have a value. Int columns (`energy_rank_*`, `intruders`): the lower median,
-    so they stay integers (nullable Int64); a null energy rank means "> k" and counts as +inf, so the
-    median is null ("> k") when at least half the tensors did not reach q within k.
-    Also: `n_spectral` (tensors with spectral figures), `n_spectral_skipped` (1-D/0-D tensors in the
-    group: no spectral figures by definition) and `spectral_s_total` (seconds summed).
-    2-D/3-D tensors are told apart by an `ndim` column, else by the engine's `shape` string ("AxB"),
-    else by a non-null `spectral_s`."""
-    df = tensors
-    num = [c for c, k in SPECTRAL_COLUMNS.items() if k in ("float", "int") and c in df.columns and c != "n_experts"]
-    nd = _ndim(df)
-    has = df["spectral_s"].notna() if "spectral_s" in df.columns else pd.Series(False, index=df.index)
-    spec = has & (nd >= 2) if nd is not None else has
-    skipped = (nd < 2) if nd is not None else ~has
-    keys = list(by)
-    groups = df.groupby(keys, dropna=False, sort=False, observed=True) if keys else [((), df)]
-    rows = []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(keys, key))
-        sg = g[spec.loc[g.index]]
-        for c in num:
-            kind = SPECTRAL_COLUMNS[c]
-            vals = [None if pd.isna(v) else v for v in sg[c].tolist()]
-            row[c] = _median(vals, kind, c in _NULL_IS_INF) if vals else None
-        row["n_spectral"] = int(len(sg))
-        row["n_spectral_skipped"] = int(skipped.loc[g.index].sum())
-        row["spectral_s_total"] = float(sg["spectral_s"].sum()) if "spectral_s" in sg else 0.0
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=keys + num + ["n_spectral", "n_spectral_skipped", "spectral_s_total"])
-    for c in num:
-        out[c] = out[c].astype("Int64" if SPECTRAL_COLUMNS[c] == "int" else "float64")
     return out
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .. import schema
 from ..aggregate import CHEAP, aggregate_pairs, aggregate_tensors
 from ..errors import UpdeltaError
+from ..meta import info as run_info
 
 DPI = 150
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
@@ -34,7 +36,7 @@ STYLE = {
     "savefig.dpi": DPI, "figure.dpi": 100, "image.cmap": SEQ_CMAP, "svg.fonttype": "none",
 }
 
-COMPONENT_ORDER = ["embed", "attn", "mlp", "norm", "head", "other"]
+COMPONENT_ORDER = list(schema.components())  # model order, embeddings first
 MODULE_ORDER = [
     # attention
     "q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "o_proj", "dense", "c_proj",
@@ -49,8 +51,8 @@ SHORT = {"input_layernorm": "in_norm", "post_attention_layernorm": "post_attn_no
          "query_key_value": "qkv", "dense_h_to_4h": "h_to_4h", "dense_4h_to_h": "4h_to_h", "embed_tokens": "embed",
          "gate_up_proj": "gate_up"}
 
-SHARES = {"sparsity_exact", "sparsity_atol", "sparsity_rtol", "sign_agree"}  # fractions in [0, 1]
-SIGNED = {"cos_delta_base", "delta_cos"}  # signed: diverging colormap centred at 0
+SHARES = {c.name for c in schema.COLUMNS.values() if c.unit == "share"}  # fractions in [0, 1]
+SIGNED = {c.name for c in schema.COLUMNS.values() if c.unit == "cosine"}  # signed: diverging colormap centred at 0
 PAIR_KEYS = ("run_a", "run_b")
 
 
@@ -58,48 +60,17 @@ def is_share(metric: str) -> bool:
     return metric in SHARES or metric.startswith(("jaccard", "overlap", "sparsity"))
 
 
-FIXED_LABELS = {  # metric: (short label with unit, for axes and colour bars; long description, for titles)
-    "rel_delta": (r"$\|\Delta W\|_F\,/\,\|W_0\|_F$ (ratio)", "relative update size"),
-    "delta_fro": (r"$\|\Delta W\|_F$ (weight units)", "update norm"),
-    "base_fro": (r"$\|W_0\|_F$ (weight units)", "base norm"),
-    "delta_max": (r"max $|\Delta W|$ (weight units)", "largest element change"),
-    "delta_mean_abs": (r"mean $|\Delta W|$ (weight units)", "mean element change"),
-    "cos_delta_base": (r"cos($\Delta W$, $W_0$) (−1…1)", "direction of the update relative to the base weights"),
-    "delta_cos": (r"cos($\Delta W_a$, $\Delta W_b$) (−1…1)", "cosine between the updates of two runs"),
-    "sign_agree": ("same-sign share (0…1)", "sign agreement of elements changed in both runs (exact)"),
-    "stable_rank": (r"stable rank $\|\Delta W\|_F^2/\|\Delta W\|_2^2$", "stable rank of the update"),
-    "erank": ("effective rank (dimensions)", "effective rank of the update"),
-    "energy_rank_90": ("rank for 90% energy (dimensions)", r"rank holding 90% of $\|\Delta W\|_F^2$"),
-    "energy_rank_99": ("rank for 99% energy (dimensions)", r"rank holding 99% of $\|\Delta W\|_F^2$"),
-    "intruders": ("intruder dimensions (count)", "intruder dimensions (Shuttleworth et al.)"),
-    "numel": ("elements (count)", "tensor size"),
-}
-
-
 def conventions(meta: dict | None) -> dict[str, str]:
     """Each sparsity convention's definition of *unchanged*, with the result's tolerances."""
-    opts = (meta or {}).get("options") or {}
-    atol, eta = opts.get("atol", 1e-5), opts.get("eta", 1e-3)
-    return {"exact": "exact: W1 == W0", "atol": f"atol: |ΔW| ≤ {atol:g}",
-            "rtol": f"rtol: |ΔW| ≤ {eta:g}·max(|W0|,|W1|)"}
+    o = run_info(meta).options
+    return schema.conventions(o.atol, o.eta)
 
 
 def metric_label(metric: str, meta: dict | None = None, long: bool = False) -> str:
-    """Axis label of `metric` with its unit (`long`: a description for titles); sparsity and mask metrics
-    name their convention."""
-    if metric in FIXED_LABELS:
-        return FIXED_LABELS[metric][1 if long else 0]
-    conv = conventions(meta)
-    for c in conv:
-        if metric == f"sparsity_{c}":
-            return f"share unchanged, {conv[c]}" if long else f"sparsity, {c} (share unchanged)"
-        if metric.startswith(("jaccard", "overlap")) and metric.endswith(f"_{c}"):
-            base = metric[: -len(c) - 1]
-            what = {"jaccard": "mask Jaccard |A∩B|/|A∪B|", "overlap_a": "overlap |A∩B|/|A|",
-                    "overlap_b": "overlap |A∩B|/|B|"}.get(base, base)
-            changed = conv[c].replace("≤", ">").replace("==", "!=")
-            return f"{what} (changed: {changed})" if long else f"{what}, {c} (share)"
-    return metric
+    """Axis label of `metric` with its unit (`long`: a description for titles), from the schema; sparsity and
+    mask metrics name their convention."""
+    o = run_info(meta).options
+    return schema.label(metric, long, o.atol, o.eta)
 
 
 def as_table(data, attr: str, meta: dict | None) -> tuple[pd.DataFrame, dict]:
@@ -135,7 +106,7 @@ def with_run(df: pd.DataFrame) -> pd.DataFrame:
 
 def run_order(df: pd.DataFrame, meta: dict) -> list[str]:
     present = list(dict.fromkeys(series_key(df)))
-    order = [str(r) for r in (meta.get("run_order") or [])]
+    order = list(run_info(meta).run_order)
     if "run" not in df.columns and all(k in df.columns for k in PAIR_KEYS):
         order = [f"{a} vs {b}" for i, a in enumerate(order) for b in order[i + 1:]]
     return [r for r in order if r in present] + [r for r in present if r not in order]
@@ -145,13 +116,13 @@ def runs_in(df: pd.DataFrame, meta: dict) -> list[str]:
     """The runs a table covers (columns run, or run_a and run_b), in the result's run order."""
     cols = ["run"] if "run" in df.columns else [c for c in PAIR_KEYS if c in df.columns]
     present = list(dict.fromkeys(str(v) for c in cols for v in df[c]))
-    order = [str(r) for r in (meta.get("run_order") or [])]
+    order = list(run_info(meta).run_order)
     return [r for r in order if r in present] + [r for r in present if r not in order]
 
 
 def run_colors(meta: dict, keys: list[str]) -> dict[str, str]:
     """The same colour for a run in every figure: by position in the result's run order."""
-    order = [str(r) for r in (meta.get("run_order") or [])]
+    order = list(run_info(meta).run_order)
     out, extra = {}, 0
     for k in keys:
         if k in order:
@@ -185,12 +156,12 @@ def _short_path(p) -> str:
 
 def checkpoints_line(meta: dict, runs: list[str] | None = None) -> str:
     """'base <base> → runs: a, b' from the result's metadata (what is compared)."""
-    base = (meta.get("base") or {}).get("path")
-    runs = runs if runs is not None else [str(r) for r in (meta.get("run_order") or [])]
-    rp = meta.get("runs") or {}
+    m = run_info(meta)
+    base = m.base.path
+    runs = runs if runs is not None else list(m.run_order)
     names = []
     for r in runs:
-        p = (rp.get(r) or {}).get("path")
+        p = m.run(r).path
         names.append(f"{r} ({_short_path(p)})" if p and _short_path(p) != r else str(r))
     line = f"base: {_short_path(base)}" if base else "base: (not recorded)"
     if names:

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
+from .. import schema
 from ..aggregate import aggregate_pairs
 from ..errors import UpdeltaError
 from . import _common as C
@@ -26,7 +27,7 @@ def _pick_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, dic
                 df = pairs
     if metric not in df.columns:
         known = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-                 and c not in ("layer", "numel", "n_compared", "added_rows", "nonfinite_base", "nonfinite_ft")]
+                 and (c not in schema.COLUMNS or schema.COLUMNS[c].kind in ("metric", "spectral"))]
         raise UpdeltaError(f"metric {metric!r} is not a column of the table; choose one of: {', '.join(known[:25])}")
     return df, meta
 
@@ -238,7 +239,7 @@ def run_similarity(data, kind: str = "delta_cos", *, meta: dict | None = None, c
         n = df["name"].nunique() if "name" in df.columns else None
         df = aggregate_pairs(df, [])
         scope = f"{n} selected tensors" if n else "selected rows"
-    runs = [r for r in (meta.get("run_order") or []) if r in set(df["run_a"]) | set(df["run_b"])]
+    runs = [r for r in C.run_info(meta).run_order if r in set(df["run_a"]) | set(df["run_b"])]
     runs += [r for r in dict.fromkeys(list(df["run_a"]) + list(df["run_b"])) if r not in runs]
     n = len(runs)
     idx = {r: i for i, r in enumerate(runs)}
@@ -258,9 +259,8 @@ def run_similarity(data, kind: str = "delta_cos", *, meta: dict | None = None, c
         else:  # overlap: row i = |M_i & M_j| / |M_i|
             val[i, j], rnd[i, j] = row[f"overlap_a_{conv}"], row[f"overlap_a_random_{conv}"]
             val[j, i], rnd[j, i] = row[f"overlap_b_{conv}"], row[f"overlap_b_random_{conv}"]
-    opts = meta.get("options") or {}
-    conv_text = {"exact": "exact: W1 != W0", "atol": f"atol: |ΔW| > {opts.get('atol', 1e-5):g}",
-                 "rtol": f"rtol: |ΔW| > {opts.get('eta', 1e-3):g}·max(|W0|,|W1|)"}[conv]
+    opts = C.run_info(meta).options
+    conv_text = schema.changed(conv, opts.atol, opts.eta)
     info = {
         "delta_cos": (f"delta cosine cos(ΔW_a, ΔW_b), {scope} flattened", "delta_cos", (-1.0, 1.0),
                       "random baseline: 0 (independent updates are orthogonal in expectation)"),

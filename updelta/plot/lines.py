@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from .. import schema
 from ..errors import UpdeltaError
 from . import _common as C
 from .grids import _col_key, _col_label
@@ -136,12 +137,8 @@ SPECTRAL_ROWS = [  # column, y label, y scale, x axis
 
 
 def _sweep_eps() -> np.ndarray | None:
-    """The thresholds of the `intruders_sweep` column (defined by the spectral metrics module)."""
-    try:
-        from ..metrics.spectral import INTRUDER_SWEEP
-    except ImportError:
-        return None
-    return np.asarray(INTRUDER_SWEEP, dtype="float64")
+    """The thresholds of the `intruders_sweep` column (declared in the schema)."""
+    return np.asarray(schema.INTRUDER_SWEEP, dtype="float64")
 
 
 def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
@@ -262,7 +259,7 @@ def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
 # ---- distribution -----------------------------------------------------------------------------------
 def _bin_edges(meta: dict, nbins: int) -> np.ndarray:
     """Plot edges of the |ΔW| bins 0..nbins-2 (bin 0, subnormals, drawn as [2^-127, 2^-126))."""
-    lower = meta.get("hist_edges")
+    lower = C.run_info(meta).hist_edges
     if lower:
         lower = np.asarray(lower, dtype="float64")
         expected = np.array([0.0] + [2.0 ** (i - 127) for i in range(1, len(lower))])
@@ -297,8 +294,8 @@ def distribution(data, *, meta: dict | None = None, runs=None, components=None) 
     df = df.assign(_s=C.series_key(df))
     series = C.run_order(df, meta)
     sty = _series_style(series, meta)
-    opts = meta.get("options") or {}
-    atol, eta = float(opts.get("atol", 1e-5)), float(opts.get("eta", 1e-3))
+    opts = C.run_info(meta).options
+    atol, eta = opts.atol, opts.eta
     counts, shares, sp = {}, {}, {}
     for s in series:
         d = df[df["_s"] == s]

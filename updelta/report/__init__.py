@@ -93,12 +93,13 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def summary_json(result, evals: dict[str, Evaluation], gate_results, items, figures, missing) -> dict:
-    m = result.meta
+    m = result.meta  # written as recorded (JSON), not re-serialised from `result.info`
+    info = result.info
     runs = {}
     summ = {r["run"]: r for r in _records(result.summary)}
     for r in result.runs:
         runs[r] = {
-            "identity": (m.get("runs") or {}).get(r),
+            "identity": info.runs[r].to_dict() if r in info.runs else None,
             "whole_model": {k: v for k, v in (summ.get(r) or {}).items() if k != "run"},
             "evaluation": evals[r].as_dict() if r in evals else None,
             "gates": [{"gate": g.gate.expr, "value": x["value"], "passed": x["passed"]}

@@ -5,23 +5,24 @@ import math
 
 import pandas as pd
 
+from .. import schema
 from ..aggregate import aggregate_tensors
 from ..evals import SPLIT_LABELS
 from ..gates import GRAMMAR
+from ..meta import info as run_info
 from ..text import fmt
 from .document import Bullets, Details, Document, Heading, Image, Para, Table
 
-RUN_COLS = [("rel_delta", "g"), ("delta_fro", "g"), ("delta_max", "g"), ("cos_delta_base", "g"),
-            ("sparsity_exact", "pct"), ("sparsity_atol", "pct"), ("sparsity_rtol", "pct")]
+RUN_COLS = [(c, schema.fmt_of(c)) for c in schema.HEADLINE]
 LONG = 16  # tables longer than this go into a <details> block
 
 
-def conventions(meta: dict) -> str:
-    o = meta.get("options") or {}
+def conventions(meta) -> str:
+    o = run_info(meta).options
     return (f"Columns are metric names (usable in `--gate`). `rel_delta` = ||D||_F / ||W0||_F with D = W1 - W0; "
             f"`cos_delta_base` = cos(D, W0); whole-model figures are sums of squares over tensors. Sparsity = share "
-            f"of elements **unchanged**: `exact` W1 == W0; `atol` |D| <= {o.get('atol', 1e-5):g} (Mukherjee et al. "
-            f"2025); `rtol` |D| <= {o.get('eta', 1e-3):g} * max(|W0|, |W1|) (Zhu et al. 2025). The three "
+            f"of elements **unchanged**: `exact` W1 == W0; `atol` |D| <= {o.atol:g} (Mukherjee et al. "
+            f"2025); `rtol` |D| <= {o.eta:g} * max(|W0|, |W1|) (Zhu et al. 2025). The three "
             f"conventions are not comparable with each other.")
 
 
@@ -54,13 +55,17 @@ def _maybe_details(summary: str, table: Table, limit: int = LONG) -> list:
 
 
 # ---- sections ------------------------------------------------------------------------------------
+def _q(v) -> str:
+    return "?" if v is None else str(v)
+
+
 def header_blocks(result) -> list:
-    m = result.meta
-    base = m.get("base") or {}
-    dt = ", ".join(base.get("dtypes") or {})
-    line = (f"updelta {m.get('updelta_version', '?')} · base `{base.get('path', '?')}` ({base.get('format', '?')}, "
-            f"{fmt(base.get('n_params'), 'int')} parameters, {dt}) · runs: "
-            + ", ".join(f"**{r}** `{(m.get('runs') or {}).get(r, {}).get('path', '?')}`" for r in result.runs))
+    m = result.info
+    base = m.base
+    dt = ", ".join(base.dtypes)
+    line = (f"updelta {_q(m.updelta_version)} · base `{_q(base.path)}` ({_q(base.format)}, "
+            f"{fmt(base.n_params, 'int')} parameters, {dt}) · runs: "
+            + ", ".join(f"**{r}** `{_q(m.run(r).path)}`" for r in result.runs))
     return [Para(line), Para(conventions(m))]
 
 
@@ -163,9 +168,9 @@ def summary_blocks(result, evals: dict, gate_results) -> list:
     return blocks
 
 
-SPECTRAL = [("stable_rank", "g"), ("energy_rank_90", "g"), ("energy_rank_99", "g"), ("rank_frac", "pct"),
-            ("erank", "g"), ("nss", "g"), ("angle_u_max_deg", "g"), ("offprincipal_overlap", "pct"),
-            ("offprincipal_chance", "pct"), ("intruders", "g")]
+SPECTRAL = [(c, schema.fmt_of(c)) for c in ("stable_rank", "energy_rank_90", "energy_rank_99", "rank_frac", "erank",
+                                               "nss", "angle_u_max_deg", "offprincipal_overlap",
+                                               "offprincipal_chance", "intruders")]
 
 
 def spectral_blocks(result) -> list:
@@ -173,12 +178,13 @@ def spectral_blocks(result) -> list:
     cols = [(c, k) for c, k in SPECTRAL if c in s.columns and s[c].notna().any()]
     if not cols:
         return []
-    k = (result.meta.get("options") or {}).get("topk")
+    o = result.info.options
+    k = o.topk
     rows = [[r["run"], fmt(r.get("n_spectral"), "int")] + [_v(r[c], kind) for c, kind in cols]
             for _, r in s.iterrows()]
     return [Heading("Spectral (medians over 2-D updates)"),
             Para(f"Per run, the median over its 2-D tensors of each spectral figure of the update D "
-                 f"(`--spectral {(result.meta.get('options') or {}).get('spectral')}`, top {k} singular values); "
+                 f"(`--spectral {o.spectral}`, top {k} singular values); "
                  f"an energy rank of '-' means it was not reached within the top {k}."),
             Table(["run", "2-D tensors"] + [c for c, _ in cols], rows)]
 
@@ -261,7 +267,7 @@ def pair_blocks(result, gate_results) -> list:
     ps = result.pairs_summary
     if ps is None or ps.empty:
         return []
-    atol = (result.meta.get("options") or {}).get("atol", 1e-5)
+    atol = result.info.options.atol
 
     def side(p, flip, what):
         s = "b" if flip else "a"
@@ -291,13 +297,13 @@ def pair_blocks(result, gate_results) -> list:
             rows.append(row)
         out.append(Table(["pair"] + comps, rows, caption="`delta_cos` per component"))
     pair_marks = _gate_marks(gate_results, pair=True)
-    header = ["pair", "delta_cos"] + [f"jaccard_{c} (random)" for c in ("exact", "atol", "rtol")] + \
+    header = ["pair", "delta_cos"] + [f"jaccard_{c} (random)" for c in schema.CONVS] + \
         ["overlap_a_atol", "overlap_b_atol", "sign_agree", "both changed (exact)"]
     rows, flags = [], []
     for _, p in ps.iterrows():
         key = f"{p['run_a']}/{p['run_b']}"
         rows.append([f"{p['run_a']} vs {p['run_b']}", _v(p["delta_cos"])]
-                    + [f"{_v(p[f'jaccard_{c}'])} ({_v(p[f'jaccard_random_{c}'])})" for c in ("exact", "atol", "rtol")]
+                    + [f"{_v(p[f'jaccard_{c}'])} ({_v(p[f'jaccard_random_{c}'])})" for c in schema.CONVS]
                     + [_v(p["overlap_a_atol"], "pct"), _v(p["overlap_b_atol"], "pct"), _v(p["sign_agree"], "pct"),
                        fmt(p["n_both_exact"], "int")] + ([pair_marks.get(key, "-")] if pair_marks else []))
         flags.append("fail" if "FAIL" in pair_marks.get(key, "") else None)
@@ -322,19 +328,18 @@ def figure_blocks(figures, missing) -> list:
 
 
 def provenance_blocks(result) -> list:
-    m = result.meta
+    m = result.info
     rows = []
-    idents = [("base", m.get("base") or {})] + [(r, (m.get("runs") or {}).get(r, {})) for r in result.runs]
+    idents = [("base", m.base)] + [(r, m.run(r)) for r in result.runs]
     for label, ident in idents:
-        dtypes = ", ".join(f"{k} x{v}" for k, v in (ident.get("dtypes") or {}).items())
-        rows.append([label, f"`{ident.get('path', '?')}`", str(ident.get("format", "?")),
-                     fmt(ident.get("n_params"), "int"), dtypes, str(ident.get("fingerprint", "?"))])
+        dtypes = ", ".join(f"{k} x{v}" for k, v in ident.dtypes.items())
+        rows.append([label, f"`{_q(ident.path)}`", _q(ident.format), fmt(ident.n_params, "int"), dtypes,
+                     _q(ident.fingerprint)])
     ck = Table(["checkpoint", "path", "format", "parameters", "dtypes (tensors)", "fingerprint"], rows,
                ["l", "l", "l", "r", "l", "l"])
-    opts = m.get("options") or {}
-    ot = Table(["option", "value"], [[k, f"`{v}`"] for k, v in opts.items()], ["l", "l"])
-    info = (f"updelta {m.get('updelta_version', '?')}, device {m.get('device', '?')}, kernel {m.get('kernel', '?')}, "
-            f"family {(m.get('pairing') or {}).get('family', '?')}, {m.get('seconds', '?')} s")
+    ot = Table(["option", "value"], [[k, f"`{v}`"] for k, v in m.options.values.items()], ["l", "l"])
+    info = (f"updelta {_q(m.updelta_version)}, device {_q(m.device)}, kernel {_q(m.kernel)}, "
+            f"family {_q(m.pairing.family)}, {_q(m.seconds)} s")
     return [Heading("Provenance"), Para(info), ck, Details("every option used", [ot])]
 
 

@@ -3,7 +3,7 @@
 Every function here is pure: tables (a `Result`) and evaluations in, `Finding`s out. A finding
 states a measured figure, the convention it was measured under (sparsity convention, storage
 dtype, weight decay when the evaluation file gives it) and, beside it, the reference range from
-../shared/reference/metrics.md. No finding infers one quantity from another: retention is shown
+docs/metrics.md. No finding infers one quantity from another: retention is shown
 when it was measured, never derived from geometry (RL's Razor, Shenfeld et al. 2025).
 """
 from __future__ import annotations
@@ -88,13 +88,14 @@ def method_of(run: str, evals: dict) -> str | None:
     return run.lower() if run.lower() in KNOWN_METHODS else None
 
 
-def _opts(result) -> dict:
-    return result.meta.get("options") or {}
+def _opts(result):
+    """The result's options (`updelta.meta.Options`: `.atol`, `.eta`, `.get(name, default)`)."""
+    return result.info.options
 
 
 def sparsity_findings(result, evals: dict) -> list[Finding]:
     o = _opts(result)
-    atol, eta = o.get("atol", 1e-5), o.get("eta", 1e-3)
+    atol, eta = o.atol, o.eta
     out = []
     for _, r in result.summary.iterrows():
         run = r["run"]
@@ -271,29 +272,29 @@ def storage_findings(result) -> list[Finding]:
     if not bf16:
         return []
     text = f"base and run stored in bf16 ({', '.join(bf16)})"
-    if o.get("eta", 1e-3) <= 2.0 ** -9:
+    if o.eta <= 2.0 ** -9:
         same = all(abs(float(s["sparsity_exact"]) - float(s["sparsity_rtol"])) < 1e-12
                    for _, s in result.summary[result.summary["run"].isin(bf16)].iterrows())
-        text += (f"; rtol with eta {o.get('eta', 1e-3):g} is the same test as exact on bf16 "
+        text += (f"; rtol with eta {o.eta:g} is the same test as exact on bf16 "
                  f"(the smallest change of a bf16 value is 2^-8 = 0.39% of it)"
                  + (" and the measured figures agree" if same else ""))
     return [Finding("storage", None, text, REF_BF16)]
 
 
 def pairing_findings(result) -> list[Finding]:
-    p = result.meta.get("pairing") or {}
+    p = result.info.pairing
     out = []
-    for run, names in (p.get("only_in_base") or {}).items():
+    for run, names in p.only_in_base.items():
         if names:
             shown = ", ".join(f"`{n}`" for n in names[:5]) + (" ..." if len(names) > 5 else "")
             out.append(Finding("pairing", run, f"{len(names)} tensor(s) of the base are absent from the run and "
                                                f"not compared: {shown}"))
-    for run, names in (p.get("only_in_run") or {}).items():
+    for run, names in p.only_in_run.items():
         if names:
             shown = ", ".join(f"`{n}`" for n in names[:5]) + (" ..." if len(names) > 5 else "")
             out.append(Finding("pairing", run, f"{len(names)} tensor(s) only in the run, not compared: {shown}"))
-    for d in p.get("resized") or []:
-        out.append(Finding("pairing", d["run"], f"`{d['name']}` resized {d['base_shape']} -> {d['ft_shape']}; "
+    for d in p.resized:
+        out.append(Finding("pairing", d.run, f"`{d.name}` resized {list(d.base_shape)} -> {list(d.ft_shape)}; "
                                                 f"compared on the base's rows"))
     s = result.summary
     for _, r in s.iterrows():
