@@ -49,3 +49,18 @@ def test_sigint_during_diff(tmp_path):
     assert stderr == "updelta: interrupted\n" and stdout == ""
     assert list(out.parent.iterdir()) == []
     assert time.monotonic() - t0 < 20
+
+
+def test_sigint_at_start_up_is_one_line_too(tmp_path):
+    """An interrupt while the command is still importing its modules: the same one line and exit code."""
+    base = ckpt.save({"w": torch.ones(4, 4)}, tmp_path / "b.safetensors")
+    env = {**os.environ, "UPDELTA_PROGRESS": "0"}
+    for delay in (0.3, 0.8):
+        proc = subprocess.Popen([sys.executable, "-m", "updelta.cli", "diff", str(base), str(base)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        if proc.returncode == 0:  # it finished first (a fast machine): nothing to check
+            continue
+        assert (proc.returncode, stderr, stdout) == (130, "updelta: interrupted\n", ""), delay

@@ -4,8 +4,24 @@
     r = updelta.diff("base/", "finetuned/")       # r.tensors: one row per tensor
     c = updelta.compare("base/", {"sft": "runs/sft", "dft": "runs/dft"})
     r2 = updelta.load("out.parquet")
+
+The names below are imported on first use, so `import updelta` is cheap (no pandas, no torch).
 """
 from ._version import __version__  # noqa: F401
-from .api import compare, diff, load  # noqa: E402,F401  (torch is imported by diff/compare, on call)
-from .options import DiffOptions  # noqa: E402,F401
-from .result import Result  # noqa: E402,F401
+
+_LAZY = {"diff": "api", "compare": "api", "load": "api", "DiffOptions": "options", "Result": "result"}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'updelta' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

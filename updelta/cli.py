@@ -1,58 +1,55 @@
-"""The `updelta` command line: assembles the commands of `updelta.commands` into one typer app.
+"""The `updelta` command line entry point: `main()` runs the app of `updelta.commands.app`.
 
-`main()` is the entry point: every `UpdeltaError` becomes one line on stderr and exit code 2 (no
-traceback); Ctrl-C is "updelta: interrupted" and exit code 130. Nothing in the package imports this module.
+Every `UpdeltaError` becomes one line on stderr and exit code 2 (no traceback); Ctrl-C, at any moment from
+start-up on, is the line "updelta: interrupted" and exit code 130. This module imports almost nothing at
+start-up (the app and its commands are imported inside `main`), so an interrupt during imports is handled too.
+Nothing in the package imports this module.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 # The command line is a process of its own: idle OpenMP threads should sleep instead of spinning. On a
 # shared 2-core machine spinning threads made torch's SVDs 10-20x slower (benchmarks/README.md). This must
 # be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import sys  # noqa: E402
-from typing import Annotated  # noqa: E402
 
-import typer  # noqa: E402
-
-from ._version import __version__  # noqa: E402
-from .commands import register_all  # noqa: E402
-from .errors import UpdeltaError  # noqa: E402
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Measure how post-training changed a language model's weights.")
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"updelta {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
-    """Measure how post-training changed a language model's weights."""
-
-
-register_all(app)
+def _interrupted() -> None:
+    """One line, then exit 130 at once: finally-blocks have already removed temporary files. os._exit, because
+    CPython 3.11 re-raises SIGINT at exit (exit status -2) when the interrupt landed inside an exec'd string
+    (dataclass creation during an import), even though it was handled."""
+    sys.stdout.flush()
+    sys.stderr.write("updelta: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def main() -> None:
     try:
-        app()
+        from .commands.app import build_app
+        from .errors import UpdeltaError
+    except KeyboardInterrupt:
+        _interrupted()
+    try:
+        build_app()()
     except SystemExit as e:
         if e.code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130
-            typer.echo("updelta: interrupted", err=True)
+            _interrupted()
         raise
     except UpdeltaError as e:
-        typer.echo(f"updelta: {e}", err=True)
+        sys.stderr.write(f"updelta: {e}\n")
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("updelta: interrupted", err=True)
-        sys.exit(130)
+        _interrupted()
+
+
+def __getattr__(name: str):
+    if name == "app":  # `from updelta.cli import app` (tests, click tooling)
+        from .commands.app import build_app
+        return build_app()
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":
