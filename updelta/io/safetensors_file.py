@@ -1,6 +1,6 @@
 """A minimal safetensors reader that streams row blocks into reused buffers.
 
-Format (safetensors 0.x, see ../shared/reference/peers.md): an 8-byte little-endian
+Format (safetensors 0.x, see docs/formats.md, safetensors): an 8-byte little-endian
 header length N, N bytes of JSON ({name: {"dtype", "shape", "data_offsets": [b, e]}},
 optional "__metadata__"), then the raw little-endian data; offsets are relative to
 the end of the header.

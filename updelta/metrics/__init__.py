@@ -2,7 +2,7 @@
 
 `REGISTRY` maps each metric name (the column name in result tables) to a `Metric`
 whose function is the definition (see its docstring for the formula and the
-reference in ../shared/reference/metrics.md). The engine computes families of
+reference in docs/metrics.md). The engine computes families of
 cheap metrics in one fused pass (`elementwise.partial_sums`) and checks itself
 against these definitions in the tests.
 """

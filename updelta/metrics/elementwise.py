@@ -1,6 +1,6 @@
 """The cheap per-tensor metric family: norms, direction and the three sparsity conventions.
 
-Definitions (../shared/reference/metrics.md, "Norms and direction", "Update sparsity"):
+Definitions (docs/metrics.md, "Norms and direction", "Update sparsity"):
 W0 is the base tensor, W1 the fine-tuned one, D = W1 - W0, all widened exactly to the
 wider stored dtype (float32 for bf16/fp16/fp32; float64 if either is float64). Elements
 where W0 or W1 is NaN/Inf are left out of every metric and counted (`nonfinite_*`).

@@ -1,6 +1,6 @@
 """Cross-run metrics of two updates D_a, D_b of the same base tensor W0.
 
-Definitions (../shared/reference/metrics.md, "Across runs"):
+Definitions (docs/metrics.md, "Across runs"):
 - `delta_cos` = <D_a, D_b> / (||D_a|| ||D_b||); whole model = flattened over all tensors
   (task-vector convention, Ilharco et al. 2022).
 - For each sparsity convention <conv> in exact, atol, rtol, with M_a, M_b the masks of

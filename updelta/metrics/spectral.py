@@ -1,6 +1,6 @@
-"""Spectral and subspace metrics of a weight update (issue 4): one row of columns per 2-D tensor.
+"""Spectral and subspace metrics of a weight update: one row of columns per 2-D tensor.
 
-Definitions follow ../shared/reference/metrics.md ("Rank of an update", "Spectrum and subspaces
+Definitions follow docs/metrics.md ("Rank of an update", "Spectrum and subspaces
 of base vs fine-tuned"). Notation: W0 the base weight, W1 the fine-tuned one, D = W1 - W0, all
 oriented [out, in] (the engine transposes GPT-2 Conv1D weights), so "left" singular vectors live on
 the output side. s_i are singular values in descending order, r = min(m, n).

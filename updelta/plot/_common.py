@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ..aggregate import CHEAP, aggregate_pairs, aggregate_tensors
 from ..errors import UpdeltaError
+from ..naming import components
 
 DPI = 150
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
@@ -34,7 +35,7 @@ STYLE = {
     "savefig.dpi": DPI, "figure.dpi": 100, "image.cmap": SEQ_CMAP, "svg.fonttype": "none",
 }
 
-COMPONENT_ORDER = ["embed", "attn", "mlp", "norm", "head", "other"]
+COMPONENT_ORDER = list(components())  # forward order, from updelta/families/common.json
 MODULE_ORDER = [
     # attention
     "q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "o_proj", "dense", "c_proj",

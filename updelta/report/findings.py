@@ -3,7 +3,7 @@
 Every function here is pure: tables (a `Result`) and evaluations in, `Finding`s out. A finding
 states a measured figure, the convention it was measured under (sparsity convention, storage
 dtype, weight decay when the evaluation file gives it) and, beside it, the reference range from
-../shared/reference/metrics.md. No finding infers one quantity from another: retention is shown
+docs/metrics.md. No finding infers one quantity from another: retention is shown
 when it was measured, never derived from geometry (RL's Razor, Shenfeld et al. 2025).
 """
 from __future__ import annotations
