@@ -1,9 +1,19 @@
 """Tensor-name conventions per model family, read from data files in `updelta/families/`.
 
-Each family is one JSON file: a `detect` regex (which family a checkpoint is), a `layer`
-regex (block index), ordered `modules` rules (regex whose first group is the module
-name, and its component), tied head/embedding names, tensors stored transposed
-(GPT-2 Conv1D is [in, out]) and buffers to ignore. Adding a family is adding a file.
+Each family is one JSON file (see docs/formats.md, "Family detection"):
+- `architectures`, `model_types`: the config.json values it covers ("Phi3ForCausalLM", "phi3");
+- `priority` and `detect`: when config.json names no known family, families are tried by tensor
+  names in descending priority (most specific first: phi3 before llama, whose pattern also
+  matches Phi-3's o_proj), the first whose `detect` regex matches some name wins, else `generic`;
+- `layer`: regex whose first group is the block index;
+- `modules`: ordered rules; a rule's regex is searched in the name (with a trailing "."), its
+  first group is the module name (or `module`, a format string over the groups, e.g.
+  "experts.{0}"), `component` one of `components()`, `param` overrides the parameter kind
+  (for stacked-expert tensors whose names have no ".weight");
+- `module_order`: the family's modules in forward order (for plots);
+- `tied`: (head, embedding) canonical names of an output head that may share the embedding;
+- `transposed`: weights stored [in, out] (GPT-2 Conv1D); `ignore`: buffers never compared.
+Adding a family is adding a file.
 """
 from __future__ import annotations
 
@@ -14,30 +24,61 @@ from functools import lru_cache
 from importlib import resources
 from typing import Iterable
 
+from .errors import UpdeltaError
+
+GENERIC = "generic"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One module rule: where it matches, the component, and how module and parameter are named."""
+
+    pattern: re.Pattern
+    component: str
+    module: str | None = None  # format string over the match groups; None: group 1
+    param: str | None = None  # parameter kind to report; None: the name's last part
+
 
 @dataclass(frozen=True)
 class Family:
     name: str
     description: str
+    priority: int
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
     detect: re.Pattern | None
     layer: re.Pattern
-    modules: tuple[tuple[re.Pattern, str], ...]
+    modules: tuple[Rule, ...]
+    module_order: tuple[str, ...]
     tied: tuple[tuple[str, str], ...]
     transposed: tuple[re.Pattern, ...]
     ignore: tuple[re.Pattern, ...]
 
     @classmethod
-    def from_json(cls, d: dict) -> "Family":
-        return cls(
-            name=d["name"],
-            description=d.get("description", ""),
-            detect=re.compile(d["detect"]) if d.get("detect") else None,
-            layer=re.compile(d["layer"]),
-            modules=tuple((re.compile(m["pattern"]), m["component"]) for m in d["modules"]),
-            tied=tuple((h, e) for h, e in d.get("tied", [])),
-            transposed=tuple(re.compile(p) for p in d.get("transposed", [])),
-            ignore=tuple(re.compile(p) for p in d.get("ignore", [])),
-        )
+    def from_json(cls, d: dict, source: str = "<family>") -> "Family":
+        try:
+            rules = []
+            for m in d["modules"]:
+                if m["component"] not in components():
+                    raise ValueError(f"component {m['component']!r} is not one of {', '.join(components())}")
+                rules.append(Rule(re.compile(m["pattern"]), m["component"], m.get("module"), m.get("param")))
+            return cls(
+                name=d["name"],
+                description=d.get("description", ""),
+                priority=int(d.get("priority", 0)),
+                architectures=tuple(d.get("architectures", [])),
+                model_types=tuple(d.get("model_types", [])),
+                detect=re.compile(d["detect"]) if d.get("detect") else None,
+                layer=re.compile(d["layer"]),
+                modules=tuple(rules),
+                module_order=tuple(d.get("module_order", [])),
+                tied=tuple((h, e) for h, e in d.get("tied", [])),
+                transposed=tuple(re.compile(p) for p in d.get("transposed", [])),
+                ignore=tuple(re.compile(p) for p in d.get("ignore", [])),
+            )
+        except (KeyError, TypeError, ValueError, re.error) as e:
+            raise UpdeltaError(f"{source}: not a valid family file ({e.__class__.__name__}: {e}); "
+                               f"see docs/formats.md, Family detection") from None
 
 
 @dataclass(frozen=True)
@@ -45,9 +86,20 @@ class TensorName:
     """What a tensor's name says: block index, component, module and parameter kind."""
 
     layer: int | None
-    component: str  # attn, mlp, norm, embed, head, other
+    component: str  # one of components(): embed, attn, mlp, norm, head, other
     module: str
     param: str  # weight, bias (or the last name part for other parameters)
+
+
+@dataclass(frozen=True)
+class FamilyMatch:
+    """A detected family and how it was found (`source`, recorded in the pairing notes)."""
+
+    family: Family
+    source: str  # "config.json architectures" | "config.json model_type" | "config.json text_config.<key>" |
+    #              "tensor names" | "fallback"
+    claimed: str | None = None  # the config.json value that named the family (or was set aside, see `rejected`)
+    rejected: str | None = None  # family config.json named but the tensor names contradict
 
 
 def _load(name: str) -> dict:
@@ -55,25 +107,109 @@ def _load(name: str) -> dict:
 
 
 @lru_cache(maxsize=1)
-def families() -> tuple[Family, ...]:
-    """All families, the generic fallback last."""
-    files = sorted(p.name for p in resources.files("updelta.families").iterdir()
-                   if p.name.endswith(".json") and p.name not in ("common.json", "generic.json"))
-    return tuple(Family.from_json(_load(f)) for f in files) + (Family.from_json(_load("generic.json")),)
+def _common() -> dict:
+    return _load("common.json")
+
+
+@lru_cache(maxsize=1)
+def components() -> tuple[str, ...]:
+    """Every component a tensor can get, in forward order (embed, attn, mlp, norm, head, other)."""
+    return tuple(_common()["components"])
 
 
 @lru_cache(maxsize=1)
 def strip_prefixes() -> tuple[str, ...]:
-    return tuple(_load("common.json")["strip_prefixes"])
+    return tuple(_common()["strip_prefixes"])
 
 
-def detect_family(names: Iterable[str]) -> Family:
-    """The first family whose `detect` pattern matches some tensor name, else the generic one."""
-    names = list(names)
+@lru_cache(maxsize=1)
+def families() -> tuple[Family, ...]:
+    """All families in detection order: descending priority (ties by name), the generic fallback last."""
+    files = sorted(p.name for p in resources.files("updelta.families").iterdir()
+                   if p.name.endswith(".json") and p.name not in ("common.json", f"{GENERIC}.json"))
+    fams = sorted((Family.from_json(_load(f), f"updelta/families/{f}") for f in files),
+                  key=lambda f: (-f.priority, f.name))
+    return tuple(fams) + (Family.from_json(_load(f"{GENERIC}.json"), f"updelta/families/{GENERIC}.json"),)
+
+
+def family(name: str) -> Family:
+    """The family called `name`."""
+    for fam in families():
+        if fam.name == name:
+            return fam
+    raise UpdeltaError(f"unknown model family {name!r}; known: {', '.join(f.name for f in families())}")
+
+
+def module_order(family_name: str) -> list[str]:
+    """The modules of family `family_name` in forward order (e.g. llama: ..., q_proj, k_proj, v_proj, ...,
+    o_proj, ..., gate_proj, up_proj, down_proj, ...); [] for the generic family and unknown names."""
+    for fam in families():
+        if fam.name == family_name:
+            return list(fam.module_order)
+    return []
+
+
+def _config_claims(config) -> list[tuple[str, str]]:
+    """(source, value) pairs config.json offers, most telling first; nothing for a config of the wrong shape."""
+    out: list[tuple[str, str]] = []
+    if not isinstance(config, dict):
+        return out
+    for where, cfg in (("", config), ("text_config.", config.get("text_config"))):
+        if not isinstance(cfg, dict):
+            continue
+        archs = cfg.get("architectures")
+        if isinstance(archs, str):
+            archs = [archs]
+        if isinstance(archs, list):
+            out += [(f"config.json {where}architectures", a) for a in archs if isinstance(a, str)]
+        mt = cfg.get("model_type")
+        if isinstance(mt, str):
+            out.append((f"config.json {where}model_type", mt))
+    return out
+
+
+def _by_config(config) -> tuple[Family, str, str] | None:
+    for source, value in _config_claims(config):
+        key = "architectures" if source.endswith("architectures") else "model_types"
+        for fam in families():
+            if value in getattr(fam, key):
+                return fam, source, value
+    return None
+
+
+def _by_names(names: list[str]) -> Family | None:
     for fam in families():
         if fam.detect is not None and any(fam.detect.search(n) for n in names):
             return fam
-    return families()[-1]
+    return None
+
+
+def resolve_family(names: Iterable[str], config=None) -> FamilyMatch:
+    """The family of a checkpoint with tensor `names` and parsed config.json `config` (any value; a
+    non-dict or unknown content is ignored), and how it was found.
+
+    config.json first (`architectures`, then `model_type`, then the same keys of a nested
+    `text_config`). The family it names is kept unless the tensor names contradict it: they point to
+    another family and either match nothing of the named one or point to a more specific family
+    (higher priority: Phi-3 names under a config.json that says Llama). Then tensor names, by
+    descending priority; then the generic fallback."""
+    names = list(names)
+    by_names = _by_names(names)
+    hit = _by_config(config)
+    if hit is not None:
+        fam, source, value = hit
+        named_matches = fam.detect is None or any(fam.detect.search(n) for n in names)
+        if by_names is None or by_names is fam or (by_names.priority <= fam.priority and named_matches):
+            return FamilyMatch(fam, source, value)
+        return FamilyMatch(by_names, "tensor names", value, rejected=fam.name)
+    if by_names is not None:
+        return FamilyMatch(by_names, "tensor names")
+    return FamilyMatch(families()[-1], "fallback")
+
+
+def detect_family(names: Iterable[str], config=None) -> Family:
+    """The family of a checkpoint (see `resolve_family`)."""
+    return resolve_family(names, config).family
 
 
 def canonical(name: str) -> str:
@@ -94,10 +230,11 @@ def parse(name: str, family: Family) -> TensorName:
     last = name.rsplit(".", 1)
     param = last[1] if len(last) == 2 else "weight"
     padded = name if name.endswith(".") else name + "."
-    for pattern, component in family.modules:
-        mm = pattern.search(padded)
+    for rule in family.modules:
+        mm = rule.pattern.search(padded)
         if mm:
-            return TensorName(layer, component, mm.group(1), param)
+            module = rule.module.format(*mm.groups()) if rule.module is not None else mm.group(1)
+            return TensorName(layer, rule.component, module, rule.param or param)
     parts = name.split(".")
     module = parts[-2] if len(parts) >= 2 else parts[0]
     return TensorName(layer, "other", module, param)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import PairingError
 from .io import Checkpoint, TensorRef
-from .naming import Family, TensorName, canonical, detect_family, is_ignored, is_transposed, parse
+from .naming import Family, TensorName, canonical, is_ignored, is_transposed, parse, resolve_family
 from .options import DiffOptions
 
 
@@ -83,7 +83,8 @@ def _filtered(name: str, opts: DiffOptions) -> bool:
 
 def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOptions) -> Pairing:
     """Pair `base` with every run in `runs` (name -> checkpoint)."""
-    family = detect_family(base.tensors)
+    match = resolve_family(base.tensors, base.config)  # config.json first, then tensor names
+    family = match.family
     bmap = _canonical_map(base)
     rmaps = {r: _canonical_map(ck) for r, ck in runs.items()}
     heads = {h for h, _ in family.tied}
@@ -96,7 +97,7 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
 
     notes: dict = {"family": family.name, "tied": [], "only_in_base": {r: [] for r in runs},
                    "only_in_run": {r: [] for r in runs}, "resized": [], "skipped_shape": [],
-                   "non_float": [], "ignored": [], "filtered_out": 0,
+                   "non_float": [], "ignored": [], "filtered_out": 0, "family_source": match.source,
                    "unindexed": {n: ck.unindexed for n, ck in (("base", base), *runs.items()) if ck.unindexed}}
     pairs: list[PairedTensor] = []
     for key in keys:

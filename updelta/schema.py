@@ -20,9 +20,7 @@ Definitions of the metrics: docs/metrics.md. Nothing here imports torch or panda
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 
@@ -309,16 +307,10 @@ def shape_list(v) -> list[int] | None:
 
 # ---- components -------------------------------------------------------------------------------------
 def components() -> tuple[str, ...]:
-    """The component names, in model order (embeddings first): `components` of families/common.json."""
-    return _COMPONENTS
+    """The component names, in forward order (embeddings first): family data, `naming.components()`."""
+    from .naming import components as family_components
 
-
-def _read_components() -> tuple[str, ...]:
-    text = resources.files("updelta.families").joinpath("common.json").read_text(encoding="utf-8")
-    return tuple(json.loads(text)["components"])
-
-
-_COMPONENTS = _read_components()
+    return family_components()
 
 
 # ---- formulas -----------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Each registered function takes tensors (W0, W1 for per-tensor metrics) and returns
 a number or a list; its docstring states the formula and cites the source. The
-registry is what `updelta metrics` lists and what the tests check the fused
-engine against; it holds no state beyond the table filled at import time.
+registry lists every per-tensor metric (`updelta.metrics.REGISTRY`) and is what the tests check
+the fused engine against; it holds no state beyond the table filled at import time.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spectral and subspace metrics of a weight update (issue 4): one row of columns per 2-D tensor.
+"""Spectral and subspace metrics of a weight update: one row of columns per 2-D tensor.
 
 Definitions follow docs/metrics.md ("Rank of an update", "Spectrum and subspaces
 of base vs fine-tuned"). Notation: W0 the base weight, W1 the fine-tuned one, D = W1 - W0, all
