@@ -155,7 +155,9 @@ def test_components_and_conventions_come_from_one_place():
     from updelta.metrics.pairwise import CONVS
     from updelta.plot._common import COMPONENT_ORDER
 
-    common = json.loads((schema.resources.files("updelta.families") / "common.json").read_text())
+    from importlib import resources
+
+    common = json.loads((resources.files("updelta.families") / "common.json").read_text())
     assert tuple(common["components"]) == schema.components() == COMPONENTS == tuple(COMPONENT_ORDER)
     assert CONVS == schema.CONVS == ("exact", "atol", "rtol")
     assert schema.label("sparsity_atol", long=True, atol=1e-4) == "share unchanged, atol: |ΔW| ≤ 0.0001"
