@@ -85,8 +85,8 @@ def test_aggregates_are_sums_not_averages(tmp_path):
 def test_threads_and_block_sizes_do_not_change_results(tmp_path):
     base = ckpt.llama_state()
     b, f = ckpt.save(base, tmp_path / "b"), ckpt.save(ckpt.perturb(base), tmp_path / "f")
-    one = updelta.diff(b, f, spectral="off", threads=1, block_elems=1 << 20).tensors
-    many = updelta.diff(b, f, spectral="off", threads=3, block_elems=33).tensors
+    one = updelta.diff(b, f, spectral="off", workers=1, block_elems=1 << 20).tensors
+    many = updelta.diff(b, f, spectral="off", workers=3, block_elems=33).tensors
     _same(one, many)
     assert list(one["name"]) == list(many["name"])  # order is stable
 

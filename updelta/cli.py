@@ -13,12 +13,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from .errors import UpdeltaError
+from .errors import UpdeltaError, UpdeltaWarning
 from .demo import DEMO_HELP, DemoOptions
 from .options import DiffOptions, default_of, help_for
 
@@ -43,7 +44,7 @@ Alpha = Annotated[float, _opt("offprincipal_alpha", "--offprincipal-alpha")]
 PrincK = Annotated[int, _opt("offprincipal_k", "--offprincipal-k")]
 Mismatch = Annotated[str, _opt("on_shape_mismatch", "--on-shape-mismatch")]
 Hist = Annotated[bool, _opt("histogram", "--histogram/--no-histogram")]
-Threads = Annotated[int, _opt("threads", "--threads")]
+Threads = Annotated[int, _opt("workers", "--workers")]
 ProgressOpt = Annotated[bool, _opt("progress", "--progress/--no-progress")]
 
 
@@ -61,7 +62,7 @@ def make_options(atol: float, eta: float, include, exclude, device: str, spectra
     return DiffOptions(atol=atol, eta=eta, include=tuple(include or ()), exclude=tuple(exclude or ()),
                        device=device, spectral=spectral, topk=topk, spectral_float64=spectral_float64,
                        offprincipal_alpha=offprincipal_alpha, offprincipal_k=offprincipal_k,
-                       on_shape_mismatch=on_shape_mismatch, histogram=histogram, threads=threads,
+                       on_shape_mismatch=on_shape_mismatch, histogram=histogram, workers=threads,
                        progress=progress)
 
 
@@ -197,9 +198,21 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _show_warning(other):
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, UpdeltaWarning):
+            typer.echo(f"updelta: warning: {message}", err=True)
+        else:
+            other(message, category, *args, **kwargs)
+    return show
+
+
 def main() -> None:
     try:
-        app()
+        with warnings.catch_warnings():  # library warnings (Result.warnings) as one line each on stderr
+            warnings.simplefilter("always", UpdeltaWarning)
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            app()
     except UpdeltaError as e:
         typer.echo(f"updelta: {e}", err=True)
         sys.exit(2)

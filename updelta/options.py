@@ -11,6 +11,7 @@ from typing import Literal
 Spectral = Literal["off", "fast", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 OnMismatch = Literal["error", "skip"]
+Executor = Literal["serial", "threads"]
 
 
 def _opt(default, help: str):
@@ -39,7 +40,11 @@ class DiffOptions:
     offprincipal_k: int = _opt(16, "Off-principal alignment: rank of the reconstruction of W0 that defines the mask.")
     histogram: bool = _opt(False, "Count |W1 - W0| per tensor in power-of-two bins (plus exact zeros), for "
                                   "`updelta plot --kind distribution`.")
-    threads: int = _opt(0, "Worker threads for the CPU path (0 = one per core, at most 4).")
+    executor: Executor = _opt("threads", "How the per-tensor jobs run: `threads` (a pool of `workers` threads in "
+                                         "this process) or `serial` (one job at a time in the calling thread). Both "
+                                         "run the same plan and give the same numbers.")
+    workers: int = _opt(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each job "
+                           "gets max(1, torch threads // workers) BLAS threads, whatever the executor.")
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).")
     progress: bool = _opt(True, "Show a progress bar on stderr.")
 

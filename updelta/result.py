@@ -49,6 +49,11 @@ class Result:
     meta: dict = field(default_factory=dict)
 
     @property
+    def warnings(self) -> list[str]:
+        """What the scan warned about (also emitted as `UpdeltaWarning`); stored in meta["warnings"]."""
+        return list(self.meta.get("warnings") or [])
+
+    @property
     def runs(self) -> list[str]:
         return list(self.meta.get("run_order") or self.tensors["run"].unique())
 
