@@ -121,7 +121,7 @@ def test_plan_does_not_depend_on_the_executor(llama_pair):
     p1, c1 = _plan(b, {"ft": f}, DiffOptions(executor="serial", workers=2, block_elems=40))
     p2, c2 = _plan(b, {"ft": f}, DiffOptions(executor="threads", workers=2, block_elems=40))
     shape = lambda p: [(j.tensor.name, j.start, j.count, j.block, j.threads) for j in p.cheap]  # noqa: E731
-    assert shape(p1) == shape(p2) and p1.threads == p2.threads == 1
+    assert shape(p1) == shape(p2) and p1.spectral_threads == p2.spectral_threads == 1
     assert [j.tensor.name for j in p1.spectral] == [j.tensor.name for j in p2.spectral]
     costs = [j.cost for j in p1.spectral]
     assert costs == sorted(costs, reverse=True)  # largest first
@@ -135,8 +135,9 @@ def test_threads_per_job_from_workers_and_restored_after_scan(llama_pair):
         pairing = pair_checkpoints(cb, {"ft": cf}, DiffOptions())
         def plan(workers, env):
             return make_plan(pairing, (), DiffOptions(workers=workers), env)
-        assert plan(1, Env("cpu", True, 8, 8)).threads == 8
-        assert plan(3, Env("cpu", True, 8, 8)).threads == 2
+        assert plan(1, Env("cpu", True, 8, 8)).spectral_threads == 8
+        assert plan(3, Env("cpu", True, 8, 8)).spectral_threads == 2
+        assert plan(3, Env("cpu", True, 8, 8)).cheap_threads == 8
         assert (plan(0, Env("cpu", True, 8, 8)).workers, plan(0, Env("cpu", True, 2, 2)).workers) == (4, 2)
         assert plan(0, Env("cuda", False, 8, 8)).workers == 1
     before = torch.get_num_threads()

@@ -43,8 +43,8 @@ class DiffOptions:
     executor: Executor = _opt("threads", "How the per-tensor jobs run: `threads` (a pool of `workers` threads in "
                                          "this process) or `serial` (one job at a time in the calling thread). Both "
                                          "run the same plan and give the same numbers.")
-    workers: int = _opt(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each job "
-                           "gets max(1, torch threads // workers) BLAS threads, whatever the executor.")
+    workers: int = _opt(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each spectral "
+                           "job gets max(1, torch threads // workers) BLAS threads, whatever the executor.")
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).")
     progress: bool = _opt(True, "Show a progress bar on stderr.")
 

@@ -10,9 +10,11 @@ Everything that changes numbers is fixed here, never by the executor:
   (block boundaries are those of the unsplit tensor); each part returns its per-block partial sums
   and `jobs.tensor_records` adds them in block order, exactly as one sequential pass would;
 - spectral jobs: one per 2-D (or stacked 3-D) tensor, all runs in it, largest first;
-- BLAS threads per job: `threads = max(1, torch_threads // workers)`, the same for every job, so
-  the serial and the threaded executor give the same numbers (torch's thread count is process-wide:
-  every job sets the same value, see `jobs.use_threads`).
+- torch threads per job, the same for every job of a pass, so the serial and the threaded executor
+  give the same numbers (torch's thread count is process-wide: jobs in flight together must ask for
+  the same count, see `jobs.use_threads`): spectral jobs `max(1, torch_threads // workers)`; cheap
+  jobs the caller's `torch_threads` (the torch path's float64 reductions then add in the same order
+  as before this plan existed; the C kernel uses none).
 `cost` (bytes a job materialises, an estimate) lets an executor keep the largest jobs apart.
 """
 from __future__ import annotations
@@ -125,7 +127,8 @@ class Plan:
     spectral: tuple[SpectralJob, ...]  # largest first
     pairs: tuple[tuple[str, str], ...]
     workers: int
-    threads: int  # BLAS threads per job
+    cheap_threads: int  # torch threads of every cheap job
+    spectral_threads: int  # torch (BLAS) threads of every spectral job
     device: str
     kernel: bool
 
@@ -166,7 +169,8 @@ def tensor_specs(pairing: Pairing, pairs: tuple[tuple[str, str], ...]) -> tuple[
 def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOptions, env: Env) -> Plan:
     """Every job of a scan, in plan order (pure: the same inputs give the same plan)."""
     workers = resolve_workers(opts.workers, env)
-    threads = max(1, env.torch_threads // workers)
+    cheap_threads = max(1, env.torch_threads)
+    spectral_threads = max(1, env.torch_threads // workers)
     block = max(int(opts.block_elems), 1)
     if env.device.startswith("cuda"):
         block = max(block, CUDA_MIN_BLOCK)
@@ -178,9 +182,10 @@ def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOp
         starts = list(range(0, n, part)) or [0]
         for k, s in enumerate(starts):
             cheap.append(CheapJob(t, k, len(starts), s, min(part, n - s), block, opts, env.device, env.kernel,
-                                  threads))
+                                  cheap_threads))
     spectral: list[SpectralJob] = []
     if opts.spectral != "off":
-        spectral = [SpectralJob(t, opts, env.device, threads) for t in specs if len(t.shape) >= 2]
+        spectral = [SpectralJob(t, opts, env.device, spectral_threads) for t in specs if len(t.shape) >= 2]
         spectral.sort(key=lambda j: -j.cost)  # stable: equal costs keep tensor order
-    return Plan(specs, tuple(cheap), tuple(spectral), pairs, workers, threads, env.device, env.kernel)
+    return Plan(specs, tuple(cheap), tuple(spectral), pairs, workers, cheap_threads, spectral_threads, env.device,
+                env.kernel)
