@@ -17,6 +17,7 @@ outside any scope, files stay open until `close_readers()`.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from contextlib import contextmanager
@@ -47,7 +48,7 @@ class TensorLocation:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
+        return math.prod(self.shape)
 
     @property
     def itemsize(self) -> int:
