@@ -79,13 +79,14 @@ def ensure_pair(folder: Path, layers: int, tiny: bool = False) -> tuple[Path, Pa
     return folder / "base", folder / "ft"
 
 
-def measure(cmd: list[str], repeat: int = 1) -> dict:
-    """Run `cmd` `repeat` times; the best wall time and the peak RSS (MB) of that process alone (wait4)."""
+def measure(cmd: list[str], repeat: int = 1, env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run `cmd` `repeat` times; the best wall time and the peak RSS (MB) of that process alone (wait4).
+    `env`: extra environment variables; `cwd`: working folder of the process."""
     best = None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "UPDELTA_PROGRESS": "0"})
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
+                             env={**os.environ, "UPDELTA_PROGRESS": "0", **(env or {})})
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         err = p.stderr.read().decode()

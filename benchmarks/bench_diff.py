@@ -7,7 +7,11 @@ elements) with 24 layers and with 48 layers, and a tiny pair. Measures whole pro
 - `python -c "import torch"` and `updelta diff` of a tiny pair (start-up cost),
 and prints wall time, throughput as a ratio to the plain read with start-up taken off, and peak RSS.
 
-    python benchmarks/bench_diff.py [--skip-naive] [--skip-48]
+    python benchmarks/bench_diff.py [--skip-naive] [--skip-48] [--baseline DIR]
+
+`--baseline DIR` also measures the `updelta diff` of another source tree of updelta (e.g. an older
+commit unpacked with `git archive`; its CLI runs with PYTHONPATH=DIR from outside this checkout), in
+alternation with this one, so old and new are compared under the same machine load.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-48", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, default=None, help="another updelta source tree to measure too")
     args = ap.parse_args()
 
     print("preparing checkpoints under", DATA, file=sys.stderr)
@@ -40,10 +45,18 @@ def main() -> None:
     rows["plain read (cat)"] = measure(["sh", "-c", f"cat {' '.join(files)} > /dev/null"], args.repeat)
     rows["python -c 'import torch'"] = measure([PY, "-c", "import torch"], args.repeat)
     rows["updelta diff, tiny pair"] = measure([UPDELTA, "diff", str(bt), str(ft), "--spectral", "off"], args.repeat)
-    rows["updelta diff, 0.5B (24 layers)"] = measure([UPDELTA, "diff", str(b24), str(f24), "--spectral", "off"],
-                                                     args.repeat)
-    rows["updelta diff, 1 thread"] = measure([UPDELTA, "diff", str(b24), str(f24), "--spectral", "off",
-                                              "--workers", "1"], args.repeat)
+    diff24 = [UPDELTA, "diff", str(b24), str(f24), "--spectral", "off"]
+    if args.baseline is None:
+        rows["updelta diff, 0.5B (24 layers)"] = measure(diff24, args.repeat)
+    else:  # alternate, best of `repeat` each
+        env = {"PYTHONPATH": str(args.baseline.resolve())}
+        new, old = [], []
+        for _ in range(args.repeat):
+            new.append(measure(diff24, 1))
+            old.append(measure(diff24, 1, env=env, cwd=args.baseline.parent))
+        rows["updelta diff, 0.5B (24 layers)"] = min(new, key=lambda r: r["wall_s"])
+        rows["0.5B, baseline tree"] = min(old, key=lambda r: r["wall_s"])
+    rows["updelta diff, 1 worker"] = measure([*diff24, "--workers", "1"], args.repeat)
     if not args.skip_naive:
         rows["naive (load both, torch loop)"] = measure([PY, str(Path(__file__).parent / "naive_diff.py"),
                                                          str(b24), str(f24)], 1)
@@ -61,7 +74,7 @@ def main() -> None:
     print(f"{'what':34s} {'wall s':>8s} {'GB/s*':>8s} {'x read':>7s} {'peak RSS MB':>12s}")
     for k, r in rows.items():
         gbs = ratio = ""
-        if "0.5B" in k or "1 thread" in k or "naive" in k or k.startswith("plain"):  # rows over the 0.5B pair
+        if "0.5B" in k or "1 worker" in k or "naive" in k or k.startswith("plain"):  # rows over the 0.5B pair
             net = r["wall_s"] - (0 if k.startswith("plain") else t_start)
             g = nbytes / max(net, 1e-9) / 1e9
             gbs, ratio = f"{g:.2f}", f"{g / read_gbs:.2f}"

@@ -1,9 +1,9 @@
 """The `updelta` command line entry point: `main()` runs the app of `updelta.commands.app`.
 
-Every `UpdeltaError` becomes one line on stderr and exit code 2 (no traceback); Ctrl-C, at any moment from
-start-up on, is the line "updelta: interrupted" and exit code 130. This module imports almost nothing at
-start-up (the app and its commands are imported inside `main`), so an interrupt during imports is handled too.
-Nothing in the package imports this module.
+Every `UpdeltaError` becomes one line on stderr and exit code 2 (no traceback); every `UpdeltaWarning` one line
+`updelta: warning: ...`; Ctrl-C, at any moment from start-up on, is the line "updelta: interrupted" and exit code
+130. This module imports almost nothing at start-up (the app and its commands are imported inside `main`), so an
+interrupt during imports is handled too. Nothing in the package imports this module.
 """
 from __future__ import annotations
 
@@ -26,14 +26,28 @@ def _interrupted() -> None:
     os._exit(130)
 
 
+def _show_warning(other, warning_class):
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, warning_class):
+            sys.stderr.write(f"updelta: warning: {message}\n")
+        else:
+            other(message, category, *args, **kwargs)
+    return show
+
+
 def main() -> None:
     try:
+        import warnings
+
         from .commands.app import build_app
-        from .errors import UpdeltaError
+        from .errors import UpdeltaError, UpdeltaWarning
     except KeyboardInterrupt:
         _interrupted()
     try:
-        build_app()()
+        with warnings.catch_warnings():  # library warnings (Result.warnings) as one line each on stderr
+            warnings.simplefilter("always", UpdeltaWarning)
+            warnings.showwarning = _show_warning(warnings.showwarning, UpdeltaWarning)
+            build_app()()
     except SystemExit as e:
         if e.code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130
             _interrupted()

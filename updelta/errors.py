@@ -14,3 +14,7 @@ class CheckpointError(UpdeltaError):
 
 class PairingError(UpdeltaError):
     """Tensors of two checkpoints that cannot be compared."""
+
+
+class UpdeltaWarning(UserWarning):
+    """Something the numbers depend on (e.g. NaN/Inf left out); also listed in `Result.warnings`."""

@@ -68,9 +68,12 @@ class DiffOptions:
                                above=0, at_most=1)
     histogram: bool = _opt(False, "Count |W1 - W0| per tensor in power-of-two bins (plus exact zeros), for "
                                   "`updelta plot --kind distribution`.")
-    executor: Executor = _opt("threads", "How per-tensor jobs run: serial (in this thread) or threads (a thread "
-                                         "pool of --workers).")
-    workers: int = _opt(0, "Worker threads for the CPU path (0 = one per core, at most 4).", at_least=0)
+    executor: Executor = _opt("threads", "How the per-tensor jobs run: `threads` (a pool of `workers` threads in "
+                                         "this process) or `serial` (one job at a time in the calling thread). Both "
+                                         "run the same plan and give the same numbers.")
+    workers: int = _opt(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each spectral "
+                           "job gets max(1, torch threads // workers) BLAS threads, whatever the executor.",
+                        at_least=0)
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
     progress: bool = _opt(True, "Show a progress bar on stderr.")
 

@@ -57,6 +57,11 @@ class Result:
         return RunInfo.from_dict(self.meta)
 
     @property
+    def warnings(self) -> list[str]:
+        """What the scan warned about (also emitted as `UpdeltaWarning`); stored in meta["warnings"]."""
+        return list(self.meta.get("warnings") or [])
+
+    @property
     def runs(self) -> list[str]:
         return list(self.info.run_order or self.tensors["run"].unique())
 

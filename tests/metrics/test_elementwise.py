@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import updelta
+from updelta.errors import UpdeltaWarning
 from updelta.metrics import REGISTRY
 from updelta.metrics import elementwise as ew
 
@@ -114,11 +115,15 @@ def test_nonfinite_counted_and_excluded(tmp_path, capsys):
     ft = torch.tensor([1.0, 2.5, 3.0, float("inf"), 5.0])
     b = ckpt.save({"w": base}, tmp_path / "b.safetensors")
     f = ckpt.save({"w": ft}, tmp_path / "f.safetensors")
-    row = updelta.diff(b, f, spectral="off").tensors.iloc[0]
+    with pytest.warns(UpdeltaWarning, match="non-finite"):
+        r = updelta.diff(b, f, spectral="off")
+    row = r.tensors.iloc[0]
     assert row["nonfinite_base"] == 1 and row["nonfinite_ft"] == 1 and row["n_compared"] == 3
     assert row["delta_fro"] == pytest.approx(0.5) and row["sparsity_exact"] == pytest.approx(2 / 3)
     assert row["base_fro"] == pytest.approx(math.sqrt(1 + 4 + 25))
-    assert "non-finite" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # library code does not print: the warning is on the Result
+    assert len(r.warnings) == 1 and "non-finite" in r.warnings[0] and "w (f: base 1, ft 1)" in r.warnings[0]
+    assert r.meta["warnings"] == r.warnings
 
 
 def test_rel_delta_nan_when_base_is_zero(tmp_path):

@@ -54,6 +54,12 @@ class TensorRef:
         """Elements [start, start+count) of the flattened tensor, raw storage (bf16 as uint16)."""
         return self.file.read(self.name, start, count, out)
 
+    @property
+    def location(self):
+        """Where the tensor's bytes are, as picklable plain data (`io.locations.TensorLocation`)."""
+        from .locations import location_of
+        return location_of(self)
+
 
 class Checkpoint:
     """The tensors of one checkpoint, with its identity (path, format, files, dtypes)."""

@@ -1,0 +1,197 @@
+"""Where a tensor's bytes are, as plain picklable data, and block readers opened from it.
+
+A `TensorLocation` names the file, its format, the stored tensor name, dtype, shape and, for
+safetensors, the absolute byte offset of element 0. It holds no open file, so a job that carries
+locations can go to another thread, process or machine that sees the same paths.
+
+`open_reader(location)` returns a `BlockReader`. Open files are cached per process, keyed by path:
+- safetensors: one read-only descriptor per file; a block is a plain `pread` of its byte range at
+  the absolute offset. The header is not parsed again (`io.checkpoint` validated it when the
+  location was made).
+- torch `.bin`/`.pt`: the `TorchFile`, loaded once with `weights_only=True` (memory-mapped when
+  zip-format); a `TorchFile` the caller already has open can be lent to the cache (`reader_scope`).
+
+The cache is safe to use from several threads (pread has no shared file position) and is dropped
+in a forked child. `reader_scope()` closes what the cache opened when the outermost scope ends;
+outside any scope, files stay open until `close_readers()`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal, Protocol
+
+import numpy as np
+
+from ..errors import CheckpointError
+from .safetensors_file import DTYPES, SafetensorsFile
+from .torch_file import TorchFile
+
+FileFormat = Literal["safetensors", "torch"]
+# torch-style dtype name -> numpy dtype of the raw storage (bf16 as uint16 bits, fp8 as uint8)
+RAW_DTYPES: dict[str, np.dtype] = {name: raw for name, _, raw in DTYPES.values()}
+
+
+@dataclass(frozen=True)
+class TensorLocation:
+    """One stored tensor, as plain data: enough to read it again from any process."""
+
+    path: str
+    format: FileFormat
+    name: str  # the name stored in the file
+    dtype: str  # torch name without prefix: "bfloat16"
+    shape: tuple[int, ...]
+    offset: int = -1  # safetensors: absolute byte offset of element 0 in the file; -1 for torch files
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return RAW_DTYPES[self.dtype].itemsize
+
+
+class BlockReader(Protocol):
+    def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements [start, start+count) of the flattened tensor, raw storage (bf16 as uint16); a view
+        into `out` (a reusable uint8 buffer) when it is large enough."""
+
+
+def location_of(ref) -> TensorLocation:
+    """The location of an `io.checkpoint.TensorRef` (what `TensorRef.location` returns)."""
+    f = ref.file
+    if isinstance(f, SafetensorsFile):
+        offset = int(f.entries[ref.name][2])  # (dtype, shape, absolute offset of the data)
+        return TensorLocation(str(f.path), "safetensors", ref.name, ref.dtype, tuple(ref.shape), offset)
+    if isinstance(f, TorchFile):
+        return TensorLocation(str(f.path), "torch", ref.name, ref.dtype, tuple(ref.shape))
+    raise TypeError(f"location_of: unknown file type {type(f).__name__}")
+
+
+class _SafetensorsReader:
+    def __init__(self, fd: int, loc: TensorLocation):
+        self.fd, self.loc, self.raw = fd, loc, RAW_DTYPES[loc.dtype]
+
+    def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        nbytes = count * self.raw.itemsize
+        if out is None or out.nbytes < nbytes:
+            out = np.empty(nbytes, dtype=np.uint8)
+        view = memoryview(out)[:nbytes]
+        pos = self.loc.offset + start * self.raw.itemsize
+        got = 0
+        while got < nbytes:
+            k = os.preadv(self.fd, [view[got:]], pos + got)
+            if k <= 0:
+                raise CheckpointError(f"{self.loc.path}: tensor {self.loc.name}: short read at byte {pos + got} "
+                                      f"(truncated or changed while being read); re-save or re-download it")
+            got += k
+        return out[:nbytes].view(self.raw)
+
+
+class _TorchReader:
+    def __init__(self, tf: TorchFile, loc: TensorLocation):
+        self.tf, self.name = tf, loc.name
+
+    def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self.tf.read(self.name, start, count, out)
+
+
+class _OpenFiles:
+    """Per-process cache of open files by path (descriptors for safetensors, TorchFile for torch)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.fds: dict[str, int] = {}
+        self.torch: dict[str, TorchFile] = {}
+        self.lent: dict[str, list[TorchFile]] = {}  # borrowed from the caller: never closed here
+        self.depth = 0
+
+    def fd(self, path: str) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            with self.lock:
+                fd = self.fds.get(path)
+                if fd is None:
+                    try:
+                        fd = self.fds[path] = os.open(path, os.O_RDONLY)
+                    except OSError as e:
+                        raise CheckpointError(f"{path}: cannot open ({e.strerror})") from None
+        return fd
+
+    def torch_file(self, path: str) -> TorchFile:
+        lent = self.lent.get(path)
+        if lent:
+            return lent[-1]
+        tf = self.torch.get(path)
+        if tf is None:
+            with self.lock:  # one load per file even when several threads ask at once
+                tf = self.torch.get(path)
+                if tf is None:
+                    tf = self.torch[path] = TorchFile(path)
+        return tf
+
+    def close(self) -> None:
+        with self.lock:
+            for fd in self.fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            for tf in self.torch.values():
+                tf.close()
+            self.fds, self.torch = {}, {}
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's entries (its descriptors are closed by the child's exit)."""
+        self.lock = threading.Lock()
+        self.fds, self.torch, self.lent, self.depth = {}, {}, {}, 0
+
+
+_FILES = _OpenFiles()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_FILES.forget)
+
+
+def open_reader(loc: TensorLocation) -> BlockReader:
+    """A block reader of `loc`, from this process's cache of open files."""
+    if loc.format == "safetensors":
+        return _SafetensorsReader(_FILES.fd(loc.path), loc)
+    if loc.format == "torch":
+        return _TorchReader(_FILES.torch_file(loc.path), loc)
+    raise ValueError(f"open_reader: unknown file format {loc.format!r}")
+
+
+def close_readers() -> None:
+    """Close every file this process's cache opened (lent files stay with their owner)."""
+    _FILES.close()
+
+
+@contextmanager
+def reader_scope(lend: Iterable[object] = ()) -> Iterator[None]:
+    """Files opened by readers inside the outermost scope are closed when it ends.
+
+    `lend`: already-open file objects (`TorchFile`s; others are ignored) that readers of the same path
+    use instead of loading the file again, for the duration of the scope; their owner closes them."""
+    lent = [f for f in lend if isinstance(f, TorchFile)]
+    with _FILES.lock:
+        _FILES.depth += 1
+        for f in lent:
+            _FILES.lent.setdefault(str(f.path), []).append(f)
+    try:
+        yield
+    finally:
+        with _FILES.lock:
+            for f in lent:
+                stack = _FILES.lent.get(str(f.path), [])
+                if f in stack:
+                    stack.remove(f)
+                if not stack:
+                    _FILES.lent.pop(str(f.path), None)
+            _FILES.depth -= 1
+            last = _FILES.depth == 0
+        if last:
+            _FILES.close()
