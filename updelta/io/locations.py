@@ -32,7 +32,7 @@ from .torch_file import TorchFile
 
 FileFormat = Literal["safetensors", "torch"]
 # torch-style dtype name -> numpy dtype of the raw storage (bf16 as uint16 bits, fp8 as uint8)
-RAW_DTYPES: dict[str, np.dtype] = {name: raw for name, _, raw in DTYPES.values()}
+RAW_DTYPES: dict[str, np.dtype] = {name: raw for name, raw in DTYPES.values() if raw is not None}
 
 
 @dataclass(frozen=True)
