@@ -192,6 +192,7 @@ def _register_subcommands() -> None:
     report.register(app)
     trajectory.register(app)
     plot.register(app)
+    __import__("updelta.commands.base", fromlist=["register"]).register(app)
 
 
 _register_subcommands()
