@@ -279,8 +279,9 @@ def test_real_self_diff_is_zero(smollm2):
 
 @pytest.mark.real_model
 def test_real_one_step_finetune(real_model, smollm2, tmp_path):
-    """One SGD step (lr 1e-4) on one chat example, layers 15-29 and the embedding frozen, saved in bf16: updelta's
-    changed tensors are exactly those whose stored bf16 values differ, each with torch's norm and sparsity."""
+    """One SGD step (lr 1e-4) on one chat example with only layers 20-29 trainable (embedding, tied head and
+    layers 0-19 frozen), saved in bf16: updelta's changed tensors are exactly those whose stored bf16 values
+    differ, each with torch's norm and sparsity."""
     import copy
 
     import torch
@@ -290,7 +291,7 @@ def test_real_one_step_finetune(real_model, smollm2, tmp_path):
     base_model, tok = real_model
     model = copy.deepcopy(base_model)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("model.layers.") and int(name.split(".")[2]) < 15)
+        p.requires_grad_(name.startswith("model.layers.") and int(name.split(".")[2]) >= 20)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     msgs = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}]
     ids = tok.apply_chat_template(msgs, return_tensors="pt", return_dict=True)["input_ids"]
@@ -304,7 +305,7 @@ def test_real_one_step_finetune(real_model, smollm2, tmp_path):
     w0, w1 = load_file(smollm2 / "model.safetensors"), load_file(ft / "model.safetensors")
     assert set(w0) == set(w1)
     changed = {k for k in w0 if not torch.equal(w0[k], w1[k])}
-    assert changed <= trainable and len(changed) >= 50  # the step moved most of the trainable matrices
+    assert changed <= trainable and len(changed) >= 50  # most of the 90 trainable tensors (bf16 hides some norms)
 
     t = updelta.diff(smollm2, ft, spectral="off").tensors.set_index("name")
     assert set(t.index) == set(w0)

