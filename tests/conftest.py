@@ -29,3 +29,12 @@ def llama_runs(tmp_path):
     runs = {name: ckpt.save(ckpt.perturb(base, frac=f, scale=s, seed=seed), tmp_path / name)
             for name, f, s, seed in (("sft", 0.9, 2e-2, 1), ("dft", 0.5, 1e-2, 2), ("grpo", 0.2, 5e-3, 3))}
     return b, runs
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct bf16 folder (`updelta.models.smollm2`): downloaded and converted once, into
+    $UPDELTA_CACHE_DIR or the user cache dir (~/.cache/updelta), the one place tests may write outside tmp_path.
+    Tests using it carry `@pytest.mark.real_model`."""
+    from updelta.models.smollm2 import smollm2_path
+    return smollm2_path()

@@ -1,4 +1,4 @@
-"""The `updelta` commands, one module each; `updelta.cli` only assembles them into the typer app.
+"""The `updelta` commands, one module each; `commands.app` assembles them into the typer app.
 
 Each command module exposes `register(app)`. Engine flags are generated from the fields of
 `updelta.options.DiffOptions` by `params.with_options` (help, defaults and checks live on the fields);
@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 # In the order `updelta --help` lists them.
-COMMANDS = ("diff", "compare", "train", "demo", "report", "trajectory", "plot")
+COMMANDS = ("diff", "compare", "train", "demo", "report", "trajectory", "plot", "base")
 
 
 def register_all(app: typer.Typer) -> None:
