@@ -170,18 +170,3 @@ def _hints(cls: type) -> dict:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
-
-
-def help_for(name: str, cls=DiffOptions) -> str:
-    """The help text of option `name` (the single source of truth for CLI help)."""
-    for f in fields(cls):
-        if f.name == name:
-            return f.metadata["help"]
-    raise KeyError(name)
-
-
-def default_of(name: str, cls=DiffOptions):
-    for f in fields(cls):
-        if f.name == name:
-            return f.default
-    raise KeyError(name)
