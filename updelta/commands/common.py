@@ -37,3 +37,19 @@ def summary_json(res) -> dict:
             "pairs_summary": recs(res.pairs_summary) if len(res.pairs_summary) else [],
             "pairing": res.meta.get("pairing"), "base": res.meta.get("base"), "runs": res.meta.get("runs"),
             "options": res.meta.get("options"), "updelta_version": res.meta.get("updelta_version")}
+
+
+def emit(res, out: Optional[Path], as_json: bool) -> None:
+    """Save `res` to `out` (when given) and print its summary as text or JSON: what diff and compare end with."""
+    import typer
+
+    from ..text import summary_text
+
+    if out is not None:
+        res.save(out)
+    if as_json:
+        typer.echo(json.dumps(summary_json(res), indent=1, default=str))
+    else:
+        typer.echo(summary_text(res))
+        if out is not None:
+            typer.echo(f"\nwrote {out}{'/' if not out.suffix else ''}")

@@ -1,7 +1,6 @@
 """`updelta compare BASE NAME=PATH...`: several fine-tunes of one base in one streaming pass."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -9,7 +8,7 @@ import typer
 
 from ..errors import UpdeltaError
 from ..options import DiffOptions
-from .common import parse_runs, summary_json
+from .common import parse_runs, emit
 from .params import ENGINE_PANEL, with_options
 
 
@@ -24,19 +23,10 @@ def compare(
 ) -> None:
     """Compare several fine-tunes of one base in one streaming pass."""
     from ..api import compare as run_compare
-    from ..text import summary_text
 
     if out is not None and out.suffix:
         raise UpdeltaError(f"{out}: --out takes a folder for compare (no file suffix)")
-    res = run_compare(base, parse_runs(runs), opts)
-    if out is not None:
-        res.save(out)
-    if as_json:
-        typer.echo(json.dumps(summary_json(res), indent=1, default=str))
-    else:
-        typer.echo(summary_text(res))
-        if out is not None:
-            typer.echo(f"\nwrote {out}/")
+    emit(run_compare(base, parse_runs(runs), opts), out, as_json)
 
 
 def register(app: typer.Typer) -> None:

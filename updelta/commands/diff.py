@@ -1,14 +1,13 @@
 """`updelta diff BASE FINETUNED`: one fine-tuned checkpoint against its base (`updelta.api.diff`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..options import DiffOptions
-from .common import check_out, summary_json
+from .common import check_out, emit
 from .params import ENGINE_PANEL, with_options
 
 
@@ -25,18 +24,9 @@ def diff(
 ) -> None:
     """Diff one fine-tuned checkpoint against its base, tensor by tensor."""
     from ..api import diff as run_diff
-    from ..text import summary_text
 
     check_out(out, (".parquet", ".csv", ".json"))
-    res = run_diff(base, finetuned, opts)
-    if out is not None:
-        res.save(out)
-    if as_json:
-        typer.echo(json.dumps(summary_json(res), indent=1, default=str))
-    else:
-        typer.echo(summary_text(res))
-        if out is not None:
-            typer.echo(f"\nwrote {out}")
+    emit(run_diff(base, finetuned, opts), out, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from .formats import TensorFile, open_files, resolve
+from .formats import FileSet, TensorFile, open_files, resolve
 from .jsonfiles import read_config
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # Low-precision formats that store quantized weights: never measured as if they were plain numbers (a float8 weight
@@ -61,7 +61,7 @@ class TensorRef:
         return location_of(self)
 
 
-class Checkpoint:
+class Checkpoint(FileSet):
     """The tensors of one checkpoint, with its identity (path, format, files, dtypes)."""
 
     def __init__(self, path: Path, fmt: str, files: list, config: dict, weight_map: dict[str, str] | None = None,
@@ -121,15 +121,6 @@ class Checkpoint:
         v = self.config.get("tie_word_embeddings")
         return v if isinstance(v, bool) else None
 
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -170,4 +161,3 @@ def _adapter_hint(p: Path) -> str | None:
         return (f"{p}: holds a PEFT adapter (adapter_config.json), not a full checkpoint; merge it into its base "
                 f"first (PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(DIR))")
     return None
-

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .checkpoint import TensorRef
-from .formats import open_file
+from .formats import FileSet, open_file
 from .jsonfiles import read_json
 
 PREFIX = "base_model.model."
@@ -45,7 +45,7 @@ class FactoredUpdate:
         return (self.b.shape[0], self.a.shape[1])
 
 
-class FactoredSource:
+class FactoredSource(FileSet):
     """A PEFT LoRA adapter: its factored updates by target tensor name, and its identity."""
 
     def __init__(self, path: Path, updates: dict[str, FactoredUpdate], config: dict, files: list):
@@ -58,15 +58,6 @@ class FactoredSource:
                 "n_updates": len(self.updates), "ranks": sorted({u.rank for u in self.updates.values()}),
                 "base_model": self.config.get("base_model_name_or_path")}
 
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def is_adapter(path: str | os.PathLike) -> bool:

@@ -46,6 +46,22 @@ class TensorFile(Protocol):
     def close(self) -> None: ...
 
 
+class FileSet:
+    """Something made of open weight files (`files`): closed by `close()` or at the end of a with-block."""
+
+    files: list
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 FILE_READERS: dict[str, Callable[[Path], TensorFile]] = {
     ".safetensors": SafetensorsFile,
     **{s: TorchFile for s in TORCH_SUFFIXES},
