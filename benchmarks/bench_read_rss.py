@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
+from pathlib import Path
 
-from _common import DATA, PY, ensure_pair, folder_bytes, measure
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import DATA, PY, ensure_pair, folder_bytes, measure  # noqa: E402
 
 MMAP_READER = r"""
 import sys, torch
@@ -36,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=24)
     args = ap.parse_args()
-    base, ft = ensure_pair(DATA / f"qwen05b_{args.layers}", args.layers)
+    base, ft = ensure_pair(DATA / ("qwen05b" if args.layers == 24 else f"qwen05b_{args.layers}"), args.layers)
     gb = folder_bytes(base, ft) / 1e9
     subprocess.run(["cat", *map(str, sorted(base.glob("*.safetensors")) + sorted(ft.glob("*.safetensors")))],
                    stdout=subprocess.DEVNULL, check=True)
