@@ -1,4 +1,4 @@
-"""Benchmark: `updelta compare` over 4 runs against `updelta diff` over 1 (issue 5: memory is bounded by the
+"""Benchmark: `updelta compare` over 4 runs against `updelta diff` over 1 (memory is bounded by the
 blocks in flight, not by the number or size of models).
 
 Creates, if absent (under benchmarks/_data/compare/, git-ignored), a Llama-shaped bf16 base of ~192M

@@ -1,6 +1,6 @@
 """updelta against its published peers on one checkpoint pair: speed, memory and agreement.
 
-Peers (../shared/reference/peers.md): modeldelta 0.4.4 (its CLI; per 2-D tensor an effective rank and
+Peers: modeldelta 0.4.4 (its CLI; per 2-D tensor an effective rank and
 top singular values of the delta from a full SVD) and WeightWatcher 0.7.7 (`analyze(model=ft,
 base_model=base)`: ESD metrics such as `stable_rank` and `spectral_norm` = sigma_1^2 per layer).
 They are installed in their own virtual environment, `benchmarks/_venv_peers/` (git-ignored),

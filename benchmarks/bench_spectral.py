@@ -1,4 +1,4 @@
-"""Benchmark of the spectral modes (issue 4): `fast` (block Krylov top-k) against exact SVDs.
+"""Benchmark of the spectral modes: `fast` (block Krylov top-k) against exact SVDs.
 
 Per matrix size and update spectrum, on a pair W0 (Gaussian, std 0.02) and W1 = W0 + D:
 - `svdvals_s`: torch.linalg.svdvals(D), the exact baseline, measured in the same run;

@@ -1,4 +1,4 @@
-"""Known-answer tests of `updelta.compare` (issue 5): planted runs whose cross-run figures are known exactly.
+"""Known-answer tests of `updelta.compare`: planted runs whose cross-run figures are known exactly.
 
 Values are planted on dyadic grids so that every weight and every delta is exactly representable in
 the stored dtype: the expected numbers follow from integer arithmetic, not from a second float

@@ -1,4 +1,4 @@
-"""Spectral and subspace metrics (issue 4): planted spectra with closed-form values, float64 references,
+"""Spectral and subspace metrics: planted spectra with closed-form values, float64 references,
 `fast` against `full`, `full` against the registered definitions, experts, float64 and the summary."""
 from __future__ import annotations
 

@@ -65,6 +65,7 @@ def preflight(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     if quant is not None:
         method = quant.get("quant_method", "unnamed") if isinstance(quant, dict) else getattr(
             quant, "quant_method", "unnamed")
+        method = getattr(method, "value", method)  # transformers' QuantizationMethod enum
         raise OptionsError(f"{where}: config.json carries a quantization_config ({method}); updelta train saves "
                            f"full-precision weights: use a de-quantized folder (drop quantization_config from "
                            f"config.json after converting the weights)")
