@@ -33,6 +33,25 @@ def qwen2_05b_shapes(layers: int = 24) -> dict[str, tuple[int, ...]]:
     return s
 
 
+def llama_shapes(hidden: int = 1024, inter: int = 2816, layers: int = 10, vocab: int = 32000,
+                 head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a Llama-architecture model (untied `lm_head` unless `head=False`)."""
+    s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            s[p + f"self_attn.{m}.weight"] = (hidden, hidden)
+        s[p + "mlp.gate_proj.weight"] = (inter, hidden)
+        s[p + "mlp.up_proj.weight"] = (inter, hidden)
+        s[p + "mlp.down_proj.weight"] = (hidden, inter)
+        s[p + "input_layernorm.weight"] = (hidden,)
+        s[p + "post_attention_layernorm.weight"] = (hidden,)
+    s["model.norm.weight"] = (hidden,)
+    if head:
+        s["lm_head.weight"] = (vocab, hidden)
+    return s
+
+
 def write_pair(folder: Path, shapes: dict[str, tuple[int, ...]], shards: int = 5, frac: float = 0.3,
                noise: float = 1e-3, seed: int = 0) -> tuple[Path, Path]:
     """A bf16 base and fine-tune (base + noise on `frac` of elements), sharded HF folders. Skips if present."""

@@ -22,27 +22,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DATA, PY, measure  # noqa: E402
+from _common import DATA, PY, llama_shapes, measure  # noqa: E402
 
 UPDELTA = str(Path(sys.executable).parent / "updelta")
 FOLDER = DATA / "compare"
 RUNS = {"r1": 0.9, "r2": 0.5, "r3": 0.2, "r4": 0.05}  # share of elements each fine-tune changes
-
-
-def llama_shapes(hidden: int = 1024, inter: int = 2816, layers: int = 10, vocab: int = 32000) -> dict:
-    s = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            s[p + f"self_attn.{m}.weight"] = (hidden, hidden)
-        s[p + "mlp.gate_proj.weight"] = (inter, hidden)
-        s[p + "mlp.up_proj.weight"] = (inter, hidden)
-        s[p + "mlp.down_proj.weight"] = (hidden, inter)
-        s[p + "input_layernorm.weight"] = (hidden,)
-        s[p + "post_attention_layernorm.weight"] = (hidden,)
-    s["model.norm.weight"] = (hidden,)
-    s["lm_head.weight"] = (vocab, hidden)
-    return s
 
 
 def make(folder: Path, shards: int = 4) -> None:

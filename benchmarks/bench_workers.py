@@ -16,25 +16,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DATA, PY, folder_bytes, measure  # noqa: E402
+from _common import DATA, PY, folder_bytes, llama_shapes, measure  # noqa: E402
 
 UPDELTA = str(Path(sys.executable).parent / "updelta")
 
 
 def shapes_100m() -> dict[str, tuple[int, ...]]:
-    h, inter, vocab = 768, 2048, 8000
-    s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
-    for i in range(12):
-        p = f"model.layers.{i}."
-        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            s[p + f"self_attn.{m}.weight"] = (h, h)
-        s[p + "mlp.gate_proj.weight"] = (inter, h)
-        s[p + "mlp.up_proj.weight"] = (inter, h)
-        s[p + "mlp.down_proj.weight"] = (h, inter)
-        s[p + "input_layernorm.weight"] = (h,)
-        s[p + "post_attention_layernorm.weight"] = (h,)
-    s["model.norm.weight"] = (h,)
-    return s
+    """~91M parameters: hidden 768, MLP 2048, 12 layers, vocab 8000, tied head."""
+    return llama_shapes(hidden=768, inter=2048, layers=12, vocab=8000, head=False)
 
 
 def ensure_100m(folder: Path) -> tuple[Path, Path]:

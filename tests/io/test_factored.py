@@ -7,7 +7,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from updelta.errors import CheckpointError
-from updelta.io.factored import is_adapter, open_factored
+from updelta.io import is_adapter, open_factored
 from updelta.metrics.factored import factored_dot, factored_fro
 
 

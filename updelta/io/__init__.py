@@ -6,5 +6,5 @@
 - `open_factored(path)` reads an update given as factors (a PEFT LoRA adapter) without densifying it.
 """
 from .checkpoint import Checkpoint, TensorRef, open_checkpoint  # noqa: F401
-from .factored import FactoredSource, FactoredUpdate, is_adapter, open_factored  # noqa: F401
-from .formats import FILE_READERS, RESOLVERS, Layout, TensorFile, resolve  # noqa: F401
+from .factored import FactoredSource, FactoredUpdate, open_factored  # noqa: F401
+from .formats import FILE_READERS, RESOLVERS, Layout, TensorFile, is_adapter, resolve  # noqa: F401

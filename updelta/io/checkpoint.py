@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from .formats import FileSet, TensorFile, open_files, resolve
+from .formats import FileSet, TensorFile, is_adapter, open_files, resolve
 from .jsonfiles import read_config
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # Low-precision formats that store quantized weights: never measured as if they were plain numbers (a float8 weight
@@ -157,7 +157,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _adapter_hint(p: Path) -> str | None:
     """A one-line explanation when folder `p` holds a PEFT adapter rather than a checkpoint."""
-    if (p / "adapter_config.json").exists() or any(p.glob("adapter_model.*")):
+    if is_adapter(p) or any(p.glob("adapter_model.*")):
         return (f"{p}: holds a PEFT adapter (adapter_config.json), not a full checkpoint; merge it into its base "
                 f"first (PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(DIR))")
     return None

@@ -60,10 +60,6 @@ class FactoredSource(FileSet):
 
 
 
-def is_adapter(path: str | os.PathLike) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
 def _pattern_value(patterns: dict, module: str, default):
     """PEFT's rank_pattern / alpha_pattern: a key matches when it is the module name or its dotted suffix."""
     for key, value in (patterns or {}).items():

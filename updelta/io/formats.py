@@ -148,6 +148,11 @@ def _single_file(p: Path) -> Layout | None:
     return Layout("safetensors" if p.suffix == ".safetensors" else "bin", (p,))
 
 
+def is_adapter(path: str | Path) -> bool:
+    """A PEFT adapter folder (adapter_config.json beside the factors), not a full checkpoint."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
 def resolve(p: Path) -> Layout | None:
     """The layout of the first resolver that recognises `p`, or None."""
     for _, fn in RESOLVERS:

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Literal, Protocol
 import numpy as np
 
 from ..errors import CheckpointError
-from .safetensors_file import DTYPES, SafetensorsFile
+from .safetensors_file import DTYPES, SafetensorsFile, pread_elements
 from .torch_file import TorchFile
 
 FileFormat = Literal["safetensors", "torch"]
@@ -77,19 +77,7 @@ class _SafetensorsReader:
         self.fd, self.loc, self.raw = fd, loc, RAW_DTYPES[loc.dtype]
 
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-        nbytes = count * self.raw.itemsize
-        if out is None or out.nbytes < nbytes:
-            out = np.empty(nbytes, dtype=np.uint8)
-        view = memoryview(out)[:nbytes]
-        pos = self.loc.offset + start * self.raw.itemsize
-        got = 0
-        while got < nbytes:
-            k = os.preadv(self.fd, [view[got:]], pos + got)
-            if k <= 0:
-                raise CheckpointError(f"{self.loc.path}: tensor {self.loc.name}: short read at byte {pos + got} "
-                                      f"(truncated or changed while being read); re-save or re-download it")
-            got += k
-        return out[:nbytes].view(self.raw)
+        return pread_elements(self.fd, self.loc.offset, self.raw, start, count, out, self.loc.path, self.loc.name)
 
 
 class _TorchReader:

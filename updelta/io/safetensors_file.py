@@ -49,6 +49,25 @@ DTYPES: dict[str, tuple[str, np.dtype | None]] = {
 assert set(DTYPES) == set(DTYPE_BITS)
 
 
+def pread_elements(fd: int, offset: int, raw: np.dtype, start: int, count: int, out: np.ndarray | None,
+                   path, name: str) -> np.ndarray:
+    """Elements [start, start+count) of the tensor whose data begins at byte `offset` of open file `fd`, as raw
+    storage of dtype `raw`, read with pread into `out` (a reusable uint8 buffer; a new one when too small)."""
+    nbytes = count * raw.itemsize
+    if out is None or out.nbytes < nbytes:
+        out = np.empty(nbytes, dtype=np.uint8)
+    view = memoryview(out)[:nbytes]
+    pos = offset + start * raw.itemsize
+    got = 0
+    while got < nbytes:
+        k = os.preadv(fd, [view[got:]], pos + got)
+        if k <= 0:
+            raise CheckpointError(f"{path}: tensor {name}: short read at byte {pos + got} (truncated or changed "
+                                  f"while being read); re-save or re-download it")
+        got += k
+    return out[:nbytes].view(raw)
+
+
 class SafetensorsFile:
     """The header of one .safetensors file, validated (`safetensors_header`), and block reads from it."""
 
@@ -72,10 +91,6 @@ class SafetensorsFile:
         self.data_start = header.data_start
         self.entries = {name: (e.dtype, e.shape, e.begin) for name, e in header.entries.items()}
 
-    def _bad(self, what: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: truncated or corrupt safetensors file ({what}); "
-                               f"re-save or re-download it")
-
     def names(self) -> list[str]:
         return list(self.entries)
 
@@ -97,19 +112,7 @@ class SafetensorsFile:
         `out` is a reusable uint8 buffer; the result is a view into it (or a new array).
         """
         _, _, offset = self.entries[name]
-        raw = self.raw_dtype(name)
-        nbytes = count * raw.itemsize
-        if out is None or out.nbytes < nbytes:
-            out = np.empty(nbytes, dtype=np.uint8)
-        view = memoryview(out)[:nbytes]
-        pos = offset + start * raw.itemsize
-        got = 0
-        while got < nbytes:
-            k = os.preadv(self._fd, [view[got:]], pos + got)
-            if k <= 0:
-                raise self._bad(f"tensor {name}: short read at byte {pos + got}")
-            got += k
-        return out[:nbytes].view(raw)
+        return pread_elements(self._fd, offset, self.raw_dtype(name), start, count, out, self.path, name)
 
     def close(self) -> None:
         if self._fd >= 0:
