@@ -21,7 +21,7 @@ import math
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Literal, Protocol
 
 import numpy as np
@@ -45,6 +45,7 @@ class TensorLocation:
     dtype: str  # torch name without prefix: "bfloat16"
     shape: tuple[int, ...]
     offset: int = -1  # safetensors: absolute byte offset of element 0 in the file; -1 for torch files
+    dequant: "Dequant | None" = None  # a quantized weight read as float32 values (`io.quantized`)
 
     @property
     def numel(self) -> int:
@@ -53,6 +54,17 @@ class TensorLocation:
     @property
     def itemsize(self) -> int:
         return RAW_DTYPES[self.dtype].itemsize
+
+
+@dataclass(frozen=True)
+class Dequant:
+    """How the float32 values of a location are made from its stored quantized elements (`io.quantized`):
+    element (i, j) of each stored [out, in] matrix is `stored * scale[i // block[0], j // block[1]]`."""
+
+    dtype: str  # the stored dtype: "float8_e4m3fn"
+    shape: tuple[int, ...]  # the stored shape ([..., out, in])
+    scale: TensorLocation  # the scale tensor ([..., ceil(out / block[0]), ceil(in / block[1])])
+    block: tuple[int, int]
 
 
 class BlockReader(Protocol):
@@ -146,6 +158,10 @@ if hasattr(os, "register_at_fork"):
 
 def open_reader(loc: TensorLocation) -> BlockReader:
     """A block reader of `loc`, from this process's cache of open files."""
+    if loc.dequant is not None:  # float32 values of a quantized weight, de-quantized block by block
+        from .quantized import DequantReader
+        return DequantReader(open_reader(replace(loc, dtype=loc.dequant.dtype, dequant=None)),
+                             open_reader(loc.dequant.scale), loc.dequant)
     if loc.format == "safetensors":
         return _SafetensorsReader(_FILES.fd(loc.path), loc)
     if loc.format == "torch":
