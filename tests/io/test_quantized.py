@@ -140,9 +140,10 @@ def test_reader_gives_the_dequantized_values_at_any_offset(fp8_pair):
         assert Q + "_scale_inv" not in ck.tensors and ck.quantization["dequantized"] == 2
 
 
-def test_fp8_base_vs_fp8_run_known_answer(fp8_pair):
+@pytest.mark.parametrize("block", [1 << 18, 777])  # whole tensors per block; blocks that cut rows anywhere
+def test_fp8_base_vs_fp8_run_known_answer(fp8_pair, block):
     b, r, base, run = fp8_pair
-    res = updelta.diff(b, r, spectral="off")
+    res = updelta.diff(b, r, spectral="off", block_elems=block)
     v0, v1 = _values(base), _values(run)
     _check(res, v0, v1)
     rows = res.tensors.set_index("name")
@@ -204,29 +205,65 @@ def test_per_tensor_and_per_row_scales(tmp_path):
     assert q["activation scales (not compared)"] == [Q.replace(".weight", ".input_scale")]
 
 
-def test_transformers_fp8_checkpoint_if_it_can_be_written_on_cpu(tmp_path):
+def test_checkpoint_quantized_by_transformers_own_fp8_code(tmp_path):
+    # transformers' FP8 quantizer wants a GPU in from_pretrained; its conversion op (`Fp8Quantize`, what
+    # save_pretrained runs) is plain torch, so a tiny Llama is quantized with it here, and transformers' own
+    # de-quantization (`_dequantize_fp8_weight`) is the reference of every value updelta reads.
     tr = pytest.importorskip("transformers")
-    cfg = tr.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    fp8 = pytest.importorskip("transformers.integrations.finegrained_fp8")
+    config = tr.LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=384, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = tr.LlamaForCausalLM(cfg)
-    try:
-        q = tr.AutoModelForCausalLM.from_pretrained(
-            _saved(model, tmp_path / "dense"), quantization_config=tr.FineGrainedFP8Config(), device_map="cpu")
-        q.save_pretrained(tmp_path / "fp8")
-    except Exception as e:  # the FP8 quantizer wants an accelerator in most versions
-        pytest.skip(f"transformers cannot write an FP8 checkpoint here: {type(e).__name__}")
-    with open_checkpoint(tmp_path / "fp8") as ck:
-        if not ck.quantization:
-            pytest.skip("transformers saved no FP8 weights on CPU")
-        assert not any(n.endswith("_scale_inv") for n in ck.tensors)
-    res = updelta.diff(tmp_path / "dense", tmp_path / "fp8", spectral="off")
-    assert (res.tensors["rel_delta"] < 0.1).all()  # quantization error of e4m3 with 128x128 blocks
+    tr.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "dense")
+    from safetensors.torch import load_file
+    dense = load_file(str(tmp_path / "dense" / "model.safetensors"))
+    qcfg = tr.FineGrainedFP8Config()
+    op = fp8.Fp8Quantize(type("HfQuantizer", (), {"quantization_config": qcfg})())
+    sd = {}
+    for name, w in dense.items():
+        sd.update(op.convert({name: w}) if w.ndim == 2 and "proj" in name else {name: w})
+    assert sum(t.dtype == FP8 for t in sd.values()) == 7  # q, k, v, o, gate, up, down
+    cfg = json.loads((tmp_path / "dense" / "config.json").read_text())
+    cfg["quantization_config"] = {k: (v.value if hasattr(v, "value") else v) for k, v in qcfg.to_dict().items()}
+    out = ckpt.save(sd, tmp_path / "fp8", config=cfg)
+    want = {n: (fp8._dequantize_fp8_weight(t, sd[n + "_scale_inv"], [128, 128], torch.float32)
+                if t.dtype == FP8 else t.float()) for n, t in sd.items() if not n.endswith("_scale_inv")}
+    with open_checkpoint(out) as ck:
+        assert set(ck.tensors) == set(want)
+        for n in (n for n, t in sd.items() if t.dtype == FP8):  # bit for bit what transformers computes
+            assert ck.tensors[n].dtype == "float32" and ck.tensors[n].stored_dtype == "float8_e4m3fn"
+            np.testing.assert_array_equal(ck.tensors[n].read(0, want[n].numel()), want[n].reshape(-1).numpy())
+    res = updelta.diff(tmp_path / "dense", out, spectral="off")
+    _check(res, {n: t.float().double() for n, t in dense.items()}, {n: t.double() for n, t in want.items()})
+    rows = res.tensors.set_index("name")
+    assert (rows["rel_delta"] < 0.1).all() and rows.loc["model.norm.weight", "delta_fro"] == 0.0
 
 
-def _saved(model, path):
-    model.save_pretrained(path)
-    return path
+def test_stacked_experts_with_power_of_two_scales(tmp_path):
+    # [E, out, in] FP8 experts with one [E, ceil(out/128), ceil(in/128)] grid of e8m0 ("ue8m0") scales: each expert
+    # is de-quantized with its own grid.
+    g = torch.Generator().manual_seed(7)
+    codes = (torch.randn(3, 130, 260, generator=g) * 50).clamp(-448, 448).to(FP8)
+    exps = torch.randint(120, 130, (3, 2, 3), generator=g)
+    scale = (2.0 ** (exps - 127).float()).to(torch.float8_e8m0fnu)
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    p = _save({name: codes, name + "_scale_inv": scale, "model.norm.weight": torch.ones(8)}, tmp_path / "e",
+              {**FP8_CONFIG, "scale_fmt": "ue8m0"})
+    want = torch.stack([dequant(codes[e], scale[e].float()) for e in range(3)]).reshape(-1).numpy()
+    with open_checkpoint(p) as ck:
+        ref = ck.tensors[name]
+        assert ref.shape == (3, 130, 260) and set(ck.tensors) == {name, "model.norm.weight"}
+        np.testing.assert_array_equal(ref.read(0, ref.numel), want)
+        np.testing.assert_array_equal(ref.read(130 * 260 - 5, 300), want[130 * 260 - 5:130 * 260 + 295])
+
+
+def test_dense_tensors_named_like_scales_are_compared_as_weights(tmp_path):
+    # "P_scale" beside a dense "P" is an ordinary parameter of a dense model, not a quantization scale
+    sd = {"model.layers.0.mixer.D": torch.ones(16), "model.layers.0.mixer.D_scale": torch.ones(16) * 2}
+    a = ckpt.save(sd, tmp_path / "a.safetensors")
+    b = ckpt.save({k: v * 1.5 for k, v in sd.items()}, tmp_path / "b.safetensors")
+    res = updelta.diff(a, b, spectral="off")
+    assert set(res.tensors["name"]) == set(sd) and not res.meta["pairing"]["dequantized"]
 
 
 # ---- refusals: one line, exit 2, no output files ------------------------------------------------------------------
@@ -277,6 +314,8 @@ def _refusal_cases(tmp_path, base):
                          FP8_CONFIG, [p + ".weight_scale_inv", "[2, 2]", "[2, 3]", "does not fit"]),
         "no_block_size": ({p + ".weight": z(200, 300, dtype=FP8), p + ".weight_scale_inv": torch.ones(2, 3)},
                           None, [p + ".weight_scale_inv", "weight_block_size"]),
+        "fp8_other_method": ({p + ".weight": z(32, 32, dtype=FP8), p + ".weight_scale_inv": torch.ones(1, 1)},
+                             {"quant_method": "quark"}, ["quark", p + ".weight"]),
         "orphan_scale": ({p + ".weight": torch.ones(32, 32), p + ".weight_scale_inv": torch.ones(1, 1)},
                          FP8_CONFIG, [p + ".weight_scale_inv", "float32, not FP8"]),
     }
@@ -285,7 +324,7 @@ def _refusal_cases(tmp_path, base):
 
 @pytest.mark.parametrize("case", ["mxfp4", "mxfp4_no_config", "gptq", "awq_no_config", "bnb4", "bnb4_no_config",
                                   "bnb8", "compressed", "int8_scale", "other_method", "fp8_no_scale", "scale_misfit",
-                                  "no_block_size", "orphan_scale"])
+                                  "no_block_size", "orphan_scale", "fp8_other_method"])
 def test_unsupported_quantization_is_refused_in_one_line(monkeypatch, capsys, tmp_path, case):
     sd, quant, words = _refusal_cases(tmp_path, None)[case]
     full = {"model.embed_tokens.weight": torch.ones(64, 32), **sd}  # a float tensor in common as well

@@ -36,6 +36,8 @@ SCALE_DTYPES = ("float32", "bfloat16", "float16", "float8_e8m0fnu")
 ACTIVATION_SCALES = ("input_scale", "activation_scale", "input_scale_ub", "output_scale", "k_scale", "v_scale",
                      "q_scale")
 SCALE_SUFFIXES = ("_scale_inv", "_scale")  # "X_scale_inv" / "X_scale" scales tensor "X"
+# quant_method values whose FP8 weights are de-quantized as `code * scale` (None: no quantization_config)
+FP8_METHODS = (None, "fp8", "fbgemm_fp8", "compressed-tensors", "modelopt")
 
 
 @dataclass(frozen=True)
@@ -232,13 +234,17 @@ def _scale_block(w: TensorRef, s: TensorRef, block: tuple[int, int] | None, ck: 
 
 
 def _scale_of(name: str, tensors: dict) -> str | None:
-    """The weight that tensor `name` scales ("X.weight_scale_inv" -> "X.weight"), if `name` is a weight scale."""
+    """The weight that tensor `name` scales, if it is a weight scale: "X.weight_scale_inv" / "X.weight_scale" ->
+    "X.weight" whatever X.weight is (so that no such scale is ever compared), "P_scale_inv" / "P_scale" -> "P" when
+    P is stored as FP8 (other "P_scale" tensors of dense models are left alone)."""
     last = name.rsplit(".", 1)[-1]
     if last in ACTIVATION_SCALES:
         return None
     for suf in SCALE_SUFFIXES:
-        if name.endswith(suf) and (name.removesuffix(suf) in tensors or last.startswith("weight_scale")):
-            return name.removesuffix(suf)
+        if name.endswith(suf):
+            w = name.removesuffix(suf)
+            if last.startswith("weight_scale") or (w in tensors and tensors[w].dtype in FP8_DTYPES):
+                return w
     return None
 
 
@@ -266,10 +272,11 @@ def dequantize(ck: Checkpoint) -> None:
         if w in by_weight:
             raise CheckpointError(f"{ck.path}: FP8 tensor {w} has two scales ({by_weight[w]}, {s}); keep one")
         by_weight[w] = s
-    if method not in (None, "fp8", "fbgemm_fp8", "compressed-tensors", "unnamed") and by_weight:
+    if method not in FP8_METHODS and by_weight:
         raise CheckpointError(f"{ck.path}: config.json declares {method} quantization with FP8 tensor "
-                              f"{next(iter(by_weight))}; updelta de-quantizes fp8, fbgemm_fp8 and compressed-tensors "
-                              f"FP8 checkpoints only: compare de-quantized (bf16/fp32) checkpoints")
+                              f"{next(iter(by_weight))}; updelta de-quantizes FP8 checkpoints of "
+                              f"{', '.join(m for m in FP8_METHODS if m)} or without a quantization_config only: "
+                              f"compare de-quantized (bf16/fp32) checkpoints")
     blocks: dict[str, int] = {}
     stored: dict[str, int] = {}
     for w, s in by_weight.items():
