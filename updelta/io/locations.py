@@ -10,6 +10,8 @@ locations can go to another thread, process or machine that sees the same paths.
   location was made).
 - torch `.bin`/`.pt`: the `TorchFile`, loaded once with `weights_only=True` (memory-mapped when
   zip-format); a `TorchFile` the caller already has open can be lent to the cache (`reader_scope`).
+- a location with `dequant` (an FP8 weight and its scales, `io.quantized`): float32 values, the
+  stored reader's codes times the scale of each element's block (docs/quantized.md).
 
 The cache is safe to use from several threads (pread has no shared file position) and is dropped
 in a forked child. `reader_scope()` closes what the cache opened when the outermost scope ends;
