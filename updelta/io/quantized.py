@@ -272,7 +272,10 @@ def dequantize(ck: Checkpoint) -> None:
         if w in by_weight:
             raise CheckpointError(f"{ck.path}: FP8 tensor {w} has two scales ({by_weight[w]}, {s}); keep one")
         by_weight[w] = s
-    if method not in FP8_METHODS and by_weight:
+    if not by_weight:  # FP8 tensors without scales: refused here when a quantization is declared, else by pairing
+        _refuse_declared(ck, method)
+        return
+    if method not in FP8_METHODS:
         raise CheckpointError(f"{ck.path}: config.json declares {method} quantization with FP8 tensor "
                               f"{next(iter(by_weight))}; updelta de-quantizes FP8 checkpoints of "
                               f"{', '.join(m for m in FP8_METHODS if m)} or without a quantization_config only: "
@@ -289,8 +292,7 @@ def dequantize(ck: Checkpoint) -> None:
     act = [n for n in tensors if n.rsplit(".", 1)[-1] in ACTIVATION_SCALES]
     for n in (*by_weight.values(), *act):
         del tensors[n]
-    if method is not None:
-        _refuse_declared(ck, method)
+    _refuse_declared(ck, method)
     ck.quantization = {"method": method or "fp8 (from tensor names)", "dequantized": len(by_weight),
                        "stored_dtypes": stored, "blocks": blocks,
                        "scales used to de-quantize": list(by_weight.values()),
