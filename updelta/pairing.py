@@ -98,7 +98,8 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
     notes: dict = {"family": family.name, "tied": [], "only_in_base": {r: [] for r in runs},
                    "only_in_run": {r: [] for r in runs}, "resized": [], "skipped_shape": [],
                    "non_float": [], "ignored": [], "filtered_out": 0, "family_source": match.source,
-                   "unindexed": {n: ck.unindexed for n, ck in (("base", base), *runs.items()) if ck.unindexed}}
+                   "unindexed": {n: ck.unindexed for n, ck in (("base", base), *runs.items()) if ck.unindexed},
+                   "dequantized": {n: ck.quantization for n, ck in (("base", base), *runs.items()) if ck.quantization}}
     pairs: list[PairedTensor] = []
     for key in keys:
         if key in bmap:
@@ -172,9 +173,10 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
 
 def _refuse_quantized(ref: TensorRef, ck: Checkpoint) -> None:
     if ref.is_quantized:
-        raise PairingError(f"{ref.file.path}: tensor {ref.name} is stored as {ref.dtype} (quantized); updelta does "
-                           f"not measure quantized weights without their scales: compare de-quantized (bf16/fp32) "
-                           f"checkpoints, or leave such tensors out with --exclude")
+        raise PairingError(f"{ref.file.path}: tensor {ref.name} is stored as {ref.dtype} (quantized) with no scale "
+                           f"tensor beside it ({ref.name}_scale_inv); updelta does not measure quantized weights "
+                           f"without their scales: compare de-quantized (bf16/fp32) checkpoints, or leave such "
+                           f"tensors out with --exclude")
 
 
 def _require_compared(pairs: list[PairedTensor], base: Checkpoint, runs: dict[str, Checkpoint], notes: dict,

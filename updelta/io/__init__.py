@@ -2,7 +2,8 @@
 
 - `open_checkpoint(path)` resolves a path (`formats.RESOLVERS`: Hugging Face folders, sharded indexes, single
   `.safetensors` / `.bin` / `.pt` files) into a `Checkpoint` whose tensors are read block by block without
-  loading the model; every header and index is validated first (`safetensors_header`, `jsonfiles`).
+  loading the model; every header and index is validated first (`safetensors_header`, `jsonfiles`); FP8
+  weights are de-quantized and other quantized layouts refused by name (`quantized`, docs/quantized.md).
 - `open_factored(path)` reads an update given as factors (a PEFT LoRA adapter) without densifying it.
 """
 from .checkpoint import Checkpoint, TensorRef, open_checkpoint  # noqa: F401

@@ -47,6 +47,11 @@ class TensorRef:
         return self.dtype in QUANTIZED_DTYPES
 
     @property
+    def stored_dtype(self) -> str:
+        """The dtype in the file (a de-quantized `io.quantized.DequantizedRef` reads as float32)."""
+        return self.dtype
+
+    @property
     def itemsize(self) -> int:
         return {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}.get(self.dtype, 1)
 
@@ -63,6 +68,8 @@ class TensorRef:
 
 class Checkpoint(FileSet):
     """The tensors of one checkpoint, with its identity (path, format, files, dtypes)."""
+
+    quantization: dict | None = None  # what `io.quantized` de-quantized (scales used, blocks), when anything
 
     def __init__(self, path: Path, fmt: str, files: list, config: dict, weight_map: dict[str, str] | None = None,
                  index: Path | None = None):
@@ -97,7 +104,7 @@ class Checkpoint(FileSet):
         """Path, format, files with sizes, tensor count, dtypes and a cheap fingerprint."""
         dtypes: dict[str, int] = {}
         for t in self.tensors.values():
-            dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+            dtypes[t.stored_dtype] = dtypes.get(t.stored_dtype, 0) + 1
         h = hashlib.sha256()
         for f in self.files:  # sampled content hash: name, size, first and last 64 KiB of every file
             h.update(f"{f.path.name}:{f.size}".encode())
@@ -114,6 +121,8 @@ class Checkpoint(FileSet):
             "n_params": int(sum(t.numel for t in self.tensors.values())),
             "dtypes": dtypes,
             "fingerprint": h.hexdigest()[:16],  # sampled, not a full hash
+            **({"quantization": {k: v for k, v in self.quantization.items() if not isinstance(v, list)}}
+               if self.quantization else {}),
         }
 
     @property
@@ -144,14 +153,12 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not ck.tensors:
         ck.close()
         raise CheckpointError(f"{p}: holds no tensors")
-    quant = config.get("quantization_config")
-    packed = next((t for t in ck.tensors.values() if t.is_quantized or (not t.is_float and len(t.shape) >= 2)), None)
-    if quant is not None and packed is not None:
+    from .quantized import dequantize  # FP8 weights de-quantized, other quantized layouts refused (docs/quantized.md)
+    try:
+        dequantize(ck)
+    except BaseException:
         ck.close()
-        method = quant.get("quant_method", "unnamed") if isinstance(quant, dict) else "unnamed"
-        raise CheckpointError(f"{p}: config.json declares {method} quantization and tensor {packed.name} is stored "
-                              f"as {packed.dtype}; updelta measures full-precision weights: compare de-quantized "
-                              f"(bf16/fp32) checkpoints")
+        raise
     return ck
 
 

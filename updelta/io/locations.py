@@ -10,6 +10,8 @@ locations can go to another thread, process or machine that sees the same paths.
   location was made).
 - torch `.bin`/`.pt`: the `TorchFile`, loaded once with `weights_only=True` (memory-mapped when
   zip-format); a `TorchFile` the caller already has open can be lent to the cache (`reader_scope`).
+- a location with `dequant` (an FP8 weight and its scales, `io.quantized`): float32 values, the
+  stored reader's codes times the scale of each element's block (docs/quantized.md).
 
 The cache is safe to use from several threads (pread has no shared file position) and is dropped
 in a forked child. `reader_scope()` closes what the cache opened when the outermost scope ends;
@@ -21,7 +23,7 @@ import math
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Literal, Protocol
 
 import numpy as np
@@ -45,6 +47,7 @@ class TensorLocation:
     dtype: str  # torch name without prefix: "bfloat16"
     shape: tuple[int, ...]
     offset: int = -1  # safetensors: absolute byte offset of element 0 in the file; -1 for torch files
+    dequant: "Dequant | None" = None  # a quantized weight read as float32 values (`io.quantized`)
 
     @property
     def numel(self) -> int:
@@ -53,6 +56,17 @@ class TensorLocation:
     @property
     def itemsize(self) -> int:
         return RAW_DTYPES[self.dtype].itemsize
+
+
+@dataclass(frozen=True)
+class Dequant:
+    """How the float32 values of a location are made from its stored quantized elements (`io.quantized`):
+    element (i, j) of each stored [out, in] matrix is `stored * scale[i // block[0], j // block[1]]`."""
+
+    dtype: str  # the stored dtype: "float8_e4m3fn"
+    shape: tuple[int, ...]  # the stored shape ([..., out, in])
+    scale: TensorLocation  # the scale tensor ([..., ceil(out / block[0]), ceil(in / block[1])])
+    block: tuple[int, int]
 
 
 class BlockReader(Protocol):
@@ -146,6 +160,10 @@ if hasattr(os, "register_at_fork"):
 
 def open_reader(loc: TensorLocation) -> BlockReader:
     """A block reader of `loc`, from this process's cache of open files."""
+    if loc.dequant is not None:  # float32 values of a quantized weight, de-quantized block by block
+        from .quantized import DequantReader
+        return DequantReader(open_reader(replace(loc, dtype=loc.dequant.dtype, dequant=None)),
+                             open_reader(loc.dequant.scale), loc.dequant)
     if loc.format == "safetensors":
         return _SafetensorsReader(_FILES.fd(loc.path), loc)
     if loc.format == "torch":
