@@ -117,6 +117,11 @@ def _notes(p: PairingNotes, res: Result) -> list[str]:
         lines.append(f"not compared (not floating point): {', '.join(p.non_float[:20])}")
     if p.filtered_out:
         lines.append(f"left out by --include/--exclude: {p.filtered_out} tensors")
+    for who, q in (p.extra.get("dequantized") or {}).items():
+        blocks = ", ".join(f"{n} {b}" for b, n in (q.get("blocks") or {}).items())
+        stored = ", ".join(sorted(q.get("stored_dtypes") or {}))
+        lines.append(f"de-quantized ({who}): {q.get('dequantized')} {stored} weights x their scales ({blocks}; "
+                     f"{q.get('method')}), measured as float32 values; scale tensors not compared")
     if "n_spectral_skipped" in res.summary.columns:
         n = int(res.summary["n_spectral_skipped"].fillna(0).max())
         if n:

@@ -344,3 +344,11 @@ def test_lone_fp8_tensor_without_config_is_refused_by_pairing(tmp_path):
     with pytest.raises(PairingError, match="no scale tensor beside it") as e:
         updelta.diff(a, b, spectral="off")
     assert "x.weight" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_text_summary_says_what_was_dequantized(monkeypatch, capsys, fp8_pair):
+    code, out, err = run_main(monkeypatch, capsys, "diff", fp8_pair[0], fp8_pair[1], "--spectral", "off")
+    assert code == 0, err
+    notes = [x.strip() for x in out.splitlines() if x.strip().startswith("de-quantized")]
+    assert len(notes) == 2 and notes[0].startswith("de-quantized (base): ") and notes[1].startswith("de-quantized (run)")
+    assert "float8_e4m3fn" in notes[0] and "128x128" in notes[0] and "scale tensors not compared" in notes[0]
