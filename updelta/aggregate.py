@@ -44,6 +44,45 @@ def sums_from_ratios(df: pd.DataFrame, names) -> pd.DataFrame:
     return df.assign(**{c: _FROM_RATIOS[c](d).fillna(0.0) for c in missing})
 
 
+def towers_included(meta: dict | None) -> bool:
+    """Whether a result's aggregates count tower tensors (the `towers` option it was computed with)."""
+    opts = (meta or {}).get("options") or {}
+    return bool(opts.get("towers", False)) if isinstance(opts, dict) else False
+
+
+def counted(df: pd.DataFrame, towers: bool = False) -> pd.DataFrame:
+    """The rows of a per-tensor or pair table that the aggregates count: the text model's (`tower` null), every
+    row when `towers` or when the table has no `tower` column (docs/families.md, Towers)."""
+    if towers or df.empty or "tower" not in df.columns:
+        return df
+    return df[df["tower"].isna()]
+
+
+def tower_counts(rows) -> dict[str, int]:
+    """{tower: number of distinct tensors} among the tower rows of a per-tensor table or of a list of records
+    ({} for a text-only model)."""
+    if isinstance(rows, pd.DataFrame):
+        if rows.empty or "tower" not in rows.columns:
+            return {}
+        t = rows[rows["tower"].notna()]
+        return {str(k): int(v) for k, v in t.groupby("tower", sort=True)["name"].nunique().items()}
+    names: dict[str, set] = {}
+    for r in rows:
+        if r.get("tower") is not None:
+            names.setdefault(str(r["tower"]), set()).add(r.get("name"))
+    return {k: len(names[k]) for k in sorted(names)}
+
+
+def towers_note(rows, towers: bool = False) -> str | None:
+    """The warning that tower tensors were left out of the aggregates (None when none were or `towers`)."""
+    counts = tower_counts(rows)
+    if towers or not counts:
+        return None
+    what = ", ".join(f"{k} {v}" for k, v in counts.items())
+    return (f"{sum(counts.values())} tensor(s) of towers ({what}) are per-tensor rows only, left out of the "
+            f"whole-model, component and layer figures and of gates; pass --towers to count them")
+
+
 def _summed(df: pd.DataFrame, by: list[str], cols: list[str], maxes: list[str] = ()) -> pd.DataFrame:
     """Per group of `by`: the sum of `cols`, the max of `maxes` and `n_tensors`; group keys as columns."""
     w = df[by + cols + list(maxes)].assign(n_tensors=1)
