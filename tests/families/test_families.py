@@ -249,3 +249,26 @@ def test_towers_option_counts_them_keyed_by_tower(vision_only, tmp_path):
     r1 = r0.with_towers()
     assert r1.summary.iloc[0]["delta_fro"] == pytest.approx(r.summary.iloc[0]["delta_fro"], rel=1e-12)
     assert r1.layers.shape == r.layers.shape and r1.with_towers(False).summary.iloc[0]["delta_fro"] == 0
+
+
+def test_qwen2_vl_towers_in_memory():
+    """Qwen2-VL: vision blocks under model.visual.blocks.N, the projector under model.visual.merger."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=1, vocab_size=64, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+        vision = dict(depth=2, embed_dim=16, hidden_size=16, num_heads=2, mlp_ratio=2, patch_size=2,
+                      spatial_merge_size=2, temporal_patch_size=1)
+        model = transformers.Qwen2VLForConditionalGeneration(transformers.Qwen2VLConfig(text_config=text,
+                                                                                        vision_config=vision))
+    names = list(model.state_dict())
+    fam = naming.detect_family(names)
+    assert fam.name == "llama"
+    got = {n: naming.parse(n, fam) for n in names}
+    assert got["model.visual.blocks.1.attn.qkv.weight"] == naming.TensorName(1, "attn", "qkv", "weight", tower="vision")
+    assert got["model.visual.blocks.0.mlp.fc2.bias"] == naming.TensorName(0, "mlp", "fc2", "bias", tower="vision")
+    assert got["model.visual.merger.mlp.2.weight"] == naming.TensorName(None, "mlp", "mlp.2", "weight", tower="projector")
+    assert got["model.visual.merger.ln_q.weight"].component == "norm"
+    assert got["model.language_model.layers.0.mlp.up_proj.weight"] == naming.TensorName(0, "mlp", "up_proj", "weight")
+    assert all(t.component != "other" for t in got.values())
+    assert {t.tower for n, t in got.items() if ".visual." in n} == {"vision", "projector"}
