@@ -6,6 +6,9 @@ by the formulas declared in `updelta.schema` - the same code that computes each 
 row - never averages of ratios. Spectral figures are medians over 2-D tensors
 (`metrics.summary.summarize`). What each column does is declared once, in `updelta.schema`.
 
+Tower tensors (vision encoders, projectors: the `tower` column) are counted only with the `towers`
+option (`counted`, docs/families.md, Towers).
+
 Tables without the raw-sum columns (results saved by updelta 0.1.0, hand-made tables): the sums
 are rebuilt from the ratio columns first (`sums_from_ratios`), which is exact up to rounding.
 """

@@ -3,7 +3,8 @@
 `Result.tensors` has one row per (run, tensor). Aggregates (`summary`, `components`,
 `layers`) and cross-run tables (`pairs`, `pairs_layers`, `pairs_components`,
 `pairs_summary`) are built once from records; every column is declared in
-`updelta.schema`. `meta` holds the options, each checkpoint's identity, pairing notes and
+`updelta.schema`; they leave out tower tensors unless the `towers` option (`with_towers` rebuilds them
+either way, docs/families.md). `meta` holds the options, each checkpoint's identity, pairing notes and
 the updelta version as a JSON dict; `info` gives it typed (`updelta.meta.RunInfo`).
 
 Saving: a `.parquet` file (tensors, with `meta` in the file's key-value metadata),
