@@ -83,7 +83,7 @@ def towers_note(rows, towers: bool = False) -> str | None:
         return None
     what = ", ".join(f"{k} {v}" for k, v in counts.items())
     return (f"{sum(counts.values())} tensor(s) of towers ({what}) are per-tensor rows only, left out of the "
-            f"whole-model, component and layer figures and of gates; pass --towers to count them")
+            f"whole-model, component and layer figures and of gates; pass --towers (towers=True) to count them")
 
 
 def _summed(df: pd.DataFrame, by: list[str], cols: list[str], maxes: list[str] = ()) -> pd.DataFrame:

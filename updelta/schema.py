@@ -236,8 +236,8 @@ def columns(table: str, kind: str | tuple[str, ...] | None = None, agg: str | No
 # spectral columns follow.
 TENSOR_COLUMNS = [c for c in ("run", "name", "layer", "component", "module", "param", "tower", "shape", "numel",
                               "dtype_base", "dtype_ft", "resized", "added_rows", "added_fro", "tied", "delta_fro",
-                              "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base", "sparsity_exact",
-                              "sparsity_atol", "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft")] + \
+                              "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base",
+                              "sparsity_exact", "sparsity_atol", "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft")] + \
     list(columns(TENSORS, "sum"))
 CHEAP = tuple(c for c in columns(TENSORS, "metric") if COLUMNS[c].agg in ("formula", "max"))
 RAW_SUMS = columns(TENSORS, "sum")
