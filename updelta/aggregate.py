@@ -6,6 +6,9 @@ by the formulas declared in `updelta.schema` - the same code that computes each 
 row - never averages of ratios. Spectral figures are medians over 2-D tensors
 (`metrics.summary.summarize`). What each column does is declared once, in `updelta.schema`.
 
+Tower tensors (vision encoders, projectors: the `tower` column) are counted only with the `towers`
+option (`counted`, docs/families.md, Towers).
+
 Tables without the raw-sum columns (results saved by updelta 0.1.0, hand-made tables): the sums
 are rebuilt from the ratio columns first (`sums_from_ratios`), which is exact up to rounding.
 """
@@ -42,6 +45,45 @@ def sums_from_ratios(df: pd.DataFrame, names) -> pd.DataFrame:
         return df
     d = df.assign(n_compared=df["n_compared"].astype("float64")) if "n_compared" in df else df
     return df.assign(**{c: _FROM_RATIOS[c](d).fillna(0.0) for c in missing})
+
+
+def towers_included(meta: dict | None) -> bool:
+    """Whether a result's aggregates count tower tensors (the `towers` option it was computed with)."""
+    opts = (meta or {}).get("options") or {}
+    return bool(opts.get("towers", False)) if isinstance(opts, dict) else False
+
+
+def counted(df: pd.DataFrame, towers: bool = False) -> pd.DataFrame:
+    """The rows of a per-tensor or pair table that the aggregates count: the text model's (`tower` null), every
+    row when `towers` or when the table has no `tower` column (docs/families.md, Towers)."""
+    if towers or df.empty or "tower" not in df.columns:
+        return df
+    return df[df["tower"].isna()]
+
+
+def tower_counts(rows) -> dict[str, int]:
+    """{tower: number of distinct tensors} among the tower rows of a per-tensor table or of a list of records
+    ({} for a text-only model)."""
+    if isinstance(rows, pd.DataFrame):
+        if rows.empty or "tower" not in rows.columns:
+            return {}
+        t = rows[rows["tower"].notna()]
+        return {str(k): int(v) for k, v in t.groupby("tower", sort=True)["name"].nunique().items()}
+    names: dict[str, set] = {}
+    for r in rows:
+        if r.get("tower") is not None:
+            names.setdefault(str(r["tower"]), set()).add(r.get("name"))
+    return {k: len(names[k]) for k in sorted(names)}
+
+
+def towers_note(rows, towers: bool = False) -> str | None:
+    """The warning that tower tensors were left out of the aggregates (None when none were or `towers`)."""
+    counts = tower_counts(rows)
+    if towers or not counts:
+        return None
+    what = ", ".join(f"{k} {v}" for k, v in counts.items())
+    return (f"{sum(counts.values())} tensor(s) of towers ({what}) are per-tensor rows only, left out of the "
+            f"whole-model, component and layer figures and of gates; pass --towers (towers=True) to count them")
 
 
 def _summed(df: pd.DataFrame, by: list[str], cols: list[str], maxes: list[str] = ()) -> pd.DataFrame:

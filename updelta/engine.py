@@ -91,6 +91,7 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
 
     `pairs` restricts the cross-run pairs to those listed (default: every unordered pair).
     """
+    from .aggregate import towers_note
     from .result import build_result
 
     if not runs:
@@ -108,6 +109,7 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
         with reader_scope(lend=[f for ck in (b, *cks.values()) for f in ck.files]):
             records, pair_records, nonfinite = run_plan(plan, opts)
         notes = [nonfinite_warning(nonfinite)] if nonfinite else []
+        notes += [n for n in (towers_note(records, opts.towers),) if n]
         for who, names in pairing.notes.get("unindexed", {}).items():
             notes.append(f"{who}: {len(names)} tensor(s) in shards that the index does not name were left out: "
                          + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))

@@ -257,8 +257,10 @@ def _subjects(gate: Gate, result) -> tuple:
     """(kind, per-tensor table filtered by tensor selectors, subjects) or an `UpdeltaError`."""
     import pandas as pd
 
+    from .aggregate import counted, towers_included  # tower rows count only with the towers option
+
     if gate.is_pair:
-        table = result.pairs
+        table = result.pairs if result.pairs is None else counted(result.pairs, towers_included(result.meta))
         if table is None or table.empty:
             raise _fail(f"gate {gate.expr!r}: {gate.metric} is a cross-run metric and this result has no pairs "
                         f"(give at least two runs)")
@@ -266,7 +268,7 @@ def _subjects(gate: Gate, result) -> tuple:
         subjects = _select_pairs(pairs, gate)
         kind = "pair"
     else:
-        table = result.tensors
+        table = counted(result.tensors, towers_included(result.meta))
         subjects = _select_runs(result.runs, gate)
         kind = "run"
     if gate.metric not in table.columns:

@@ -193,7 +193,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
     added = parts[-1].added_fro if parts else {}
     info = t.info
     common = {"name": t.name, "layer": info.layer, "component": info.component, "module": info.module,
-              "param": info.param, "shape": list(t.shape), "numel": t.numel,
+              "param": info.param, "tower": info.tower, "shape": list(t.shape), "numel": t.numel,
               "dtype_base": t.base.dtype}
     recs, nonfinite = [], []
     for side in t.sides:
@@ -212,7 +212,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
         n = max(ps.used, 1)
         exp = {c: ca[c] * cb[c] / n for c in pw.CONVS}
         prec.append({"run_a": ra, "run_b": rb, "name": t.name, "layer": info.layer,
-                     "component": info.component, "module": info.module, "param": info.param,
+                     "component": info.component, "module": info.module, "param": info.param, "tower": info.tower,
                      "numel": t.numel, **pw.finalize_pair(ps, ca, cb, exp, ps.used)})
     return TensorRecords(recs, prec, nonfinite)
 

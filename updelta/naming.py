@@ -14,12 +14,17 @@ Each family is one JSON file (see docs/formats.md, "Family detection"):
 - `tied`: (head, embedding) canonical names of an output head that may share the embedding;
 - `transposed`: weights stored [in, out] (GPT-2 Conv1D); `ignore`: buffers never compared.
 Adding a family is adding a file.
+
+Towers (`common.json` "towers", docs/families.md): a multimodal checkpoint's vision encoder and projector
+(`vision_tower.`, `multi_modal_projector.`, ...). A name a tower's `match` regex finds is read with that tower's
+own `layer` and `modules` rules and gets `TensorName.tower` ("vision", "projector"); every other name is the text
+model's (tower None). Tower names never take part in family detection.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Iterable
@@ -89,6 +94,7 @@ class TensorName:
     component: str  # one of components(): embed, attn, mlp, norm, head, other
     module: str
     param: str  # weight, bias (or the last name part for other parameters)
+    tower: str | None = None  # None: the text model; "vision", "projector": see `towers()`
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,15 @@ class FamilyMatch:
     #              "tensor names" | "fallback"
     claimed: str | None = None  # the config.json value that named the family (or was set aside, see `rejected`)
     rejected: str | None = None  # family config.json named but the tensor names contradict
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A non-text part of a multimodal checkpoint: names `match` finds are parsed with `rules` (a Family)."""
+
+    name: str
+    match: re.Pattern
+    rules: Family
 
 
 def _load(name: str) -> dict:
@@ -120,6 +135,29 @@ def components() -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def strip_prefixes() -> tuple[str, ...]:
     return tuple(_common()["strip_prefixes"])
+
+
+@lru_cache(maxsize=1)
+def towers() -> tuple[Tower, ...]:
+    """The towers of common.json, in matching order (the first whose `match` finds the name wins)."""
+    out = []
+    for d in _common().get("towers", []):
+        try:
+            match = re.compile(d["match"])
+        except (KeyError, TypeError, re.error) as e:
+            raise UpdeltaError(f"updelta/families/common.json: not a valid tower ({e.__class__.__name__}: {e}); "
+                               f"see docs/families.md") from None
+        out.append(Tower(d.get("tower", "?"), match, Family.from_json({**d, "name": d.get("tower", "?")},
+                                                                      "updelta/families/common.json")))
+    return tuple(out)
+
+
+def tower_of(name: str) -> Tower | None:
+    """The tower tensor `name` belongs to, None for the text model."""
+    for t in towers():
+        if t.match.search(name):
+            return t
+    return None
 
 
 @lru_cache(maxsize=1)
@@ -192,8 +230,10 @@ def resolve_family(names: Iterable[str], config=None) -> FamilyMatch:
     `text_config`). The family it names is kept unless the tensor names contradict it: they point to
     another family and either match nothing of the named one or point to a more specific family
     (higher priority: Phi-3 names under a config.json that says Llama). Then tensor names, by
-    descending priority; then the generic fallback."""
+    descending priority; then the generic fallback. Names of towers (`tower_of`) take no part in
+    detection (a SigLIP tower's `self_attn.out_proj` is not OPT's), unless every name is a tower's."""
     names = list(names)
+    names = [n for n in names if tower_of(n) is None] or names
     by_names = _by_names(names)
     hit = _by_config(config)
     if hit is not None:
@@ -224,7 +264,15 @@ def canonical(name: str) -> str:
 
 
 def parse(name: str, family: Family) -> TensorName:
-    """Layer, component, module and parameter kind of tensor `name` under `family`'s rules."""
+    """Layer, component, module, parameter kind and tower of tensor `name`: a tower's tensor (`tower_of`) under
+    the tower's rules (its layer is the tower's block index), any other under `family`'s rules."""
+    tower = tower_of(name)
+    if tower is not None:
+        return replace(_parse(name, tower.rules), tower=tower.name)
+    return _parse(name, family)
+
+
+def _parse(name: str, family: Family) -> TensorName:
     m = family.layer.search(name)
     layer = int(m.group(1)) if m else None
     last = name.rsplit(".", 1)

@@ -75,6 +75,9 @@ class DiffOptions:
                            "job gets max(1, torch threads // workers) BLAS threads, whatever the executor.",
                         at_least=0)
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
+    towers: bool = _opt(False, "Count the tensors of vision towers and projectors of multimodal checkpoints (the "
+                               "`tower` column) in the aggregates and gates, keyed by tower; by default they are "
+                               "per-tensor rows only (docs/families.md).")
     progress: bool = _opt(True, "Show a progress bar on stderr.")
 
     def __post_init__(self) -> None:

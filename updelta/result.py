@@ -3,7 +3,8 @@
 `Result.tensors` has one row per (run, tensor). Aggregates (`summary`, `components`,
 `layers`) and cross-run tables (`pairs`, `pairs_layers`, `pairs_components`,
 `pairs_summary`) are built once from records; every column is declared in
-`updelta.schema`. `meta` holds the options, each checkpoint's identity, pairing notes and
+`updelta.schema`; they leave out tower tensors unless the `towers` option (`with_towers` rebuilds them
+either way, docs/families.md). `meta` holds the options, each checkpoint's identity, pairing notes and
 the updelta version as a JSON dict; `info` gives it typed (`updelta.meta.RunInfo`).
 
 Saving: a `.parquet` file (tensors, with `meta` in the file's key-value metadata),
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema
-from .aggregate import aggregate_pairs, aggregate_tensors
+from .aggregate import aggregate_pairs, aggregate_tensors, counted, tower_counts, towers_included
 from .atomic import atomic_dir, atomic_path
 from .errors import UpdeltaError
 from .meta import RunInfo
@@ -60,6 +61,12 @@ class Result:
     def warnings(self) -> list[str]:
         """What the scan warned about (also emitted as `UpdeltaWarning`); stored in meta["warnings"]."""
         return list(self.meta.get("warnings") or [])
+
+    def with_towers(self, include: bool = True) -> "Result":
+        """This result with its aggregates rebuilt counting (or leaving out) the tower tensors: the `towers`
+        option after the fact (docs/families.md, Towers)."""
+        meta = {**self.meta, "options": {**(self.meta.get("options") or {}), "towers": bool(include)}}
+        return from_tensors(self.tensors.copy(), self.pairs.copy(), meta)
 
     @property
     def runs(self) -> list[str]:
@@ -129,15 +136,23 @@ def from_tensors(tensors: pd.DataFrame, pairs: pd.DataFrame, meta: dict) -> Resu
         tensors["layer"] = tensors["layer"].astype("Int64")
     if not pairs.empty and "layer" in pairs:
         pairs["layer"] = pairs["layer"].astype("Int64")
+    # Tower tensors (vision encoders, projectors) are left out of the aggregates unless the `towers` option;
+    # counted, they are keyed by tower, so that a vision block is never text layer N (docs/families.md).
+    towers = towers_included(meta)
+    if tower_counts(tensors):
+        meta = {**meta, "towers": {"included": towers, "tensors": tower_counts(tensors)}}
+    t, p = counted(tensors, towers), counted(pairs, towers)
+    tw = ["tower"] if towers and "tower" in tensors else []
+    tw_p = ["tower"] if towers and "tower" in pairs else []
     return Result(
         tensors=tensors,
-        summary=aggregate_tensors(tensors, ["run"]),
-        components=aggregate_tensors(tensors, ["run", "component"]),
-        layers=aggregate_tensors(tensors, ["run", "layer", "component"]),
+        summary=aggregate_tensors(t, ["run"]),
+        components=aggregate_tensors(t, ["run", *tw, "component"]),
+        layers=aggregate_tensors(t, ["run", *tw, "layer", "component"]),
         pairs=pairs,
-        pairs_summary=aggregate_pairs(pairs, []),
-        pairs_components=aggregate_pairs(pairs, ["component"]),
-        pairs_layers=aggregate_pairs(pairs, ["layer", "component"]),
+        pairs_summary=aggregate_pairs(p, []),
+        pairs_components=aggregate_pairs(p, [*tw_p, "component"]),
+        pairs_layers=aggregate_pairs(p, [*tw_p, "layer", "component"]),
         meta=meta,
     )
 

@@ -79,6 +79,7 @@ _IDS = [
     _c("component", _ALL, "id", "key", dtype="str"),
     _c("module", (TENSORS, PAIRS), "id", "none", dtype="str"),
     _c("param", (TENSORS, PAIRS), "id", "none", dtype="str"),
+    _c("tower", _ALL, "id", "key", dtype="str"),  # None: text model; aggregates only with DiffOptions.towers
     _c("shape", _T, "meta", "none", dtype="list", unit="elements per axis"),
     _c("numel", (TENSORS, PAIRS, AGGREGATES), "count", "sum", dtype="int", unit="elements",
        label="elements (count)", title="tensor size", fmt="int"),
@@ -233,10 +234,10 @@ def columns(table: str, kind: str | tuple[str, ...] | None = None, agg: str | No
 
 # The per-tensor table's leading columns (ids, counts, cheap metrics and raw sums, in this order); hist and
 # spectral columns follow.
-TENSOR_COLUMNS = [c for c in ("run", "name", "layer", "component", "module", "param", "shape", "numel", "dtype_base",
-                              "dtype_ft", "resized", "added_rows", "added_fro", "tied", "delta_fro", "base_fro",
-                              "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base", "sparsity_exact",
-                              "sparsity_atol", "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft")] + \
+TENSOR_COLUMNS = [c for c in ("run", "name", "layer", "component", "module", "param", "tower", "shape", "numel",
+                              "dtype_base", "dtype_ft", "resized", "added_rows", "added_fro", "tied", "delta_fro",
+                              "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base",
+                              "sparsity_exact", "sparsity_atol", "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft")] + \
     list(columns(TENSORS, "sum"))
 CHEAP = tuple(c for c in columns(TENSORS, "metric") if COLUMNS[c].agg in ("formula", "max"))
 RAW_SUMS = columns(TENSORS, "sum")

@@ -73,7 +73,8 @@ def summary_text(res: Result, top: int = 10) -> str:
     rows, header = _rows(res.summary, ["run"], SUMMARY_COLS + spec_cols)
     out.append(table(rows, header))
     out.append("\nPer component")
-    rows, header = _rows(res.components, ["run", "component"], SUMMARY_COLS + spec_cols)
+    rows, header = _rows(res.components, ["run", *(["tower"] if "tower" in res.components else []), "component"],
+                         SUMMARY_COLS + spec_cols)
     out.append(table(rows, header))
     if spec_cols and "energy_rank_90" in res.tensors:
         k = opts.topk

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import schema
-from ..aggregate import CHEAP, aggregate_pairs, aggregate_tensors
+from ..aggregate import CHEAP, aggregate_pairs, aggregate_tensors, counted, towers_included
 from ..errors import UpdeltaError
 from ..meta import info as run_info
 
@@ -78,7 +78,10 @@ def as_table(data, attr: str, meta: dict | None) -> tuple[pd.DataFrame, dict]:
     if isinstance(data, pd.DataFrame):
         return data, dict(meta or {})
     if hasattr(data, "tensors") and hasattr(data, "meta"):
-        return getattr(data, attr), dict(meta if meta is not None else data.meta or {})
+        df = getattr(data, attr)
+        if attr in ("tensors", "pairs"):  # a Result's tower rows are plotted only with the towers option
+            df = counted(df, towers_included(data.meta))
+        return df, dict(meta if meta is not None else data.meta or {})
     raise UpdeltaError(f"expected a updelta Result or a pandas DataFrame, got {type(data).__name__}")
 
 
