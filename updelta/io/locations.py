@@ -1,8 +1,10 @@
 """Where a tensor's bytes are, as plain picklable data, and block readers opened from it.
 
 A `TensorLocation` names the file, its format, the stored tensor name, dtype, shape and, for
-safetensors, the absolute byte offset of element 0. It holds no open file, so a job that carries
-locations can go to another thread, process or machine that sees the same paths.
+safetensors, the absolute byte offset of element 0. `start` makes it a view: elements
+[start, start + numel) of the stored tensor, with `shape` the view's (one expert of a stacked
+expert tensor, docs/experts.md); readers add it to every read. It holds no open file, so a job
+that carries locations can go to another thread, process or machine that sees the same paths.
 
 `open_reader(location)` returns a `BlockReader`. Open files are cached per process, keyed by path:
 - safetensors: one read-only descriptor per file; a block is a plain `pread` of its byte range at
@@ -45,6 +47,7 @@ class TensorLocation:
     dtype: str  # torch name without prefix: "bfloat16"
     shape: tuple[int, ...]
     offset: int = -1  # safetensors: absolute byte offset of element 0 in the file; -1 for torch files
+    start: int = 0  # element offset of this view into the stored tensor (0: the whole tensor)
 
     @property
     def numel(self) -> int:
@@ -77,15 +80,16 @@ class _SafetensorsReader:
         self.fd, self.loc, self.raw = fd, loc, RAW_DTYPES[loc.dtype]
 
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-        return pread_elements(self.fd, self.loc.offset, self.raw, start, count, out, self.loc.path, self.loc.name)
+        return pread_elements(self.fd, self.loc.offset, self.raw, self.loc.start + start, count, out, self.loc.path,
+                              self.loc.name)
 
 
 class _TorchReader:
     def __init__(self, tf: TorchFile, loc: TensorLocation):
-        self.tf, self.name = tf, loc.name
+        self.tf, self.name, self.start = tf, loc.name, loc.start
 
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-        return self.tf.read(self.name, start, count, out)
+        return self.tf.read(self.name, self.start + start, count, out)
 
 
 class _OpenFiles:
