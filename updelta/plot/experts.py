@@ -106,6 +106,5 @@ def experts_heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None
         fig.colorbar(im, ax=[a for a in axes.flat if a.get_visible()], aspect=min(40, 8 + 6 * nrow * panel_h),
                      label=C.metric_label(metric, meta) + (", log scale" if is_log else ""))
         what = C.metric_label(metric, meta, long=True)
-        C.titles(fig, f"{metric} ({what}) per layer and routed expert, all projections of each expert", meta,
-                 runs=C.runs_in(df, meta), note=note)
+        C.titles(fig, f"{metric} ({what}) per layer and routed expert", meta, runs=C.runs_in(df, meta), note=note)
     return fig
