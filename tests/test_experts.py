@@ -183,3 +183,27 @@ def test_result_experts_saved_and_loaded(tmp_path_factory, tmp_path):
     assert str(back.tensors["expert"].dtype) == "Int64"
     dense = updelta.diff(b.per_expert, b.planted, name="ft", spectral="off", include=[r"self_attn"])
     assert dense.experts.empty and list(dense.experts.columns) == ["run", "layer", "expert"]
+
+
+def test_other_stacked_layout_splits_along_experts_only(tmp_path):
+    """[E, H, 2I] gate/up (interleaved columns) with [E, I, H] down: the shapes disagree with the family's
+    [E, 2I, H] / [E, H, I] layout, so each expert is one row holding its whole matrix, never a wrong half."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(3)
+    n_exp, hid, inter = 3, 8, 6
+    sd = {"model.layers.0.self_attn.q_proj.weight": torch.randn(hid, hid, generator=g),
+          "model.layers.0.mlp.experts.gate_up_proj": torch.randn(n_exp, hid, 2 * inter, generator=g),
+          "model.layers.0.mlp.experts.down_proj": torch.randn(n_exp, inter, hid, generator=g)}
+    ft = dict(sd)
+    ft["model.layers.0.mlp.experts.gate_up_proj"] = sd["model.layers.0.mlp.experts.gate_up_proj"].clone()
+    ft["model.layers.0.mlp.experts.gate_up_proj"][2] += 0.5
+    save_file(sd, tmp_path / "b.safetensors")
+    save_file(ft, tmp_path / "f.safetensors")
+    t = _diff(tmp_path / "b.safetensors", tmp_path / "f.safetensors").tensors
+    rows = t[t["expert"].notna()].set_index("name")
+    assert len(rows) == 2 * n_exp
+    gu = rows.loc["model.layers.0.mlp.experts.2.gate_up_proj"]
+    assert list(gu["shape"]) == [hid, 2 * inter] and gu["module"] == "experts.gate_up_proj"
+    assert gu["delta_fro"] == pytest.approx(0.5 * math.sqrt(hid * 2 * inter), rel=1e-6)
+    assert rows.drop(index=gu.name)["delta_fro"].eq(0).all()

@@ -8,8 +8,8 @@ family's `stacked_experts` rules name into per-expert slices under the names the
 uses, so either layout pairs with the other and both give the same rows and numbers. A slice is a
 view: expert e's half j of a row-major [E, k*R, C] tensor is the contiguous element range starting
 at (e*k + j)*R*C, read through `ExpertSlice.location` (`TensorLocation.start`). A 3-D tensor directly
-under an `experts.` module that no rule names (another layout) is split along dim 0 only:
-`...experts.<e>.<name>`, one [R, C] matrix per expert.
+under an `experts.` module that no rule names (another layout), or whose shape disagrees with its
+rule's layout, is split along dim 0 only: `...experts.<e>.<name>`, one [R, C] matrix per expert.
 
 Pure name and shape logic: nothing here opens a file.
 """
@@ -56,9 +56,10 @@ class Split:
                 "rows": len(self.names)}
 
 
-def _rule(name: str, family: Family) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(match groups, per-expert name templates) of the rule that splits stored tensor `name`."""
-    for pattern, templates in family.stacked_experts:
+def _rule(name: str, family: Family, use_family: bool = True) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(match groups, per-expert name templates) of the rule that splits stored tensor `name` (`use_family`
+    False: the dim-0 fallback only)."""
+    for pattern, templates in family.stacked_experts if use_family else ():
         m = pattern.search(name)
         if m:
             return m.groups(), templates
@@ -68,12 +69,13 @@ def _rule(name: str, family: Family) -> tuple[tuple[str, ...], tuple[str, ...]] 
     return None
 
 
-def split(ref: TensorRef, family: Family) -> tuple[dict[str, TensorRef], Split | None] | None:
+def split(ref: TensorRef, family: Family,
+          use_family: bool = True) -> tuple[dict[str, TensorRef], Split | None] | None:
     """The per-expert slices of stacked tensor `ref` ({name: slice}, expert-major), or None when `ref` is not
     a stacked expert tensor. Family rules with k names split dim 1 into k equal halves (gate, up); a rule
     whose name has no `{e}` renames a tensor of the in-memory expert block (Mixtral's `mlp.gate` is
     `block_sparse_moe.gate` on disk): ({new name: ref}, None)."""
-    hit = _rule(ref.name, family)
+    hit = _rule(ref.name, family, use_family)
     if hit is not None and "{e}" not in hit[1][0]:
         return {hit[1][0].format(*hit[0]): ref}, None
     if hit is None or len(ref.shape) != 3:
@@ -100,8 +102,9 @@ def expand(tensors: dict[str, TensorRef], family: Family, where) -> tuple[dict[s
     per-expert slices, in place of the stored tensor; and the splits made."""
     out: dict[str, TensorRef] = {}
     splits: list[Split] = []
+    odd = _other_layouts(tensors, family)
     for name, ref in tensors.items():
-        got = split(ref, family) if ref.is_float else None
+        got = split(ref, family, name not in odd) if ref.is_float else None
         if got is None:
             out[name] = ref
             continue
@@ -114,6 +117,24 @@ def expand(tensors: dict[str, TensorRef], family: Family, where) -> tuple[dict[s
         if s is not None:
             splits.append(s)
     return out, splits
+
+
+def _other_layouts(tensors: dict[str, TensorRef], family: Family) -> set[str]:
+    """Stored names a family's two-part rule (gate_up [E, 2I, H]) and one-part rule (down [E, H, I]) both match
+    with the same groups but whose shapes disagree with that layout (e.g. [E, H, 2I] with interleaved gate/up
+    columns): they get the dim-0 fallback instead of a wrong gate/up split."""
+    by_groups: dict[tuple, dict[int, str]] = {}
+    for name, ref in tensors.items():
+        hit = _rule(name, family)
+        if hit is not None and "{e}" in hit[1][0] and len(ref.shape) == 3 and hit[1] != ("{0}.{e}.{1}",):
+            by_groups.setdefault(hit[0], {})[len(hit[1])] = name
+    odd: set[str] = set()
+    for parts in by_groups.values():
+        if 2 in parts and 1 in parts:
+            (e2, r2, c2), (e1, r1, c1) = tensors[parts[2]].shape, tensors[parts[1]].shape
+            if not (e2 == e1 and c2 == r1 and r2 == 2 * c1):
+                odd.update(parts.values())
+    return odd
 
 
 def _experts_in(names, s: Split) -> set[int]:
