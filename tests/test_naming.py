@@ -23,6 +23,9 @@ transformers = pytest.importorskip("transformers")
 
 SMALL = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
 MOE = dict(num_experts_per_tok=1)
+MLA = dict(n_routed_experts=2, moe_intermediate_size=8, n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=8,
+           kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=4, n_group=1, topk_group=1,
+           num_key_value_heads=1, **MOE)
 
 # case -> (config class, extra kwargs, family from config.json, family from names alone)
 CASES = {
@@ -50,6 +53,8 @@ CASES = {
                                          num_key_value_heads=1, **MOE), "qwen2_moe", "qwen2_moe"),
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=2, moe_intermediate_size=8, head_dim=8, num_key_value_heads=1,
                                          **MOE), "qwen2_moe", "qwen2_moe"),
+    "deepseek_v2": ("DeepseekV2Config", dict(MLA, q_lora_rank=None), "deepseek", "deepseek"),  # q_proj, no q LoRA
+    "deepseek_v3": ("DeepseekV3Config", MLA, "deepseek", "deepseek"),
 }
 # every family file must be exercised by a case here
 SHIPPED = {f.name for f in naming.families()} - {naming.GENERIC, "bert", "roberta"}  # encoders: tests/families/
@@ -97,20 +102,24 @@ def _oracle(model, name: str) -> tuple[str, str, int | None]:
         comp = "mlp"
     else:
         comp = "?"
-    # MoE module names (updelta/families/common.json, docs/formats.md): router, experts.<name>, shared_expert.<name>
+    # MoE (docs/experts.md): routing tensors are component router; modules router, experts.<name>,
+    # shared_expert.<name> (Qwen2-MoE), shared_experts.<name> (DeepSeek)
+    if "Router" in type(owner).__name__ or leaf == "shared_expert_gate":
+        comp = "router"
     if "Router" in type(owner).__name__:
         leaf = "router"
     elif "Experts" in type(owner).__name__:
         leaf = f"experts.{leaf}"
-    elif len(parts) > 2 and parts[-3] == "shared_expert":
-        leaf = f"shared_expert.{leaf}"
+    elif len(parts) > 2 and parts[-3] in ("shared_expert", "shared_experts"):
+        leaf = f"{parts[-3]}.{leaf}"
     return comp, leaf, layer
 
 
 # names save_pretrained writes that no module of the transformers 5 model has: (component, module) by regex
 SAVED_ONLY = [
     (r"layers\.(\d+)\.(?:block_sparse_moe|mlp)\.experts\.\d+\.(\w+)\.weight$", "mlp", "experts.{1}"),  # MoE
-    (r"layers\.(\d+)\.block_sparse_moe\.gate\.weight$", "mlp", "router"),  # Mixtral's router on disk
+    (r"layers\.(\d+)\.block_sparse_moe\.gate\.weight$", "router", "router"),  # Mixtral's router on disk
+    (r"layers\.(\d+)\.mlp\.gate\.e_score_correction_bias$", "router", "router"),  # DeepSeek-V3's buffer
     (r"^()embed_out\.weight$", "head", "embed_out"),  # GPT-NeoX's head (lm_head in memory)
 ]
 
@@ -195,7 +204,7 @@ def test_every_shipped_family_has_a_tiny_model_case():
 
 def test_family_files_are_consistent():
     comps = naming.components()
-    assert comps == ("embed", "attn", "mlp", "norm", "head", "other")
+    assert comps == ("embed", "attn", "router", "mlp", "norm", "head", "other")
     seen: dict[str, str] = {}
     for fam in naming.families():
         assert all(r.component in comps for r in fam.modules)
@@ -279,8 +288,8 @@ def test_invalid_family_file_is_a_one_line_error():
     bad = {"name": "x", "layer": "(", "modules": []}
     with pytest.raises(naming.UpdeltaError, match=r"x\.json: not a valid family file"):
         naming.Family.from_json(bad, "x.json")
-    bad = {"name": "x", "layer": "(\\d+)", "modules": [{"pattern": "a", "component": "router"}]}
-    with pytest.raises(naming.UpdeltaError, match="component 'router'"):
+    bad = {"name": "x", "layer": "(\\d+)", "modules": [{"pattern": "a", "component": "routers"}]}
+    with pytest.raises(naming.UpdeltaError, match="component 'routers'"):
         naming.Family.from_json(bad, "x.json")
 
 

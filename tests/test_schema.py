@@ -38,8 +38,7 @@ def test_every_column_is_declared_in_its_table(res):
         for df in dfs:
             undeclared = [c for c in df.columns if c not in schema.COLUMNS or not schema.COLUMNS[c].in_table(table)]
             assert undeclared == [], (table, undeclared)
-    experts = set(schema.spectral_columns("expert"))  # only on stacked-expert (3-D) tensors
-    assert set(schema.columns(schema.TENSORS)) - set(r.tensors.columns) == experts
+    assert set(schema.columns(schema.TENSORS)) - set(r.tensors.columns) == set()
     for c in schema.COLUMNS.values():
         assert c.kind in schema.KINDS and c.agg in schema.AGGS, c
         if c.agg == "formula":

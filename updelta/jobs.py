@@ -192,8 +192,9 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
             hists[r] = h.copy() if r not in hists else hists[r] + h
     added = parts[-1].added_fro if parts else {}
     info = t.info
-    common = {"name": t.name, "layer": info.layer, "component": info.component, "module": info.module,
-              "param": info.param, "tower": info.tower, "shape": list(t.shape), "numel": t.numel,
+    common = {"name": t.name, "layer": info.layer, "expert": info.expert, "component": info.component,
+              "module": info.module, "param": info.param, "tower": info.tower, "shape": list(t.shape),
+              "numel": t.numel,
               "dtype_base": t.base.dtype}
     recs, nonfinite = [], []
     for side in t.sides:
@@ -211,7 +212,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
         ca, cb = _changed(sums[ra]), _changed(sums[rb])
         n = max(ps.used, 1)
         exp = {c: ca[c] * cb[c] / n for c in pw.CONVS}
-        prec.append({"run_a": ra, "run_b": rb, "name": t.name, "layer": info.layer,
+        prec.append({"run_a": ra, "run_b": rb, "name": t.name, "layer": info.layer, "expert": info.expert,
                      "component": info.component, "module": info.module, "param": info.param, "tower": info.tower,
                      "numel": t.numel, **pw.finalize_pair(ps, ca, cb, exp, ps.used)})
     return TensorRecords(recs, prec, nonfinite)

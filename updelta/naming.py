@@ -12,7 +12,10 @@ Each family is one JSON file (see docs/formats.md, "Family detection"):
   (for stacked-expert tensors whose names have no ".weight");
 - `module_order`: the family's modules in forward order (for plots);
 - `tied`: (head, embedding) canonical names of an output head that may share the embedding;
-- `transposed`: weights stored [in, out] (GPT-2 Conv1D); `ignore`: buffers never compared.
+- `transposed`: weights stored [in, out] (GPT-2 Conv1D); `ignore`: buffers never compared;
+- `expert` (optional): regex whose first group is the routed expert's index (`TensorName.expert`);
+  `stacked_experts` (optional): how stacked 3-D expert tensors split into per-expert rows (docs/experts.md,
+  read by `updelta.experts`).
 Adding a family is adding a file.
 
 Towers (`common.json` "towers", docs/families.md): a multimodal checkpoint's vision encoder and projector
@@ -58,6 +61,8 @@ class Family:
     tied: tuple[tuple[str, str], ...]
     transposed: tuple[re.Pattern, ...]
     ignore: tuple[re.Pattern, ...]
+    expert: re.Pattern | None = None
+    stacked_experts: tuple[tuple[re.Pattern, tuple[str, ...]], ...] = ()  # (stored-name regex, per-expert names)
 
     @classmethod
     def from_json(cls, d: dict, source: str = "<family>") -> "Family":
@@ -80,6 +85,9 @@ class Family:
                 tied=tuple((h, e) for h, e in d.get("tied", [])),
                 transposed=tuple(re.compile(p) for p in d.get("transposed", [])),
                 ignore=tuple(re.compile(p) for p in d.get("ignore", [])),
+                expert=re.compile(d["expert"]) if d.get("expert") else None,
+                stacked_experts=tuple((re.compile(r["pattern"]), tuple(r["as"]))
+                                      for r in d.get("stacked_experts", [])),
             )
         except (KeyError, TypeError, ValueError, re.error) as e:
             raise UpdeltaError(f"{source}: not a valid family file ({e.__class__.__name__}: {e}); "
@@ -91,10 +99,11 @@ class TensorName:
     """What a tensor's name says: block index, component, module and parameter kind."""
 
     layer: int | None
-    component: str  # one of components(): embed, attn, mlp, norm, head, other
+    component: str  # one of components(): embed, attn, router, mlp, norm, head, other
     module: str
     param: str  # weight, bias (or the last name part for other parameters)
     tower: str | None = None  # None: the text model; "vision", "projector": see `towers()`
+    expert: int | None = None  # routed expert index (family `expert` regex); None for shared experts and the rest
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,7 @@ def _common() -> dict:
 
 @lru_cache(maxsize=1)
 def components() -> tuple[str, ...]:
-    """Every component a tensor can get, in forward order (embed, attn, mlp, norm, head, other)."""
+    """Every component a tensor can get, in forward order (embed, attn, router, mlp, norm, head, other)."""
     return tuple(_common()["components"])
 
 
@@ -228,17 +237,19 @@ def resolve_family(names: Iterable[str], config=None) -> FamilyMatch:
 
     config.json first (`architectures`, then `model_type`, then the same keys of a nested
     `text_config`). The family it names is kept unless the tensor names contradict it: they point to
-    another family and either match nothing of the named one or point to a more specific family
-    (higher priority: Phi-3 names under a config.json that says Llama). Then tensor names, by
-    descending priority; then the generic fallback. Names of towers (`tower_of`) take no part in
-    detection (a SigLIP tower's `self_attn.out_proj` is not OPT's), unless every name is a tower's."""
+    another family and either match nothing of the named one (its `detect` or `stacked_experts`
+    patterns) or point to a more specific family (higher priority: Phi-3 names under a config.json
+    that says Llama). Then tensor names, by descending priority; then the generic fallback. Names of
+    towers (`tower_of`) take no part in detection (a SigLIP tower's `self_attn.out_proj` is not OPT's),
+    unless every name is a tower's."""
     names = list(names)
     names = [n for n in names if tower_of(n) is None] or names
     by_names = _by_names(names)
     hit = _by_config(config)
     if hit is not None:
         fam, source, value = hit
-        named_matches = fam.detect is None or any(fam.detect.search(n) for n in names)
+        named_matches = fam.detect is None or any(fam.detect.search(n) or any(p.search(n) for p, _ in
+                                                                             fam.stacked_experts) for n in names)
         if by_names is None or by_names is fam or (by_names.priority <= fam.priority and named_matches):
             return FamilyMatch(fam, source, value)
         return FamilyMatch(by_names, "tensor names", value, rejected=fam.name)
@@ -264,7 +275,7 @@ def canonical(name: str) -> str:
 
 
 def parse(name: str, family: Family) -> TensorName:
-    """Layer, component, module, parameter kind and tower of tensor `name`: a tower's tensor (`tower_of`) under
+    """Layer, expert, component, module, parameter kind and tower of tensor `name`: a tower's tensor (`tower_of`) under
     the tower's rules (its layer is the tower's block index), any other under `family`'s rules."""
     tower = tower_of(name)
     if tower is not None:
@@ -275,6 +286,8 @@ def parse(name: str, family: Family) -> TensorName:
 def _parse(name: str, family: Family) -> TensorName:
     m = family.layer.search(name)
     layer = int(m.group(1)) if m else None
+    e = family.expert.search(name) if family.expert is not None else None
+    expert = int(e.group(1)) if e else None
     last = name.rsplit(".", 1)
     param = last[1] if len(last) == 2 else "weight"
     padded = name if name.endswith(".") else name + "."
@@ -282,10 +295,10 @@ def _parse(name: str, family: Family) -> TensorName:
         mm = rule.pattern.search(padded)
         if mm:
             module = rule.module.format(*mm.groups()) if rule.module is not None else mm.group(1)
-            return TensorName(layer, rule.component, module, rule.param or param)
+            return TensorName(layer, rule.component, module, rule.param or param, expert=expert)
     parts = name.split(".")
     module = parts[-2] if len(parts) >= 2 else parts[0]
-    return TensorName(layer, "other", module, param)
+    return TensorName(layer, "other", module, param, expert=expert)
 
 
 def is_transposed(name: str, family: Family) -> bool:

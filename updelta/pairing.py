@@ -9,7 +9,9 @@ Rules, in order:
 - any other shape mismatch is a `PairingError` naming the tensor and both shapes
   (or, with on_shape_mismatch="skip", the tensor is left out and listed);
 - tensors present on one side only, non-float tensors and family buffers (causal masks,
-  rotary caches) are listed in the notes.
+  rotary caches) are listed in the notes;
+- stacked expert tensors are split into per-expert rows first (`experts.expand_pairing`,
+  docs/experts.md), so a stacked side pairs with a per-expert one.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import PairingError
+from .experts import expand_pairing
 from .io import Checkpoint, TensorRef
 from .naming import Family, TensorName, canonical, is_ignored, is_transposed, parse, resolve_family
 from .options import DiffOptions
@@ -57,13 +60,13 @@ class Pairing:
     notes: dict = field(default_factory=dict)
 
 
-def _canonical_map(ck: Checkpoint) -> dict[str, str]:
+def _canonical_map(tensors: dict[str, TensorRef]) -> dict[str, str]:
     """canonical name -> stored name; falls back to stored names if stripping would collide."""
     m: dict[str, str] = {}
-    for name in ck.tensors:
+    for name in tensors:
         key = canonical(name)
         if key in m:
-            return {n: n for n in ck.tensors}
+            return {n: n for n in tensors}
         m[key] = name
     return m
 
@@ -85,8 +88,9 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
     """Pair `base` with every run in `runs` (name -> checkpoint)."""
     match = resolve_family(base.tensors, base.config)  # config.json first, then tensor names
     family = match.family
-    bmap = _canonical_map(base)
-    rmaps = {r: _canonical_map(ck) for r, ck in runs.items()}
+    btensors, rtensors, split_notes = expand_pairing(base, runs, family)  # one row per expert
+    bmap = _canonical_map(btensors)
+    rmaps = {r: _canonical_map(t) for r, t in rtensors.items()}
     heads = {h for h, _ in family.tied}
     keys = list(bmap)
     # A head tied in the base but stored by a run: compare it against the base's embedding.
@@ -99,13 +103,14 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
                    "only_in_run": {r: [] for r in runs}, "resized": [], "skipped_shape": [],
                    "non_float": [], "ignored": [], "filtered_out": 0, "family_source": match.source,
                    "unindexed": {n: ck.unindexed for n, ck in (("base", base), *runs.items()) if ck.unindexed},
-                   "dequantized": {n: ck.quantization for n, ck in (("base", base), *runs.items()) if ck.quantization}}
+                   "dequantized": {n: ck.quantization for n, ck in (("base", base), *runs.items()) if ck.quantization},
+                   "split_experts": split_notes}
     pairs: list[PairedTensor] = []
     for key in keys:
         if key in bmap:
-            bref, btied = base.tensors[bmap[key]], False
+            bref, btied = btensors[bmap[key]], False
         else:
-            bref, btied = base.tensors[bmap[_tied_source(key, bmap, family)]], True
+            bref, btied = btensors[bmap[_tied_source(key, bmap, family)]], True
         display = bmap.get(key) or next(rm[key] for rm in rmaps.values() if key in rm)
         if is_ignored(display, family):
             notes["ignored"].append(display)
@@ -120,13 +125,13 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
         sides: dict[str, RunSide] = {}
         for r, rm in rmaps.items():
             if key in rm:
-                ref, tied = runs[r].tensors[rm[key]], False
+                ref, tied = rtensors[r][rm[key]], False
             else:
                 src = _tied_source(key, rm, family)
                 if src is None:
                     notes["only_in_base"][r].append(display)
                     continue
-                ref, tied = runs[r].tensors[rm[src]], True
+                ref, tied = rtensors[r][rm[src]], True
             if btied and tied:
                 continue  # tied in both: the embedding row already covers it
             _refuse_quantized(ref, runs[r])

@@ -9,7 +9,7 @@ Everything that changes numbers is fixed here, never by the executor:
 - cheap jobs: a tensor of more than `PART_BLOCKS` blocks is split into parts of `PART_BLOCKS` blocks
   (block boundaries are those of the unsplit tensor); each part returns its per-block partial sums
   and `jobs.tensor_records` adds them in block order, exactly as one sequential pass would;
-- spectral jobs: one per 2-D (or stacked 3-D) tensor, all runs in it, largest first;
+- spectral jobs: one per 2-D tensor (stacked experts are split into 2-D rows), all runs in it, largest first;
 - torch threads per job, the same for every job of a pass, so the serial and the threaded executor
   give the same numbers (torch's thread count is process-wide: jobs in flight together must ask for
   the same count, see `jobs.use_threads`): spectral jobs `max(1, torch_threads // workers)`; cheap
@@ -105,7 +105,7 @@ class CheapJob:
 
 @dataclass(frozen=True)
 class SpectralJob:
-    """The spectral columns of one 2-D (or stacked 3-D) tensor, for every run."""
+    """The spectral columns of one 2-D tensor, for every run."""
 
     tensor: TensorSpec
     opts: DiffOptions
@@ -185,7 +185,7 @@ def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOp
                                   cheap_threads))
     spectral: list[SpectralJob] = []
     if opts.spectral != "off":
-        spectral = [SpectralJob(t, opts, env.device, spectral_threads) for t in specs if len(t.shape) >= 2]
+        spectral = [SpectralJob(t, opts, env.device, spectral_threads) for t in specs if len(t.shape) == 2]
         spectral.sort(key=lambda j: -j.cost)  # stable: equal costs keep tensor order
     return Plan(specs, tuple(cheap), tuple(spectral), pairs, workers, cheap_threads, spectral_threads, env.device,
                 env.kernel)

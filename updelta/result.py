@@ -1,7 +1,8 @@
 """The result of a diff or compare: tidy DataFrames plus the metadata that explains them.
 
 `Result.tensors` has one row per (run, tensor). Aggregates (`summary`, `components`,
-`layers`) and cross-run tables (`pairs`, `pairs_layers`, `pairs_components`,
+`layers`, and `experts` for mixture-of-experts models: one row per run, layer and routed expert,
+docs/experts.md) and cross-run tables (`pairs`, `pairs_layers`, `pairs_components`,
 `pairs_summary`) are built once from records; every column is declared in
 `updelta.schema`; they leave out tower tensors unless the `towers` option (`with_towers` rebuilds them
 either way, docs/families.md). `meta` holds the options, each checkpoint's identity, pairing notes and
@@ -35,7 +36,8 @@ META_KEY = b"updelta"
 TENSOR_COLUMNS = schema.TENSOR_COLUMNS
 DIR_FILES = {"tensors": "tensors.parquet", "pairs": "pairs.parquet", "pairs_layers": "pairs_layers.parquet",
              "pairs_summary": "pairs_summary.parquet", "layers": "layers.parquet", "summary": "summary.parquet",
-             "components": "components.parquet", "pairs_components": "pairs_components.parquet"}
+             "components": "components.parquet", "pairs_components": "pairs_components.parquet",
+             "experts": "experts.parquet"}
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Result:
     pairs_components: pd.DataFrame
     pairs_layers: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    experts: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (run, layer, expert); empty without experts
 
     @property
     def info(self) -> RunInfo:
@@ -132,10 +135,11 @@ def from_tensors(tensors: pd.DataFrame, pairs: pd.DataFrame, meta: dict) -> Resu
     """Derive aggregates from a per-tensor table and a per-tensor pair table."""
     if "shape" in tensors:  # a list of ints per tensor (parquet gives arrays; updelta 0.1.0 wrote "16x16")
         tensors["shape"] = tensors["shape"].map(schema.shape_list)
-    if "layer" in tensors:
-        tensors["layer"] = tensors["layer"].astype("Int64")
-    if not pairs.empty and "layer" in pairs:
-        pairs["layer"] = pairs["layer"].astype("Int64")
+    for key in ("layer", "expert"):
+        if key in tensors:
+            tensors[key] = tensors[key].astype("Int64")
+        if not pairs.empty and key in pairs:
+            pairs[key] = pairs[key].astype("Int64")
     # Tower tensors (vision encoders, projectors) are left out of the aggregates unless the `towers` option;
     # counted, they are keyed by tower, so that a vision block is never text layer N (docs/families.md).
     towers = towers_included(meta)
@@ -154,7 +158,22 @@ def from_tensors(tensors: pd.DataFrame, pairs: pd.DataFrame, meta: dict) -> Resu
         pairs_components=aggregate_pairs(p, [*tw_p, "component"]),
         pairs_layers=aggregate_pairs(p, [*tw_p, "layer", "component"]),
         meta=meta,
+        experts=expert_table(tensors),
     )
+
+
+def expert_table(tensors: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, layer, routed expert): every projection of the expert summed (figures from the summed
+    raw sums, as `Result.layers`); empty (with the key columns) when no row has an expert."""
+    keys = ["run", "layer", "expert"]
+    if "expert" not in tensors or tensors.empty or not tensors["expert"].notna().any():
+        return pd.DataFrame(columns=keys)
+    out = aggregate_tensors(tensors[tensors["expert"].notna()], keys)
+    for k in ("layer", "expert"):
+        out[k] = out[k].astype("Int64")
+    order = {r: i for i, r in enumerate(pd.unique(tensors["run"]))}  # runs in table order, experts by number
+    out = out.assign(_r=out["run"].map(order)).sort_values(["_r", "layer", "expert"], kind="stable")
+    return out.drop(columns="_r").reset_index(drop=True)
 
 
 def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict]:

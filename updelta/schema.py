@@ -49,7 +49,7 @@ class Column:
     fmt: str = "g"  # how text and reports print it: g, pct, int
     formula: tuple[str, ...] = ()  # (op, input, ...) for agg == "formula"; ops in FORMULAS
     dtype: str = ""  # float, int, str, bool, list (spectral: the kind the spectral code uses)
-    mode: str = ""  # spectral columns: fast, full, expert, timing
+    mode: str = ""  # spectral columns: fast, full, timing
     gate: bool = False  # usable as a gate metric
 
     def in_table(self, table: str) -> bool:
@@ -76,6 +76,7 @@ _IDS = [
     _c("run_b", _PPA, "id", "key", dtype="str"),
     _c("name", (TENSORS, PAIRS), "id", "none", dtype="str"),
     _c("layer", _ALL, "id", "key", dtype="int"),
+    _c("expert", _ALL, "id", "key", dtype="int"),  # routed expert index (docs/experts.md); null for the rest
     _c("component", _ALL, "id", "key", dtype="str"),
     _c("module", (TENSORS, PAIRS), "id", "none", dtype="str"),
     _c("param", (TENSORS, PAIRS), "id", "none", dtype="str"),
@@ -177,8 +178,6 @@ _PAIR = [
 # Spectral columns (metrics/spectral.py computes them; docs/metrics.md defines them). dtype is the kind the
 # spectral code uses: float, int (nullable), list.
 INTRUDER_SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))  # thresholds of `intruders_sweep`: 0.1 .. 0.9
-EXPERT_SCALARS = ("stable_rank", "topk_energy", "energy_rank_90", "energy_rank_99", "rank_frac", "erank",
-                  "nss", "angle_u_max_deg", "angle_v_max_deg", "offprincipal_overlap", "intruders")
 _SPEC_LABELS = {
     "stable_rank": (r"stable rank $\|\Delta W\|_F^2/\|\Delta W\|_2^2$", "stable rank of the update"),
     "erank": ("effective rank (dimensions)", "effective rank of the update"),
@@ -195,14 +194,12 @@ _SPEC = [  # name, mode, dtype, fmt, header
     ("angle_u_max_deg", "full", "float", "g", ""), ("angle_v_max_deg", "full", "float", "g", ""),
     ("offprincipal_overlap", "full", "float", "pct", ""), ("offprincipal_chance", "full", "float", "pct", ""),
     ("intruders", "full", "int", "g", ""), ("intruders_sweep", "full", "list", "g", ""),
-    ("n_experts", "expert", "int", "int", ""),
-    *[(f"{c}_experts", "expert", "list", "g", "") for c in EXPERT_SCALARS],
     ("spectral_s", "timing", "float", "g", ""),
 ]
 
 
 def _spectral_column(name, mode, dtype, fmt, header) -> Column:
-    scalar = dtype in ("float", "int") and mode != "expert"  # medians over 2-D tensors in the aggregates
+    scalar = dtype in ("float", "int")  # medians over 2-D tensors in the aggregates
     label, title = _SPEC_LABELS.get(name, ("", ""))
     return _c(name, _TA if scalar else _T, "spectral", "median_2d" if scalar else "none", dtype=dtype, mode=mode,
               fmt=fmt, header=header, label=label, title=title, unit="seconds" if mode == "timing" else "",
@@ -211,7 +208,7 @@ def _spectral_column(name, mode, dtype, fmt, header) -> Column:
 
 _SPECTRAL = [_spectral_column(*s) for s in _SPEC] + [
     _c("n_spectral", _A, "spectral", "none", dtype="int", unit="tensors", fmt="int",
-       title="tensors with spectral figures (2-D and stacked 3-D)"),
+       title="tensors with spectral figures (2-D; stacked experts are split into 2-D rows)"),
     _c("n_spectral_skipped", _A, "spectral", "none", dtype="int", unit="tensors", fmt="int",
        title="1-D / 0-D tensors (no spectral figures by definition)"),
     _c("spectral_s_total", _A, "spectral", "none", dtype="float", unit="seconds", title="spectral seconds, summed"),
@@ -234,10 +231,10 @@ def columns(table: str, kind: str | tuple[str, ...] | None = None, agg: str | No
 
 # The per-tensor table's leading columns (ids, counts, cheap metrics and raw sums, in this order); hist and
 # spectral columns follow.
-TENSOR_COLUMNS = [c for c in ("run", "name", "layer", "component", "module", "param", "tower", "shape", "numel",
+TENSOR_COLUMNS = [c for c in ("run", "name", "layer", "expert", "component", "module", "param", "tower", "shape", "numel",
                               "dtype_base", "dtype_ft", "resized", "added_rows", "added_fro", "tied", "delta_fro",
-                              "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base",
-                              "sparsity_exact", "sparsity_atol", "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft")] + \
+                              "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base", "sparsity_exact",
+                              "sparsity_atol", "sparsity_rtol", "n_compared", "nonfinite_base", "nonfinite_ft")] + \
     list(columns(TENSORS, "sum"))
 CHEAP = tuple(c for c in columns(TENSORS, "metric") if COLUMNS[c].agg in ("formula", "max"))
 RAW_SUMS = columns(TENSORS, "sum")
@@ -245,7 +242,7 @@ PAIR_SUMS = columns(PAIRS, "sum") + ("n_compared",)
 
 
 def spectral_columns(mode: str | None = None) -> dict[str, str]:
-    """{name: dtype} of the per-tensor spectral columns (of one `mode`: fast, full, expert, timing)."""
+    """{name: dtype} of the per-tensor spectral columns (of one `mode`: fast, full, timing)."""
     return {c.name: c.dtype for c in COLUMNS.values() if c.kind == "spectral" and TENSORS in c.tables
             and (mode is None or c.mode == mode)}
 

@@ -1,5 +1,5 @@
 """Spectral and subspace metrics: planted spectra with closed-form values, float64 references,
-`fast` against `full`, `full` against the registered definitions, experts, float64 and the summary."""
+`fast` against `full`, `full` against the registered definitions, float64 and the summary."""
 from __future__ import annotations
 
 import math
@@ -411,43 +411,17 @@ def test_float64_option():
     assert f64["rank_frac"] == REGISTRY["rank_frac"](w0, w1, DiffOptions(spectral_float64=True))
 
 
-def test_stacked_experts():
-    specs = [[3.0, 2.0], [2.0, 2.0, 2.0, 2.0], [5.0]]  # stable ranks 13/9, 4, 1
-    w0 = torch.stack([base(70, 50, seed=90 + e) for e in range(3)])
-    w1 = torch.stack([(w0[e].double() + planted(70, 50, s, seed=95 + e)).float() for e, s in enumerate(specs)])
-    out = sp.spectral_columns(w0, w1, DiffOptions(spectral="full", topk=4))
-    assert out["n_experts"] == 3
-    per = [sp.spectral_columns(w0[e], w1[e], DiffOptions(spectral="full", topk=4)) for e in range(3)]
-    assert out["stable_rank_experts"] == pytest.approx([p["stable_rank"] for p in per])
-    assert out["stable_rank_experts"] == pytest.approx([13 / 9, 4.0, 1.0], rel=1e-3)
-    assert out["stable_rank"] == pytest.approx(13 / 9, rel=1e-3)  # the median of 13/9, 4, 1
-    # 90% of 9 + 4 = 11.7 needs both values; 90% of 4 x 4 = 14.4 needs all four; one value holds 100%
-    assert out["energy_rank_90_experts"] == [2, 4, 1]
-    assert out["energy_rank_90"] == 2
-    assert out["intruders_experts"] == [p["intruders"] for p in per]
-    # list columns: element-wise median over experts (sorted top-4 values: [3,2,0,0], [2,2,2,2], [5,0,0,0])
-    assert np.allclose(out["topk_sv"], [3.0, 2.0, 0.0, 0.0], atol=1e-3)
-    for c in SP_SCALARS_IN_FULL:
-        assert c in out and f"{c}_experts" in out
-
-
-SP_SCALARS_IN_FULL = ["stable_rank", "erank", "nss", "rank_frac", "offprincipal_overlap", "angle_u_max_deg"]
-
-
-def test_expert_median_treats_missing_energy_rank_as_beyond_k():
-    rows = [{"energy_rank_90": 2, "stable_rank": 1.0}, {"energy_rank_90": None, "stable_rank": None},
-            {"energy_rank_90": None, "stable_rank": 3.0}]
-    out = sp._combine_experts(rows)
-    assert out["energy_rank_90"] is None  # median of 2, >k, >k is > k
-    assert out["stable_rank"] == 2.0  # null stable rank (D = 0) is left out
-    out = sp._combine_experts([{"energy_rank_90": v} for v in (2, 3, None)])
-    assert out["energy_rank_90"] == 3
+def test_only_2d_tensors_have_spectral_columns():
+    """Stacked experts arrive split into 2-D rows (updelta.experts); any other rank gets no spectral columns."""
+    w0 = torch.stack([base(20, 10, seed=90 + e) for e in range(3)])
+    assert sp.spectral_columns(w0, w0 + 1, DiffOptions(spectral="full")) == {}
+    assert sp.spectral_columns(w0[0, 0], w0[0, 0] + 1, DiffOptions(spectral="fast")) == {}
+    assert "stable_rank" in sp.spectral_columns(w0[0], w0[0] + 1, DiffOptions(spectral="fast"))
 
 
 def test_columns_declared_with_kinds():
     w0, w1 = _update_with_gaps(120, 90, seed=5)
-    outs = [sp.spectral_columns(w0, w1, FAST), sp.spectral_columns(w0, w1, FULL),
-            sp.spectral_columns(torch.stack([w0, w0]), torch.stack([w1, w0]), FULL)]
+    outs = [sp.spectral_columns(w0, w1, FAST), sp.spectral_columns(w0, w1, FULL)]
     cols = list(sp.SPECTRAL_COLUMNS)
     assert cols[-1] == "spectral_s"
     for out in outs:

@@ -13,14 +13,14 @@ import typer
 
 from ..errors import UpdeltaError
 
-KINDS = ("heatmap", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff")
-DEFAULT_METRIC = {"heatmap": "rel_delta", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
+KINDS = ("heatmap", "experts", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff")
+DEFAULT_METRIC = {"heatmap": "rel_delta", "experts": "rel_delta", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
                   "tradeoff": "rel_delta"}
 
 
 def make_figure(result, kind: str, metric: Optional[str] = None, runs: Optional[list[str]] = None,
                 bias: bool = False, scale: str = "auto", evals: Optional[dict] = None):
-    """The figure `updelta plot` draws: `kind` with its `metric` (heatmap/layer_profile: a table column;
+    """The figure `updelta plot` draws: `kind` with its `metric` (heatmap/experts/layer_profile: a table column;
     run_similarity: delta_cos|sign_agree|jaccard[_conv]|overlap[_conv]; tradeoff: the x column)."""
     from .. import plot as up
 
@@ -37,6 +37,8 @@ def make_figure(result, kind: str, metric: Optional[str] = None, runs: Optional[
     runs = list(runs) if runs else None
     if kind == "heatmap":
         return up.heatmap(result, metric, runs=runs, params=("weight", "bias") if bias else ("weight",), log=log)
+    if kind == "experts":
+        return up.experts_heatmap(result, metric, runs=runs, log=log)
     if kind == "layer_profile":
         return up.layer_profile(result, metric, runs=runs, log=log)
     if kind == "run_similarity":
@@ -63,10 +65,11 @@ def register(app: typer.Typer) -> None:
     def plot(
         result: Annotated[Path, typer.Argument(help="A .parquet written by `updelta diff --out` or a folder "
                                                     "written by `updelta compare --out`.")],
-        kind: Annotated[str, typer.Option("--kind", "-k", help="heatmap, layer_profile, run_similarity, spectrum, "
-                                                               "distribution or tradeoff.")] = "heatmap",
+        kind: Annotated[str, typer.Option("--kind", "-k", help="heatmap, experts (layer x expert), layer_profile, "
+                                                               "run_similarity, spectrum, distribution or "
+                                                               "tradeoff.")] = "heatmap",
         metric: Annotated[Optional[str], typer.Option(
-            "--metric", "-m", help="heatmap/layer_profile: a column (default rel_delta; e.g. sparsity_atol, "
+            "--metric", "-m", help="heatmap/experts/layer_profile: a column (default rel_delta; e.g. sparsity_atol, "
                                    "cos_delta_base, delta_cos); run_similarity: delta_cos, sign_agree, jaccard, "
                                    "overlap, optionally _exact/_atol/_rtol (default delta_cos); tradeoff: the "
                                    "update-size column (default rel_delta).")] = None,

@@ -1,8 +1,10 @@
 """Where a tensor's bytes are, as plain picklable data, and block readers opened from it.
 
 A `TensorLocation` names the file, its format, the stored tensor name, dtype, shape and, for
-safetensors, the absolute byte offset of element 0. It holds no open file, so a job that carries
-locations can go to another thread, process or machine that sees the same paths.
+safetensors, the absolute byte offset of element 0. `start` makes it a view: elements
+[start, start + numel) of the stored tensor, with `shape` the view's (one expert of a stacked
+expert tensor, docs/experts.md); readers add it to every read. It holds no open file, so a job
+that carries locations can go to another thread, process or machine that sees the same paths.
 
 `open_reader(location)` returns a `BlockReader`. Open files are cached per process, keyed by path:
 - safetensors: one read-only descriptor per file; a block is a plain `pread` of its byte range at
@@ -48,6 +50,7 @@ class TensorLocation:
     shape: tuple[int, ...]
     offset: int = -1  # safetensors: absolute byte offset of element 0 in the file; -1 for torch files
     dequant: "Dequant | None" = None  # a quantized weight read as float32 values (`io.quantized`)
+    start: int = 0  # element offset of this view into the stored tensor (0: the whole tensor)
 
     @property
     def numel(self) -> int:
@@ -91,15 +94,26 @@ class _SafetensorsReader:
         self.fd, self.loc, self.raw = fd, loc, RAW_DTYPES[loc.dtype]
 
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-        return pread_elements(self.fd, self.loc.offset, self.raw, start, count, out, self.loc.path, self.loc.name)
+        return pread_elements(self.fd, self.loc.offset, self.raw, self.loc.start + start, count, out, self.loc.path,
+                              self.loc.name)
 
 
 class _TorchReader:
     def __init__(self, tf: TorchFile, loc: TensorLocation):
-        self.tf, self.name = tf, loc.name
+        self.tf, self.name, self.start = tf, loc.name, loc.start
 
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-        return self.tf.read(self.name, start, count, out)
+        return self.tf.read(self.name, self.start + start, count, out)
+
+
+class _View:
+    """Elements [start, start + count) of a view that begins `offset` elements into the reader's tensor."""
+
+    def __init__(self, reader, offset: int):
+        self.reader, self.offset = reader, offset
+
+    def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self.reader.read(self.offset + start, count, out)
 
 
 class _OpenFiles:
@@ -162,8 +176,9 @@ def open_reader(loc: TensorLocation) -> BlockReader:
     """A block reader of `loc`, from this process's cache of open files."""
     if loc.dequant is not None:  # float32 values of a quantized weight, de-quantized block by block
         from .quantized import DequantReader
-        return DequantReader(open_reader(replace(loc, dtype=loc.dequant.dtype, dequant=None)),
-                             open_reader(loc.dequant.scale), loc.dequant)
+        whole = DequantReader(open_reader(replace(loc, dtype=loc.dequant.dtype, dequant=None, start=0)),
+                              open_reader(loc.dequant.scale), loc.dequant)  # scales are indexed from element 0
+        return _View(whole, loc.start) if loc.start else whole
     if loc.format == "safetensors":
         return _SafetensorsReader(_FILES.fd(loc.path), loc)
     if loc.format == "torch":

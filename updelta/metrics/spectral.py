@@ -28,11 +28,7 @@ Conventions where the references leave a choice (all stated in the docstrings):
   off-principal overlap is null (no changed element).
 - Energy ranks beyond k: null ("> k"), never a guess.
 - Non-finite W0 or W1: every column null except `spectral_s` (no SVD of NaN/Inf).
-- Stacked experts [E, out, in]: each expert is a 2-D matrix; a scalar column holds the median over
-  experts (float columns: the usual median, mean of the two middle values for even E; int columns:
-  the lower median, so they stay integers; nulls of the energy ranks count as +inf, i.e. "> k";
-  other nulls are left out) and `<column>_experts` lists the per-expert values; a list column holds
-  the element-wise median over experts (same rules).
+- Stacked experts: split into one 2-D row per expert before they get here (docs/experts.md).
 """
 from __future__ import annotations
 
@@ -47,8 +43,6 @@ from .. import schema
 from ..options import DiffOptions
 from .linalg import QR_ASPECT, svdvals, tall_r, topk_singular_values
 from .registry import metric
-from .summary import NULL_IS_INF as _NULL_IS_INF
-from .summary import median as _median
 from .summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
 
 RANK = "metrics.md, Rank of an update"
@@ -64,12 +58,8 @@ ENERGY_RTOL = 1e-6  # energy ranks compare cumulative energy with q ||D||_F^2 (1
 # Column kinds (float, int, list) per mode: declared once in updelta.schema.
 FAST_COLUMNS: dict[str, str] = schema.spectral_columns("fast")
 FULL_COLUMNS: dict[str, str] = schema.spectral_columns("full")
-# scalar columns that get a per-expert list `<name>_experts` on 3-D (stacked expert) tensors
-_EXPERT_SCALARS = list(schema.EXPERT_SCALARS)
-EXPERT_COLUMNS: dict[str, str] = schema.spectral_columns("expert")
 
 SPECTRAL_COLUMNS: dict[str, str] = schema.spectral_columns()
-_KIND = SPECTRAL_COLUMNS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,37 +328,14 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     return out
 
 
-def _list_median(lists: list) -> list | None:
-    ls = [x for x in lists if x is not None]
-    if not ls:
-        return None
-    n = min(len(x) for x in ls)
-    is_int = all(isinstance(v, int) for x in ls for v in x[:n])
-    return [_median([x[i] for x in ls], "int" if is_int else "float", False) for i in range(n)]
-
-
-def _combine_experts(rows: list[dict[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {"n_experts": len(rows)}
-    for col in rows[0]:
-        vals = [r[col] for r in rows]
-        kind = _KIND[col]
-        if kind == "list":
-            out[col] = _list_median(vals)
-        else:
-            out[col] = _median(vals, kind, col in _NULL_IS_INF)
-        if col in _EXPERT_SCALARS:
-            out[f"{col}_experts"] = vals
-    return out
-
-
 def spectral_columns(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
     """Spectral columns of one tensor pair (`opts.spectral` "fast" or "full"); see the module docstring.
 
     w0, w1: base and fine-tuned weight, float32 (or float64 when stored so), on the engine's device,
-    oriented [out, in]. 2-D: one matrix; 3-D: stacked experts [E, out, in] (medians over experts and
-    `<column>_experts` lists, plus `n_experts`); 1-D or 0-D: {} (the engine fills nulls).
+    oriented [out, in]. 2-D only (stacked experts arrive split into one 2-D row per expert,
+    docs/experts.md); any other rank: {} (the engine fills nulls).
     Always includes `spectral_s`, the wall seconds of this call (CUDA synchronised)."""
-    if w0.ndim < 2 or w0.ndim > 3:
+    if w0.ndim != 2:
         return {}
     if w0.shape != w1.shape:
         raise ValueError(f"spectral_columns: shapes differ {tuple(w0.shape)} vs {tuple(w1.shape)}")
@@ -378,10 +345,7 @@ def spectral_columns(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> d
     fn = _matrix_full if opts.spectral == "full" else _matrix_fast
     if not w0.dtype.is_floating_point or w0.dtype in (torch.float16, torch.bfloat16):
         w0, w1 = w0.float(), w1.float()
-    if w0.ndim == 2:
-        out = fn(w0, w1, opts)
-    else:
-        out = _combine_experts([fn(w0[e], w1[e], opts) for e in range(w0.shape[0])])
+    out = fn(w0, w1, opts)
     if w0.is_cuda:
         torch.cuda.synchronize(w0.device)
     out["spectral_s"] = time.perf_counter() - t0

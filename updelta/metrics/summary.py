@@ -1,7 +1,7 @@
 """Spectral figures of a group of tensors: medians over its 2-D tensors (torch-free).
 
-The aggregates (`updelta.aggregate`) call `summarize`; `metrics.spectral` uses `median` for
-stacked experts. Which columns are medians, and of which kind (float or int), is declared in
+The aggregates (`updelta.aggregate`) call `summarize`. Stacked experts reach the tables as one
+2-D row per expert (docs/experts.md), so each expert is one tensor here. Which columns are medians, and of which kind (float or int), is declared in
 `updelta.schema` (`agg="median_2d"`). Definitions: docs/metrics.md.
 """
 from __future__ import annotations
@@ -51,8 +51,7 @@ def _ndim(df: pd.DataFrame) -> pd.Series | None:
 
 def summarize(tensors: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Per-group medians over 2-D tensors of the numeric spectral columns, for the whole-model and
-    per-component spectral figures ("medians over 2-D tensors"; a stacked-expert tensor counts once,
-    with its median over experts).
+    per-component spectral figures ("medians over 2-D tensors"; every expert is its own 2-D row).
 
     Group keys `by` (e.g. ["run", "component"] or ["run"]; [] for one row). Float columns: the median
     over the tensors that have a value. Int columns (`energy_rank_*`, `intruders`): the lower median,

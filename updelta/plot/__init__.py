@@ -5,6 +5,7 @@ state; the caller saves (`savefig(fig, "out.png")`, 150 dpi) or displays the fig
     import updelta, updelta.plot as up
     r = updelta.load("runs.cmp/")                 # or updelta.compare(...)
     up.heatmap(r, "rel_delta")                    # layers x modules, one panel per run
+    up.experts_heatmap(r, "rel_delta")            # layers x routed experts (mixture-of-experts models)
     up.layer_profile(r, "sparsity_atol")          # metric per layer, one line per run
     up.run_similarity(r, "jaccard_atol")          # cross-run matrix with random baselines
     up.spectrum(r)                                # needs spectral="fast"/"full"
@@ -20,10 +21,11 @@ from __future__ import annotations
 import pandas as pd
 
 from ._common import DPI, savefig, style
+from .experts import experts_heatmap
 from .grids import heatmap, run_similarity
 from .lines import distribution, layer_profile, spectrum, tradeoff
 
-__all__ = ["heatmap", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff", "savefig",
+__all__ = ["heatmap", "experts_heatmap", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff", "savefig",
            "with_evals", "style", "DPI"]
 
 
