@@ -36,7 +36,8 @@ class ExpertSlice(TensorRef):
 
     @property
     def location(self):
-        return replace(self.source.location if self.source is not None else super().location, start=self.start)
+        return replace(self.source.location if self.source is not None else super().location, start=self.start,
+                       shape=tuple(self.shape))
 
     def read(self, start: int, count: int, out=None):
         if self.source is not None:

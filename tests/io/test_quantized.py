@@ -352,3 +352,38 @@ def test_text_summary_says_what_was_dequantized(monkeypatch, capsys, fp8_pair):
     notes = [x.strip() for x in out.splitlines() if x.strip().startswith("de-quantized")]
     assert len(notes) == 2 and notes[0].startswith("de-quantized (base): ") and notes[1].startswith("de-quantized (run)")
     assert "float8_e4m3fn" in notes[0] and "128x128" in notes[0] and "scale tensors not compared" in notes[0]
+
+
+def test_stacked_fp8_experts_split_into_rows_read_through_their_scales(tmp_path):
+    # A stacked FP8 gate_up_proj [E, 2I, H] splits into per-expert gate/up rows; each row's values are the
+    # de-quantized slice (the scale grid is indexed from the stacked tensor's element 0, not the slice's).
+    g = torch.Generator().manual_seed(3)
+    E, I2, H = 3, 260, 130
+    codes0 = (torch.randn(E, I2, H, generator=g) * 50).clamp(-448, 448).to(FP8)
+    codes1 = codes0.clone()
+    codes1[2, 140:150, 10:20] = (codes1[2, 140:150, 10:20].float() * 1.5).clamp(-448, 448).to(FP8)  # expert 2, up
+    scale = torch.rand(E, 3, 2, generator=g) + 0.5
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    extra = {"model.layers.0.mlp.experts.down_proj": torch.zeros(E, H, I2 // 2), "model.norm.weight": torch.ones(H)}
+    cfg = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "quantization_config": FP8_CONFIG}
+    paths = []
+    for tag, codes in (("b", codes0), ("r", codes1)):
+        d = tmp_path / tag
+        d.mkdir()
+        save_file({name: codes, name + "_scale_inv": scale, **extra}, str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps(cfg))
+        paths.append(d)
+    res = updelta.diff(paths[0], paths[1], spectral="off")
+    t = res.tensors
+    v0 = torch.stack([dequant(codes0[e], scale[e]) for e in range(E)]).double()
+    v1 = torch.stack([dequant(codes1[e], scale[e]) for e in range(E)]).double()
+    rows = t[t["module"].str.startswith("experts.") & t["name"].str.contains("gate_proj|up_proj")]
+    assert len(rows) == 2 * E
+    for e in range(E):
+        for j, half in enumerate(("gate_proj", "up_proj")):
+            r = rows[(rows["expert"] == e) & rows["name"].str.contains(half)].iloc[0]
+            w0, w1 = v0[e, j * 130:(j + 1) * 130], v1[e, j * 130:(j + 1) * 130]
+            assert r["delta_fro"] == pytest.approx(float((w1 - w0).norm()), rel=1e-6, abs=1e-12)
+            assert r["base_fro"] == pytest.approx(float(w0.norm()), rel=1e-6)
+    changed = rows[rows["delta_fro"] > 0]
+    assert len(changed) == 1 and int(changed["expert"].iloc[0]) == 2 and "up_proj" in changed["name"].iloc[0]
