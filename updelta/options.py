@@ -76,6 +76,9 @@ class DiffOptions:
                         at_least=0)
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
     progress: bool = _opt(True, "Show a progress bar on stderr.")
+    download: bool = _opt(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
+                                 "(weights, indexes, config, tokenizer and adapter files); without it ids are read "
+                                 "from the cache only, offline.")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -7,8 +7,8 @@ Two registries, each in one place:
 - `RESOLVERS`: ordered functions `path -> Layout | None`. The first that recognises a path says which weight
   files make up the checkpoint, in which format, and (for a sharded checkpoint) the index that maps tensors to
   shards. Today: sharded safetensors, a single model.safetensors, sharded .bin, pytorch_model.bin, a folder of
-  .safetensors files, a folder holding one .bin/.pt, and a single weights file. A Hugging Face cache id or a
-  remote URL is one more resolver that returns a local (or fetched) layout.
+  .safetensors files, a folder holding one .bin/.pt, and a single weights file. Hub ids are turned into
+  local folders before (`hub.locate`, docs/inputs.md).
 
 A resolver only looks at names and JSON; opening and validating the weight files is `open_layout`'s job.
 See docs/formats.md for the layouts and the validation rules.
