@@ -16,6 +16,7 @@ RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 def _handler(root: Path, ranges: bool, stats: dict):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stalls)
 
         def log_message(self, *args):
             pass

@@ -7,15 +7,18 @@ is one (docs/inputs.md).
 
 A `RemoteSafetensorsFile` is a `TensorFile`: its header is fetched with two range requests (the 8-byte length,
 then the header) and validated by `safetensors_header.parse_header`, the same rules as local files, against the
-size the server reports; every block read afterwards is one range request of exactly the bytes of that block, so
-memory is one block per worker whatever the model size. Before anything else each file is probed with a range
-request that does not start at byte 0: a server that answers with the whole file (no range support) is refused in
-one line instead of being downloaded into memory. Its location (`io.locations`, kind `remote`) carries only the
-URL, so a job can reopen it in another process.
+size the server reports. Blocks are read by range requests of at least the block and at most a 4 MiB read-ahead
+window that never runs past the tensor's end (one window per thread and file), so memory stays flat whatever the
+model size. Before anything else each file is probed with a range request that does not start at byte 0: a server
+that answers with the whole file (no range support) is refused in one line instead of being downloaded into
+memory. Its location (`io.locations`, kind `remote`) carries only the URL, so a job can reopen it in another
+process.
 """
 from __future__ import annotations
 
+import math
 import posixpath
+import threading
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from .safetensors_file import DTYPES
 from .safetensors_header import header_length, parse_header
 
 INSTALL = "pip install 'updelta[remote]'"
+READAHEAD = 4 << 20  # bytes fetched per range request when blocks are smaller (one window per thread and file)
 
 
 class URLPath(str):
@@ -93,6 +97,7 @@ class RemoteSafetensorsFile:
             raise CheckpointError(f"{url}: the server reports no size (Content-Length); serve the file from a "
                                   f"server that does, or download it and pass the local path")
         self.size = int(size)
+        self._window = threading.local()
         self._probe()
         n = header_length(self._get(0, min(8, self.size)), self.size, url)
         header = parse_header(self._get(8, 8 + n), self.size, url)
@@ -152,7 +157,13 @@ class RemoteSafetensorsFile:
             out = np.empty(nbytes, dtype=np.uint8)
         if nbytes:
             begin = offset + start * raw.itemsize
-            out[:nbytes] = np.frombuffer(self._get(begin, begin + nbytes), dtype=np.uint8)
+            w0, data = getattr(self._window, "span", (0, b""))
+            if not (w0 <= begin and begin + nbytes <= w0 + len(data)):
+                # read ahead up to READAHEAD bytes, never past the end of this tensor
+                tensor_end = offset + math.prod(self.entries[name][1]) * raw.itemsize
+                w0, data = begin, self._get(begin, max(begin + nbytes, min(begin + READAHEAD, tensor_end)))
+                self._window.span = (w0, data)
+            out[:nbytes] = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=begin - w0)
         return out[:nbytes].view(raw)
 
     def sample(self) -> bytes:
