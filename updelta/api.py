@@ -32,7 +32,8 @@ def _options(options: DiffOptions | None, overrides: dict) -> DiffOptions:
 def run_name(path: str | os.PathLike) -> str:
     """The default run name of a checkpoint path: its folder name, or its file name without suffix."""
     p = Path(str(path).rstrip("/"))
-    return (p.name if p.is_dir() else p.stem) or "finetuned"
+    weights_file = p.suffix in (".safetensors", ".bin", ".pt", ".pth") and not p.is_dir()
+    return (p.stem if weights_file else p.name) or "finetuned"  # a Hub id keeps its dots: org/Qwen2.5-0.5B
 
 
 def diff(base: str | os.PathLike, finetuned: str | os.PathLike, options: DiffOptions | None = None,

@@ -21,6 +21,7 @@ from ._version import __version__
 from .errors import UpdeltaError, UpdeltaWarning
 from .executors import make_executor
 from .io import Checkpoint, open_checkpoint
+from .io.hub import locate
 from .io.locations import reader_scope
 from .jobs import run_job, run_spectral_job, tensor_records
 from .metrics import elementwise as ew
@@ -98,11 +99,11 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
         raise UpdeltaError("no fine-tuned checkpoint given; pass at least one NAME=PATH")
     t0 = time.perf_counter()
     cks: dict[str, Checkpoint] = {}
-    b = open_checkpoint(base)
+    b = open_checkpoint(locate(base, opts.download))
     caller_threads = torch.get_num_threads()
     try:
         for r, p in runs.items():
-            cks[r] = open_checkpoint(p)
+            cks[r] = open_checkpoint(locate(p, opts.download))
         env = machine_env(opts)
         pairing: Pairing = pair_checkpoints(b, cks, opts)
         plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env)

@@ -79,6 +79,9 @@ class DiffOptions:
                                "`tower` column) in the aggregates and gates, keyed by tower; by default they are "
                                "per-tensor rows only (docs/families.md).")
     progress: bool = _opt(True, "Show a progress bar on stderr.")
+    download: bool = _opt(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
+                                 "(weights, indexes, config, tokenizer and adapter files); without it ids are read "
+                                 "from the cache only, offline.")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .formats import FileSet, TensorFile, is_adapter, open_files, resolve
+from .hub import is_url
 from .jsonfiles import read_config
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # Low-precision formats that store quantized weights: never measured as if they were plain numbers (a float8 weight
@@ -108,6 +109,9 @@ class Checkpoint(FileSet):
         h = hashlib.sha256()
         for f in self.files:  # sampled content hash: name, size, first and last 64 KiB of every file
             h.update(f"{f.path.name}:{f.size}".encode())
+            if hasattr(f, "sample"):  # a remote file fetches its own sample
+                h.update(f.sample())
+                continue
             with open(f.path, "rb") as fh:
                 h.update(fh.read(1 << 16))
                 fh.seek(max(f.size - (1 << 16), 0))
@@ -133,7 +137,11 @@ class Checkpoint(FileSet):
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open the checkpoint at `path` (layouts: `formats.RESOLVERS`). Reads and validates headers only."""
+    """Open the checkpoint at `path` (layouts: `formats.RESOLVERS`; a URL: `remote`). Reads and validates headers
+    only."""
+    if is_url(path):
+        from .remote import open_remote
+        return _build(*open_remote(path))
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder; pass a Hugging Face model folder, "
@@ -144,8 +152,14 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
                                                    f"model.safetensors.index.json, pytorch_model.bin or its index)")
     config = read_config(p) if p.is_dir() else {}
     files = open_files(layout)
+    return _build(p, layout.format, files, config, layout.weight_map, layout.index)
+
+
+def _build(p, fmt: str, files: list, config: dict, weight_map: dict | None, index) -> Checkpoint:
+    """The checkpoint of opened `files`, checked: it holds tensors, and no quantized weights under a config that
+    declares a quantization (every file is closed on failure)."""
     try:
-        ck = Checkpoint(p, layout.format, files, config, layout.weight_map, layout.index)
+        ck = Checkpoint(p, fmt, files, config, weight_map, index)
     except BaseException:
         for f in files:
             f.close()

@@ -7,8 +7,8 @@ Two registries, each in one place:
 - `RESOLVERS`: ordered functions `path -> Layout | None`. The first that recognises a path says which weight
   files make up the checkpoint, in which format, and (for a sharded checkpoint) the index that maps tensors to
   shards. Today: sharded safetensors, a single model.safetensors, sharded .bin, pytorch_model.bin, a folder of
-  .safetensors files, a folder holding one .bin/.pt, and a single weights file. A Hugging Face cache id or a
-  remote URL is one more resolver that returns a local (or fetched) layout.
+  .safetensors files, a folder holding one .bin/.pt, and a single weights file. Hub ids are turned into
+  local folders before (`hub.locate`, docs/inputs.md).
 
 A resolver only looks at names and JSON; opening and validating the weight files is `open_layout`'s job.
 See docs/formats.md for the layouts and the validation rules.
@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..errors import CheckpointError
+from .framework import DCPFile, dcp_folder, refuse_framework
 from .jsonfiles import read_index
 from .safetensors_file import SafetensorsFile
 from .torch_file import TorchFile
@@ -65,6 +66,7 @@ class FileSet:
 FILE_READERS: dict[str, Callable[[Path], TensorFile]] = {
     ".safetensors": SafetensorsFile,
     **{s: TorchFile for s in TORCH_SUFFIXES},
+    ".metadata": DCPFile,  # a torch.distributed.checkpoint folder, opened by its .metadata (io.framework)
 }
 
 
@@ -72,7 +74,7 @@ FILE_READERS: dict[str, Callable[[Path], TensorFile]] = {
 class Layout:
     """What a checkpoint path stands for: its format, weight files and (when sharded) its index."""
 
-    format: str  # safetensors | safetensors-sharded | bin | bin-sharded
+    format: str  # safetensors | safetensors-sharded | bin | bin-sharded | dcp
     files: tuple[Path, ...]
     index: Path | None = None  # the shard index whose weight_map names the tensors
     weight_map: dict[str, str] | None = None  # tensor -> shard file name, from the index
@@ -129,6 +131,14 @@ def _st_folder(p: Path) -> Layout | None:
     return Layout("safetensors" if len(st) == 1 else "safetensors-sharded", st)
 
 
+@resolver("framework")
+def _framework(p: Path) -> Layout | None:
+    """FSDP distributed checkpoints are read; DeepSpeed ZeRO and verl shards are refused with their converter."""
+    refuse_framework(p)
+    d = dcp_folder(p)
+    return Layout("dcp", (d / ".metadata",)) if d is not None else None
+
+
 @resolver("torch-folder")
 def _torch_folder(p: Path) -> Layout | None:
     if not p.is_dir():
@@ -163,7 +173,7 @@ def resolve(p: Path) -> Layout | None:
 
 
 def open_file(path: Path) -> TensorFile:
-    reader = FILE_READERS.get(path.suffix)
+    reader = FILE_READERS.get(path.suffix or path.name)
     if reader is None:
         raise CheckpointError(f"{path}: unknown weight file type; expected .safetensors, .bin, .pt or .pth")
     return reader(path)

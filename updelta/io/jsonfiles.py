@@ -15,16 +15,25 @@ MAX_JSON = 64 << 20  # an index or config.json larger than this is not one
 
 
 def read_json(path: Path) -> dict:
-    def no_constants(name):
-        raise ValueError(f"{name} is not JSON")
     try:
         if not path.is_file():
             raise CheckpointError(f"{path}: not a regular file; replace it with the JSON file itself")
         if path.stat().st_size > MAX_JSON:
             raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a JSON index or config")
-        with open(path, encoding="utf-8") as fh:
-            obj = json.loads(fh.read(), parse_constant=no_constants)
-    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e.__class__.__name__}); re-save the checkpoint") from None
+    return parse_json(data, path)
+
+
+def parse_json(data: bytes, path) -> dict:
+    """The JSON object in `data` (the bytes of file `path`, local or remote), by the rules of `read_json`."""
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=no_constants)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{path}: not valid JSON ({e.__class__.__name__}); re-save the checkpoint") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
@@ -46,7 +55,11 @@ def _plain_name(shard: str) -> bool:
 
 def read_index(index: Path) -> dict[str, str]:
     """The `weight_map` of a shard index, checked: a non-empty map of tensor names to plain shard file names."""
-    obj = read_json(index)
+    return check_index(read_json(index), index)
+
+
+def check_index(obj: dict, index) -> dict[str, str]:
+    """The `weight_map` of the parsed index `obj` (of file `index`), checked as `read_index` says."""
     wm = obj.get("weight_map")
     if not isinstance(wm, dict) or not wm:
         raise CheckpointError(f"{index}: no weight_map (a non-empty map of tensor names to shard files); "

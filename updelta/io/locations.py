@@ -14,6 +14,9 @@ that carries locations can go to another thread, process or machine that sees th
   zip-format); a `TorchFile` the caller already has open can be lent to the cache (`reader_scope`).
 - a location with `dequant` (an FP8 weight and its scales, `io.quantized`): float32 values, the
   stored reader's codes times the scale of each element's block (docs/quantized.md).
+- other kinds (`OPENERS`: FSDP distributed checkpoints, remote files): a file object that says its
+  `location_format` and `location_path`, reopened from them once per process (or lent, like torch
+  files), read through its own `read`.
 
 The cache is safe to use from several threads (pread has no shared file position) and is dropped
 in a forked child. `reader_scope()` closes what the cache opened when the outermost scope ends;
@@ -26,7 +29,7 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, Literal, Protocol
+from typing import Callable, Iterable, Iterator, Literal, Protocol
 
 import numpy as np
 
@@ -34,7 +37,7 @@ from ..errors import CheckpointError
 from .safetensors_file import DTYPES, SafetensorsFile, pread_elements
 from .torch_file import TorchFile
 
-FileFormat = Literal["safetensors", "torch"]
+FileFormat = Literal["safetensors", "torch", "dcp", "remote"]
 # torch-style dtype name -> numpy dtype of the raw storage (bf16 as uint16 bits, fp8 as uint8)
 RAW_DTYPES: dict[str, np.dtype] = {name: raw for name, raw in DTYPES.values() if raw is not None}
 
@@ -72,6 +75,20 @@ class Dequant:
     block: tuple[int, int]
 
 
+def _dcp(path: str):
+    from .framework import DCPFile
+    return DCPFile(path)
+
+
+def _remote(path: str):
+    from .remote import RemoteSafetensorsFile
+    return RemoteSafetensorsFile(path)
+
+
+# location_format -> opener of a file object from its location_path (objects with their own `read`)
+OPENERS: dict[str, Callable[[str], object]] = {"dcp": _dcp, "remote": _remote}
+
+
 class BlockReader(Protocol):
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """Elements [start, start+count) of the flattened tensor, raw storage (bf16 as uint16); a view
@@ -86,6 +103,8 @@ def location_of(ref) -> TensorLocation:
         return TensorLocation(str(f.path), "safetensors", ref.name, ref.dtype, tuple(ref.shape), offset)
     if isinstance(f, TorchFile):
         return TensorLocation(str(f.path), "torch", ref.name, ref.dtype, tuple(ref.shape))
+    if getattr(f, "location_format", None) in OPENERS:
+        return TensorLocation(f.location_path, f.location_format, ref.name, ref.dtype, tuple(ref.shape))
     raise TypeError(f"location_of: unknown file type {type(f).__name__}")
 
 
@@ -138,7 +157,7 @@ class _OpenFiles:
                         raise CheckpointError(f"{path}: cannot open ({e.strerror})") from None
         return fd
 
-    def torch_file(self, path: str) -> TorchFile:
+    def torch_file(self, path: str, opener: Callable[[str], object] = TorchFile):
         lent = self.lent.get(path)
         if lent:
             return lent[-1]
@@ -147,7 +166,7 @@ class _OpenFiles:
             with self.lock:  # one load per file even when several threads ask at once
                 tf = self.torch.get(path)
                 if tf is None:
-                    tf = self.torch[path] = TorchFile(path)
+                    tf = self.torch[path] = opener(path)
         return tf
 
     def close(self) -> None:
@@ -183,6 +202,8 @@ def open_reader(loc: TensorLocation) -> BlockReader:
         return _SafetensorsReader(_FILES.fd(loc.path), loc)
     if loc.format == "torch":
         return _TorchReader(_FILES.torch_file(loc.path), loc)
+    if loc.format in OPENERS:
+        return _TorchReader(_FILES.torch_file(loc.path, OPENERS[loc.format]), loc)
     raise ValueError(f"open_reader: unknown file format {loc.format!r}")
 
 
@@ -191,27 +212,31 @@ def close_readers() -> None:
     _FILES.close()
 
 
+def _key(f) -> str:
+    return getattr(f, "location_path", None) or str(f.path)
+
+
 @contextmanager
 def reader_scope(lend: Iterable[object] = ()) -> Iterator[None]:
     """Files opened by readers inside the outermost scope are closed when it ends.
 
     `lend`: already-open file objects (`TorchFile`s; others are ignored) that readers of the same path
     use instead of loading the file again, for the duration of the scope; their owner closes them."""
-    lent = [f for f in lend if isinstance(f, TorchFile)]
+    lent = [f for f in lend if isinstance(f, TorchFile) or getattr(f, "location_format", None) in OPENERS]
     with _FILES.lock:
         _FILES.depth += 1
         for f in lent:
-            _FILES.lent.setdefault(str(f.path), []).append(f)
+            _FILES.lent.setdefault(_key(f), []).append(f)
     try:
         yield
     finally:
         with _FILES.lock:
             for f in lent:
-                stack = _FILES.lent.get(str(f.path), [])
+                stack = _FILES.lent.get(_key(f), [])
                 if f in stack:
                     stack.remove(f)
                 if not stack:
-                    _FILES.lent.pop(str(f.path), None)
+                    _FILES.lent.pop(_key(f), None)
             _FILES.depth -= 1
             last = _FILES.depth == 0
         if last:
