@@ -23,6 +23,7 @@ Spectral = Literal["off", "fast", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 OnMismatch = Literal["error", "skip"]
 Executor = Literal["serial", "threads"]
+MergeDtype = Literal["off", "bfloat16", "float16", "float32"]
 
 
 def _opt(default, help: str, *, at_least=None, above=None, at_most=None, below=None, regex: bool = False):
@@ -76,6 +77,10 @@ class DiffOptions:
                         at_least=0)
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
     progress: bool = _opt(True, "Show a progress bar on stderr.")
+    merge_dtype: MergeDtype = _opt("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
+                                          "dtype would store (D in float32, cast, added to W0 in this dtype), which "
+                                          "gives sparsity; `off` measures the exact update from the factors "
+                                          "(sparsity null). docs/adapters.md.")
 
     def __post_init__(self) -> None:
         check_fields(self)
