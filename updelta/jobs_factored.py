@@ -366,8 +366,9 @@ def spectral_side(w0: torch.Tensor, t: TensorSpec, loc: FactoredLocation, opts: 
     u = Update(loc, w0.device)
     md = MERGE_DTYPES.get(opts.merge_dtype)
     fro2 = u.fro2() if u.mag is None else None
+    wdt = torch.float64 if opts.spectral == "full" and opts.spectral_float64 else w0.dtype
     if md is not None or u.mag is not None or fro2 == 0.0:
-        w1 = _oriented(dense_w1(u, t.base, opts, w0.dtype), t.transposed)
+        w1 = _oriented(dense_w1(u, t.base, opts, wdt), t.transposed)
         out = spectral.spectral_columns(w0, w1, opts)
         if md is None and opts.spectral == "full" and fro2 != 0.0:
             out["offprincipal_overlap"] = None
@@ -384,7 +385,7 @@ def spectral_side(w0: torch.Tensor, t: TensorSpec, loc: FactoredLocation, opts: 
     out = spectral._fast_from_values(vals[:kk], fro2, k)
     out["topk_sv_err_est"] = 0.0
     if opts.spectral == "full":
-        w1 = _oriented(dense_w1(u, t.base, opts, w0.dtype), t.transposed)
+        w1 = _oriented(dense_w1(u, t.base, opts, wdt), t.transposed)
         full = spectral.spectral_columns(w0, w1, opts)
         del w1
         dt = torch.float64 if (opts.spectral_float64 or w0.dtype == torch.float64) else torch.float32

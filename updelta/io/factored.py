@@ -30,7 +30,7 @@ from .jsonfiles import read_json
 
 PREFIX = "base_model.model."
 _FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B|embedding_A|embedding_B|magnitude_vector)"
-                     r"(?:\.(?P<adapter>[^.]+))?(?P<suffix>\.weight|\.bias)?$")
+                     r"(?:\.(?P<adapter>(?!weight$|bias$)[^.]+))?(?P<suffix>\.weight|\.bias)?$")
 # init_lora_weights values that rewrite the base weights (W0 - B0 A0 is stored back): D against the original base
 # would be wrong.
 REWRITTEN_BASE = ("pissa", "olora", "corda", "loftq", "lora_ga")
