@@ -7,7 +7,7 @@ to `pairing`: its `tensors` map every base tensor name to
   DoRA, lora_bias): the per-tensor work of `jobs_factored` folds the factors in;
 - the adapter's own `TensorRef` where it stores a full tensor (modules_to_save, bias="all"/"lora_only"): compared
   densely against the base, like any checkpoint tensor;
-- the base's own `TensorRef` where the adapter does not touch the tensor: D = 0 exactly.
+- a `ZeroRef` (location kind "zero") where the adapter does not touch a float tensor: D = 0 exactly, W0 read once.
 So pairing, tied heads, filters and tables work unchanged, and whole-model figures equal those of the merged model.
 
 Adapter names (`base_model.model.` prefix) are matched to the base's by canonical name (`naming.canonical`). An
@@ -37,7 +37,7 @@ class FactoredLocation:
     `magnitude` (DoRA): W1 = m * (W0 + D) / ||W0 + D||, the norm over each output row (stored columns when
     `transposed`)."""
 
-    kind: str  # linear | embedding | bias
+    kind: str  # linear | embedding | bias | zero (untouched: b is the base tensor itself, D = 0)
     b: TensorLocation
     a: TensorLocation | None
     scale: float
@@ -102,6 +102,37 @@ class FactoredRef:
                                 tuple(self.base.shape), u.b.dtype)
 
 
+@dataclass(frozen=True)
+class ZeroRef:
+    """A base tensor the adapter does not touch: W1 = W0 (location kind "zero", no adapter bytes)."""
+
+    name: str
+    base: TensorRef
+    is_float = True
+    is_quantized = False
+
+    @property
+    def dtype(self) -> str:
+        return self.base.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape)
+
+    @property
+    def numel(self) -> int:
+        return self.base.numel
+
+    @property
+    def file(self):
+        return self.base.file
+
+    @property
+    def location(self) -> FactoredLocation:
+        return FactoredLocation("zero", self.base.location, None, 0.0, False, None, tuple(self.base.shape),
+                                self.base.dtype)
+
+
 class AdapterRun:
     """An adapter folder seen as a checkpoint of the base's tensors (see the module docstring)."""
 
@@ -111,7 +142,8 @@ class AdapterRun:
         bmap: dict[str, str] = {}
         for n in base.tensors:
             bmap.setdefault(canonical(n), n)
-        self.tensors: dict = dict(base.tensors)
+        # untouched float tensors: D = 0, W0 read once (jobs_factored); the rest as the base stores them
+        self.tensors: dict = {n: (ZeroRef(n, r) if r.is_float else r) for n, r in base.tensors.items()}
         self.n_factored = 0
         for target, u in source.updates.items():
             name = bmap.get(canonical(target))

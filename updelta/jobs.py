@@ -230,6 +230,9 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
 
     use_threads(job.threads)
     t, dev = job.tensor, torch.device(job.device)
+    if not any(isinstance(s.loc, TensorLocation) for s in t.sides):  # adapter sides only (docs/adapters.md)
+        from .jobs_factored import spectral_only
+        return spectral_only(job)
     w0 = _materialize(t.base, t.numel, t.shape, dev)
     if t.transposed:
         w0 = w0.transpose(-1, -2)

@@ -62,6 +62,8 @@ class FactoredJob:
 
 
 def _factor_elems(loc: FactoredLocation) -> int:
+    if loc.kind == "zero":
+        return 0
     return sum(x.numel for x in (loc.a, loc.b, loc.magnitude) if x is not None)
 
 
@@ -109,14 +111,17 @@ class Update:
     def __init__(self, loc: FactoredLocation, dev: torch.device):
         self.loc, self.dev = loc, dev
         self.s = float(loc.scale)
+        self.vec = self.b = self.a = self.mag = None
+        self.norms: torch.Tensor | None = None
+        self.zero = loc.kind == "zero"  # a base tensor the adapter does not touch: D = 0, nothing to load
+        if self.zero:
+            return
         b = _load(loc.b, dev)
-        self.vec = self.b = self.a = None
         if loc.a is None:
             self.vec = b
         else:
             self.b, self.a = b, _load(loc.a, dev)
         self.mag = _load(loc.magnitude, dev) if loc.magnitude is not None else None
-        self.norms: torch.Tensor | None = None
 
     # D = s * (B @ A) (transposed when stored so), the product taken as PEFT takes it
     def product(self, r0: int, r1: int, dtype=torch.float64) -> torch.Tensor:
@@ -132,6 +137,8 @@ class Update:
         return (self.a.T, self.b.T) if self.loc.transposed else (self.b, self.a)
 
     def fro2(self) -> float:
+        if self.zero:
+            return 0.0
         if self.vec is not None:
             return self.s * self.s * float((self.vec * self.vec).sum())
         L, R = self.lr()
@@ -184,6 +191,12 @@ def _spans(rows: int, cols: int, block: int):
 def _exact_sums(w0: torch.Tensor, d: torch.Tensor, hist) -> tuple:
     """The `Sums.add` tuple of one block from W0 and the exact D (float64); counts are 0 (null later)."""
     w0, d = w0.reshape(-1), d.reshape(-1)
+    ad = d.abs()
+    quick = (float(torch.dot(d, d)), float(torch.dot(w0, w0)), float(torch.dot(d, w0)), float(ad.sum()))
+    if all(math.isfinite(x) for x in quick):  # every element finite (a NaN/Inf would reach the sums)
+        if hist is not None:
+            ew._histogram(ad.float(), hist)
+        return (d.numel(), 0, 0, *quick, float(ad.max()) if ad.numel() else 0.0, 0, 0, 0)
     f0 = torch.isfinite(w0)
     w1 = w0 + d
     f1 = torch.isfinite(w1) & torch.isfinite(d)
@@ -221,7 +234,8 @@ def run_factored_job(job: FactoredJob):
     for u in ups.values():
         u.prepare(w0rows, rows, step)
     # which sides give stored values (exact mask counts) rather than an exact float64 D
-    valued = {r: (md is not None) or (r in dense) for r in need}
+    zero = {r for r, u in ups.items() if u.zero}
+    valued = {r: (md is not None) or (r in dense) or (r in zero) for r in need}
     sums = {r: ew.Sums() for r in need}
     hists = {r: torch.zeros(ew.HIST_BINS, dtype=torch.int64, device=dev) for r in job.runs} if opts.histogram else {}
     streamed = [p for p in job.pairs if not _factor_pair(p, ups, md)]
@@ -233,6 +247,8 @@ def run_factored_job(job: FactoredJob):
         for r in need:
             if r in dense:
                 vals[r] = dense[r].read(r0, r1)
+            elif r in zero:
+                vals[r] = w0n
             elif md is not None:
                 vals[r] = ups[r].merged(w0n, r0, r1, md)
             else:
@@ -257,7 +273,7 @@ def run_factored_job(job: FactoredJob):
     # plain LoRA without a merge dtype: the norm from the factors (exact); D was not needed in full
     for r, u in ups.items():
         s = sums[r]
-        if md is None and u.mag is None and not (s.nonfinite_base or s.nonfinite_ft):
+        if md is None and u.mag is None and not u.zero and not (s.nonfinite_base or s.nonfinite_ft):
             s.ss_d = u.fro2()
     recs, nonfinite = [], []
     common = _common(t)
@@ -266,7 +282,8 @@ def run_factored_job(job: FactoredJob):
         row = ew.finalize(s)
         if not valued[r]:
             row.update(dict.fromkeys(NULL_COUNTS))
-        rec = {"run": r, **common, "dtype_ft": opts.merge_dtype if md is not None else side.loc.dtype,
+        folded = md is not None and r not in zero
+        rec = {"run": r, **common, "dtype_ft": opts.merge_dtype if folded else side.loc.dtype,
                "resized": False, "added_rows": 0, "added_fro": 0.0, "tied": bool(side.tied or t.base_tied), **row}
         if r in hists:
             rec["hist"] = hists[r].cpu().numpy().tolist()
@@ -286,7 +303,7 @@ def run_factored_job(job: FactoredJob):
 
 def _factor_pair(p, ups: dict, md) -> bool:
     """Both sides plain factored updates (no DoRA) and no merge dtype: the pair comes from the factors."""
-    return md is None and all(r in ups and ups[r].mag is None for r in p)
+    return md is None and all(r in ups and ups[r].mag is None and not ups[r].zero for r in p)
 
 
 def _factor_dot(ua: Update, ub: Update) -> float:
@@ -353,21 +370,50 @@ def dense_w1(u: Update, base: TensorLocation, opts: DiffOptions, dtype: torch.dt
     return out
 
 
-def spectral_side(w0: torch.Tensor, t: TensorSpec, loc: FactoredLocation, opts: DiffOptions) -> dict:
-    """Spectral columns of one adapter side (w0: the base, materialised and oriented as `jobs` does).
+def spectral_only(job) -> dict[str, dict]:
+    """`jobs.run_spectral_job` for a tensor whose every side is an adapter's: W0 is materialised only when some side
+    needs it (`full`, DoRA, a merge dtype), so plain LoRA and untouched tensors cost no dense copy in `fast`."""
+    from .jobs import _materialize, use_threads
+
+    use_threads(job.threads)
+    t, opts, dev = job.tensor, job.opts, torch.device(job.device)
+    md = MERGE_DTYPES.get(opts.merge_dtype)
+    need = opts.spectral == "full" or any(
+        s.loc.magnitude is not None or (md is not None and s.loc.kind != "zero") for s in t.sides)
+    w0 = None
+    if need:
+        w0 = _oriented(_materialize(t.base, t.numel, t.shape, dev), t.transposed).contiguous()
+    return {s.run: spectral_side(w0, t, s.loc, opts, dev) for s in t.sides}
+
+
+def spectral_side(w0: torch.Tensor | None, t: TensorSpec, loc: FactoredLocation, opts: DiffOptions,
+                  dev: torch.device | None = None) -> dict:
+    """Spectral columns of one adapter side (w0: the base, materialised and oriented as `jobs` does; None when
+    `spectral_only` found it unneeded).
 
     Plain LoRA without a merge dtype: the singular values of D from the factors (QR of L and R^T, SVD of the r x r
     core: exact), so `fast` needs nothing dense; `full` builds W1 = W0 + D once for the subspace columns and leaves
     `offprincipal_overlap` null (it needs stored values). DoRA, or any update with a merge dtype: W1 is built
-    densely and measured as a dense run's."""
+    densely and measured as a dense run's. Untouched tensors: D = 0."""
     from .metrics import spectral
 
     t0 = time.perf_counter()
-    u = Update(loc, w0.device)
+    u = Update(loc, w0.device if w0 is not None else (dev or torch.device("cpu")))
     md = MERGE_DTYPES.get(opts.merge_dtype)
+    shape = tuple(t.shape[::-1]) if t.transposed else tuple(t.shape)
+    if u.zero:
+        if w0 is not None:
+            return spectral.spectral_columns(w0, w0, opts)
+        out = spectral._fast_from_values(np.zeros(min(int(opts.topk), min(shape))), 0.0, int(opts.topk))
+        out.update(topk_sv_err_est=0.0, spectral_s=time.perf_counter() - t0)
+        return out
     fro2 = u.fro2() if u.mag is None else None
-    wdt = torch.float64 if opts.spectral == "full" and opts.spectral_float64 else w0.dtype
+    wdt = torch.float64 if opts.spectral == "full" and opts.spectral_float64 else w0.dtype if w0 is not None \
+        else torch.float32
     if md is not None or u.mag is not None or fro2 == 0.0:
+        if w0 is None:
+            from .jobs import _materialize
+            w0 = _oriented(_materialize(t.base, t.numel, t.shape, u.dev), t.transposed).contiguous()
         w1 = _oriented(dense_w1(u, t.base, opts, wdt), t.transposed)
         out = spectral.spectral_columns(w0, w1, opts)
         if md is None and opts.spectral == "full" and fro2 != 0.0:
@@ -375,7 +421,7 @@ def spectral_side(w0: torch.Tensor, t: TensorSpec, loc: FactoredLocation, opts: 
         return out
     L, R = u.lr()
     sv = fm.factored_singular_values(L, R, u.s)
-    m, n = w0.shape
+    m, n = shape
     r = min(m, n)
     k = max(1, int(opts.topk))
     kk = min(k, r)
