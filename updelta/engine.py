@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from ._version import __version__
+from .adapters import open_run
 from .errors import UpdeltaError, UpdeltaWarning
 from .executors import make_executor
 from .io import Checkpoint, open_checkpoint
@@ -69,6 +70,14 @@ def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], lis
                 pair_records += out.pair_records
                 nonfinite += out.nonfinite
                 parts = []
+    if plan.factored:  # adapter runs (docs/adapters.md): their own per-tensor jobs, then tensor order again
+        from .jobs_factored import run_factored_job, sort_records
+
+        for out in ex.map(run_factored_job, plan.factored, cost=lambda j: j.cost):
+            records += out.records
+            pair_records += out.pair_records
+            nonfinite += out.nonfinite
+        records, pair_records = sort_records(plan.tensors, records, pair_records)
     if plan.spectral:
         by_key: dict[tuple[str, str], dict] = {}
         with Progress(len(plan.spectral), desc="updelta: spectral", enabled=enabled) as bar:
@@ -103,7 +112,7 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
     caller_threads = torch.get_num_threads()
     try:
         for r, p in runs.items():
-            cks[r] = open_checkpoint(locate(p, opts.download))
+            cks[r] = open_run(locate(p, opts.download), b)  # an adapter folder is a run against this base (docs/adapters.md)
         env = machine_env(opts)
         pairing: Pairing = pair_checkpoints(b, cks, opts)
         plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env)

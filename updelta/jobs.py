@@ -231,12 +231,19 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
 
     use_threads(job.threads)
     t, dev = job.tensor, torch.device(job.device)
+    if not any(isinstance(s.loc, TensorLocation) for s in t.sides):  # adapter sides only (docs/adapters.md)
+        from .jobs_factored import spectral_only
+        return spectral_only(job)
     w0 = _materialize(t.base, t.numel, t.shape, dev)
     if t.transposed:
         w0 = w0.transpose(-1, -2)
     w0 = w0.contiguous()
     out = {}
     for side in t.sides:
+        if not isinstance(side.loc, TensorLocation):  # an adapter's factors (docs/adapters.md)
+            from .jobs_factored import spectral_side
+            out[side.run] = spectral_side(w0, t, side.loc, job.opts)
+            continue
         w1 = _materialize(side.loc, t.numel, t.shape, dev)
         if t.transposed:
             w1 = w1.transpose(-1, -2)

@@ -23,6 +23,7 @@ Spectral = Literal["off", "fast", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 OnMismatch = Literal["error", "skip"]
 Executor = Literal["serial", "threads"]
+MergeDtype = Literal["off", "bfloat16", "float16", "float32"]
 
 
 def _opt(default, help: str, *, at_least=None, above=None, at_most=None, below=None, regex: bool = False):
@@ -82,6 +83,10 @@ class DiffOptions:
     download: bool = _opt(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
                                  "(weights, indexes, config, tokenizer and adapter files); without it ids are read "
                                  "from the cache only, offline.")
+    merge_dtype: MergeDtype = _opt("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
+                                          "dtype would store (D in float32, cast, added to W0 in this dtype), which "
+                                          "gives sparsity; `off` measures the exact update from the factors "
+                                          "(sparsity null). docs/adapters.md.")
 
     def __post_init__(self) -> None:
         check_fields(self)

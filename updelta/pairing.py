@@ -193,8 +193,8 @@ def _require_compared(pairs: list[PairedTensor], base: Checkpoint, runs: dict[st
         where = f"{ck.path} (run {r}) and base {base.path}"
         names = list(ck.tensors)
         if any("lora_A" in n or "lora_B" in n for n in names):
-            why = ("the run holds LoRA factors (lora_A/lora_B): merge the adapter into its base first "
-                   "(PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(DIR))")
+            why = ("the run holds LoRA factors (lora_A/lora_B) without their adapter_config.json: pass the adapter "
+                   "folder (adapter_config.json beside the factors) as the run (docs/adapters.md)")
         elif notes["filtered_out"] and not notes["only_in_base"][r]:
             why = "--include/--exclude left out every tensor; loosen the patterns"
         elif any(s["run"] == r for s in notes["skipped_shape"]):

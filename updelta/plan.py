@@ -131,6 +131,7 @@ class Plan:
     spectral_threads: int  # torch (BLAS) threads of every spectral job
     device: str
     kernel: bool
+    factored: tuple = ()  # jobs_factored.FactoredJob: adapter sides of a tensor (docs/adapters.md)
 
     @property
     def read_bytes(self) -> int:
@@ -176,8 +177,13 @@ def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOp
         block = max(block, CUDA_MIN_BLOCK)
     part = block * PART_BLOCKS
     specs = tensor_specs(pairing, pairs)
+    from .jobs_factored import split  # adapter sides leave the cheap jobs for their own (docs/adapters.md)
+
+    dense, factored = split(specs, opts, env.device, spectral_threads, block)
     cheap = []
-    for t in specs:
+    for t in dense:
+        if not t.sides:  # every side is an adapter's
+            continue
         n = t.numel
         starts = list(range(0, n, part)) or [0]
         for k, s in enumerate(starts):
@@ -188,4 +194,4 @@ def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOp
         spectral = [SpectralJob(t, opts, env.device, spectral_threads) for t in specs if len(t.shape) == 2]
         spectral.sort(key=lambda j: -j.cost)  # stable: equal costs keep tensor order
     return Plan(specs, tuple(cheap), tuple(spectral), pairs, workers, cheap_threads, spectral_threads, env.device,
-                env.kernel)
+                env.kernel, factored)

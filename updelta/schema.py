@@ -128,6 +128,9 @@ _CHEAP = [
     _c("nonfinite_base", _TA, "count", "sum", dtype="int", unit="elements", fmt="int"),
     _c("nonfinite_ft", _TA, "count", "sum", dtype="int", unit="elements", fmt="int"),
     _c("n_tensors", (AGGREGATES, PAIR_AGGREGATES), "count", "size", dtype="int", unit="tensors", fmt="int"),
+    _c("n_sparsity_null", _A, "count", "none", dtype="int", unit="tensors", fmt="int", gate=False,
+       title="tensors without sparsity counts (adapter factors without --merge-dtype), left out of the sparsity "
+             "figures, whose denominators count only the tensors with counts (docs/adapters.md)"),
     _c("hist", _T, "meta", "none", dtype="list", unit="elements per |D| exponent bin"),
 ]
 
