@@ -112,7 +112,7 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
     caller_threads = torch.get_num_threads()
     try:
         for r, p in runs.items():
-            cks[r] = open_run(locate(p, opts.download), b)  # an adapter folder is a run against this base (docs/adapters.md)
+            cks[r] = open_run(locate(p, opts.download), b)  # an adapter folder is a run (docs/adapters.md)
         env = machine_env(opts)
         pairing: Pairing = pair_checkpoints(b, cks, opts)
         plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env)

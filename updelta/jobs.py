@@ -174,6 +174,20 @@ def _changed(s: ew.Sums) -> dict[str, int]:
     return {"exact": s.used - s.eq, "atol": s.used - s.le_atol, "rtol": s.used - s.le_rtol}
 
 
+def tensor_ids(t: TensorSpec) -> dict:
+    """The id columns of tensor `t`'s per-run records (every record producer starts from these)."""
+    i = t.info
+    return {"name": t.name, "layer": i.layer, "expert": i.expert, "component": i.component, "module": i.module,
+            "param": i.param, "tower": i.tower, "shape": list(t.shape), "numel": t.numel, "dtype_base": t.base.dtype}
+
+
+def pair_ids(t: TensorSpec, ra: str, rb: str) -> dict:
+    """The id columns of tensor `t`'s record for the run pair (ra, rb)."""
+    i = t.info
+    return {"run_a": ra, "run_b": rb, "name": t.name, "layer": i.layer, "expert": i.expert, "component": i.component,
+            "module": i.module, "param": i.param, "tower": i.tower, "numel": t.numel}
+
+
 def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
     """One record per run and per pair of tensor `t` from its parts (in part order)."""
     parts = sorted(parts, key=lambda p: p.part)
@@ -191,11 +205,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
         for r, h in p.hists.items():
             hists[r] = h.copy() if r not in hists else hists[r] + h
     added = parts[-1].added_fro if parts else {}
-    info = t.info
-    common = {"name": t.name, "layer": info.layer, "expert": info.expert, "component": info.component,
-              "module": info.module, "param": info.param, "tower": info.tower, "shape": list(t.shape),
-              "numel": t.numel,
-              "dtype_base": t.base.dtype}
+    common = tensor_ids(t)
     recs, nonfinite = [], []
     for side in t.sides:
         r, s = side.run, sums[side.run]
@@ -212,9 +222,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
         ca, cb = _changed(sums[ra]), _changed(sums[rb])
         n = max(ps.used, 1)
         exp = {c: ca[c] * cb[c] / n for c in pw.CONVS}
-        prec.append({"run_a": ra, "run_b": rb, "name": t.name, "layer": info.layer, "expert": info.expert,
-                     "component": info.component, "module": info.module, "param": info.param, "tower": info.tower,
-                     "numel": t.numel, **pw.finalize_pair(ps, ca, cb, exp, ps.used)})
+        prec.append({**pair_ids(t, ra, rb), **pw.finalize_pair(ps, ca, cb, exp, ps.used)})
     return TensorRecords(recs, prec, nonfinite)
 
 

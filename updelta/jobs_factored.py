@@ -27,6 +27,7 @@ import torch
 
 from .adapters import FactoredLocation, is_factored
 from .io.locations import TensorLocation, open_reader
+from .jobs import pair_ids, tensor_ids
 from .metrics import elementwise as ew
 from .metrics import factored as fm
 from .metrics import pairwise as pw
@@ -211,9 +212,7 @@ def _exact_sums(w0: torch.Tensor, d: torch.Tensor, hist) -> tuple:
 
 
 def _common(t: TensorSpec) -> dict:
-    info = t.info
-    return {"name": t.name, "layer": info.layer, "component": info.component, "module": info.module,
-            "param": info.param, "shape": list(t.shape), "numel": t.numel, "dtype_base": t.base.dtype}
+    return tensor_ids(t)
 
 
 def run_factored_job(job: FactoredJob):
@@ -317,9 +316,7 @@ def _pair_record(t: TensorSpec, p, ps: pw.PairSums, sums: dict, counted: bool) -
     from .jobs import _changed
 
     ra, rb = p
-    info = t.info
-    head = {"run_a": ra, "run_b": rb, "name": t.name, "layer": info.layer, "component": info.component,
-            "module": info.module, "param": info.param, "numel": t.numel}
+    head = pair_ids(t, ra, rb)
     if counted:
         ca, cb = _changed(sums[ra]), _changed(sums[rb])
         n = max(ps.used, 1)
