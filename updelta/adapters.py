@@ -190,6 +190,8 @@ def _tied_heads(base: Checkpoint) -> set[str]:
 
 def open_run(path: str | os.PathLike, base: Checkpoint):
     """A run path as a checkpoint: an `AdapterRun` for an adapter folder, else `open_checkpoint(path)`."""
+    if isinstance(path, str) and "://" in path:  # a remote URL (io.remote): never a local adapter folder
+        return open_checkpoint(path)
     p = Path(path)
     if p.is_dir() and is_adapter(p):
         src = open_factored(p)
@@ -198,4 +200,4 @@ def open_run(path: str | os.PathLike, base: Checkpoint):
         except BaseException:
             src.close()
             raise
-    return open_checkpoint(p)
+    return open_checkpoint(path)
