@@ -139,6 +139,7 @@ class AdapterRun:
     def __init__(self, source: FactoredSource, base: Checkpoint):
         self.source, self.path, self.format = source, source.path, source.format
         self.files, self.config, self.unindexed = source.files, {}, []
+        self.quantization = None  # the adapter's factors are never quantized (the base may be: io.quantized)
         bmap: dict[str, str] = {}
         for n in base.tensors:
             bmap.setdefault(canonical(n), n)
