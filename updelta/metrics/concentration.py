@@ -219,12 +219,12 @@ def neuron_axis(component: str, logical: tuple[int, int]) -> str | None:
 
 
 def top_rows(x: np.ndarray, n: int) -> list[tuple[int, float, float]]:
-    """(index, energy, share) of the `n` largest entries of x, largest first (ties: lower index first)."""
+    """(index, energy, share) of the `n` largest non-zero entries of x, largest first (ties: lower index first)."""
     tot = float(x.sum())
     if not tot > 0 or n <= 0:
         return []
     idx = np.argsort(-x, kind="stable")[:n]
-    return [(int(i), float(x[i]), float(x[i] / tot)) for i in idx]
+    return [(int(i), float(x[i]), float(x[i] / tot)) for i in idx if x[i] > 0]
 
 
 def head_rows(split, per_axis: dict[str, np.ndarray], total_ss: float) -> list[dict]:
