@@ -145,7 +145,7 @@ def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) ->
         wide = {r: _widen_f32(raw, dtypes[r], bufs.get(("w", r), n * 4, np.float32)) for r, raw in raws.items()}
         for ra, rb in t.pairs:
             part.pair_sums[(ra, rb)].append(_fused.pair(w0, wide[ra], wide[rb], o.atol, o.eta))
-    where.block(job, raw_to_torch(raw0, t.base.dtype), {r: raw_to_torch(x, dtypes[r]) for r, x in raws.items()}, part)
+    where.block(job, raw0, raws, part, raw=True)
 
 
 def _torch_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> None:
