@@ -21,5 +21,11 @@ def test_heads_heatmap_from_a_saved_folder(tmp_path):
     lim = {tuple(a.images[0].get_clim()) for a in panels}
     assert len(lim) == 1  # one colour scale for every panel
     assert panels[0].images[0].get_array().shape == (2, 4)  # layers x heads
+    from updelta.report.document import Document
+    from updelta.report.markdown import render
+    from updelta.report.where import where_blocks
+
+    text = render(Document("r", where_blocks(back)))
+    assert "## Where the update sits" in text and "attention heads" in text and "MLP neurons" in text
     with pytest.raises(UpdeltaError, match="no per-head rows"):
         make_figure(updelta.diff(b / "model.safetensors", runs["a"] / "model.safetensors", spectral="off"), "heads")
