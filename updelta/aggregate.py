@@ -120,6 +120,11 @@ def aggregate_tensors(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         if c not in out:
             out[c] = s[c].to_numpy()
     out = _null_counts(df, by, out)
+    med = [c for c in schema.columns(schema.AGGREGATES, agg="median") if c in df.columns]
+    if med:  # concentration columns: medians over the tensors with a value (docs/metrics.md)
+        m = df.groupby(by, dropna=False, sort=False)[med].median() if by else df[med].median().to_frame().T
+        out = out.merge(m.reset_index(), on=by, how="left") if by else pd.concat(
+            [out.reset_index(drop=True), m.reset_index(drop=True)], axis=1)
     if "spectral_s" in df.columns:
         spec = summarize(df, by)
         if not spec.empty:

@@ -25,6 +25,7 @@ from .io import Checkpoint, open_checkpoint
 from .io.hub import locate
 from .io.locations import reader_scope
 from .jobs import run_job, run_spectral_job, tensor_records
+from .jobs_where import decode_tokens
 from .metrics import elementwise as ew
 from .options import DiffOptions
 from .pairing import Pairing, pair_checkpoints
@@ -52,12 +53,14 @@ def machine_env(opts: DiffOptions) -> Env:
                torch_threads=torch.get_num_threads())
 
 
-def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], list[str]]:
-    """Execute a plan: (per-tensor records, per-pair records, non-finite notes), in tensor order."""
+def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], list[str], dict[str, list[dict]]]:
+    """Execute a plan: (per-tensor records, per-pair records, non-finite notes, rows of the where tables:
+    heads, pairs_heads, neurons), in tensor order."""
     ex = make_executor(opts, plan.workers)
     records: list[dict] = []
     pair_records: list[dict] = []
     nonfinite: list[str] = []
+    tables: dict[str, list[dict]] = {}
     enabled = None if opts.progress else False
     parts: list = []
     with Progress(plan.read_bytes, desc="updelta: reading", unit="B", enabled=enabled) as bar:
@@ -69,6 +72,8 @@ def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], lis
                 records += out.records
                 pair_records += out.pair_records
                 nonfinite += out.nonfinite
+                for k, rows in out.tables.items():
+                    tables.setdefault(k, []).extend(rows)
                 parts = []
     if plan.factored:  # adapter runs (docs/adapters.md): their own per-tensor jobs, then tensor order again
         from .jobs_factored import run_factored_job, sort_records
@@ -87,7 +92,7 @@ def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], lis
                 bar.update(1)
         for rec in records:
             rec.update(by_key.get((rec["run"], rec["name"]), {}))
-    return records, pair_records, nonfinite
+    return records, pair_records, nonfinite, tables
 
 
 def nonfinite_warning(notes: list[str]) -> str:
@@ -117,7 +122,8 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
         pairing: Pairing = pair_checkpoints(b, cks, opts)
         plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env)
         with reader_scope(lend=[f for ck in (b, *cks.values()) for f in ck.files]):
-            records, pair_records, nonfinite = run_plan(plan, opts)
+            records, pair_records, nonfinite, tables = run_plan(plan, opts)
+        decode_tokens(tables, b.path)  # token rows as text when the base has a tokenizer.json
         notes = [nonfinite_warning(nonfinite)] if nonfinite else []
         notes += [n for n in (towers_note(records, opts.towers),) if n]
         for who, names in pairing.notes.get("unindexed", {}).items():
@@ -149,4 +155,4 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
             ck.close()
     for w in notes:
         warnings.warn(w, UpdeltaWarning, stacklevel=2)
-    return build_result(records, pair_records, meta)
+    return build_result(records, pair_records, meta, tables)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import jobs_where as where
 from .io.locations import TensorLocation, open_reader
 from .metrics import elementwise as ew
 from .metrics import pairwise as pw
@@ -79,6 +80,7 @@ class CheapPart:
     hists: dict[str, np.ndarray] = field(default_factory=dict)
     added_fro: dict[str, float] = field(default_factory=dict)  # last part only
     nbytes: int = 0
+    where: object = None  # jobs_where.WherePart: row/column reductions (docs/metrics.md, Where an update sits)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class TensorRecords:
     records: list[dict]
     pair_records: list[dict]
     nonfinite: list[str]  # "name (run: base N, ft M)" for tensors with NaN/Inf
+    tables: dict = field(default_factory=dict)  # heads, pairs_heads, neurons rows (jobs_where.finish)
 
 
 class _Buffers:
@@ -111,6 +114,7 @@ def run_job(job: CheapJob) -> CheapPart:
     part = CheapPart(t.index, job.part, {r: [] for r in sides}, {p: [] for p in t.pairs})
     if opts.histogram:
         part.hists = {r: np.zeros(ew.HIST_BINS, dtype=np.int64) for r in sides}
+    part.where = where.start(job)
     fused = job.kernel and _fused is not None and all(
         d in KERNEL_DTYPES for d in (t.base.dtype, *(s.loc.dtype for s in t.sides)))
     block = _kernel_block if fused else _torch_block
@@ -141,6 +145,7 @@ def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) ->
         wide = {r: _widen_f32(raw, dtypes[r], bufs.get(("w", r), n * 4, np.float32)) for r, raw in raws.items()}
         for ra, rb in t.pairs:
             part.pair_sums[(ra, rb)].append(_fused.pair(w0, wide[ra], wide[rb], o.atol, o.eta))
+    where.block(job, raw0, raws, part, raw=True)
 
 
 def _torch_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> None:
@@ -155,6 +160,7 @@ def _torch_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> 
             part.hists[r] += h.cpu().numpy()
     for ra, rb in t.pairs:
         part.pair_sums[(ra, rb)].append(pw.pair_partial_sums(w0, ws[ra], ws[rb], o.atol, o.eta))
+    where.block(job, w0, ws, part)
 
 
 def _added_fro(side, numel: int, block: int, bufs: _Buffers) -> float:
@@ -223,7 +229,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
         n = max(ps.used, 1)
         exp = {c: ca[c] * cb[c] / n for c in pw.CONVS}
         prec.append({**pair_ids(t, ra, rb), **pw.finalize_pair(ps, ca, cb, exp, ps.used)})
-    return TensorRecords(recs, prec, nonfinite)
+    return TensorRecords(recs, prec, nonfinite, where.finish(t, parts, recs))
 
 
 def _materialize(loc: TensorLocation, numel: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

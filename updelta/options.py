@@ -83,6 +83,11 @@ class DiffOptions:
     download: bool = _opt(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
                                  "(weights, indexes, config, tokenizer and adapter files); without it ids are read "
                                  "from the cache only, offline.")
+    where: bool = _opt(True, "Where the update sits (cheap pass): row and column energies of every 2-D update, "
+                             "their concentration columns, per-head and top-neuron tables (docs/metrics.md, Where an "
+                             "update sits). Off: the cheap sums only.")
+    top_neurons: int = _opt(20, "Neurons (MLP rows or columns) and token rows (embeddings, untied head) kept per "
+                                "tensor and run in `Result.neurons`, by share of the update energy.", at_least=0)
     merge_dtype: MergeDtype = _opt("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
                                           "dtype would store (D in float32, cast, added to W0 in this dtype), which "
                                           "gives sparsity; `off` measures the exact update from the factors "

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UpdeltaError
+from .heads import HeadSplit
 from .io.locations import TensorLocation
 from .naming import TensorName
 from .options import DiffOptions
@@ -66,6 +67,7 @@ class TensorSpec:
     base_tied: bool
     sides: tuple[Side, ...]  # in run order
     pairs: tuple[tuple[str, str], ...]  # the scan's run pairs with both runs in this tensor
+    heads: HeadSplit | None = None  # attention-head ranges (heads.py), None when not an attention weight
 
     @property
     def numel(self) -> int:
@@ -163,7 +165,8 @@ def tensor_specs(pairing: Pairing, pairs: tuple[tuple[str, str], ...]) -> tuple[
         sides = tuple(Side(r, s.ref.location, bool(s.tied), int(s.added_rows)) for r, s in t.runs.items())
         present = set(t.runs)
         specs.append(TensorSpec(i, t.name, t.info, bool(t.transposed), t.base.location, bool(t.base_tied), sides,
-                                tuple(p for p in pairs if p[0] in present and p[1] in present)))
+                                tuple(p for p in pairs if p[0] in present and p[1] in present),
+                                pairing.heads.get(t.name)))
     return tuple(specs)
 
 
