@@ -260,6 +260,8 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
         from .jobs_factored import spectral_only
         return spectral_only(job)
     full = opts.spectral == "full"
+    if not full and all(isinstance(s.loc, TensorLocation) for s in t.sides) and len(t.shape) == 2:
+        return _fast_from_updates(job)
     w0, digest = _read_wide(t.base, t.numel, t.shape, dev, digest=full and opts.cache)
     if t.transposed:
         w0 = w0.transpose(-1, -2)
@@ -281,4 +283,35 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
             w1 = w1.transpose(-1, -2).contiguous()
         out[side.run] = spectral.spectral_columns(w0, w1, opts, base)
         del w1
+    return out
+
+
+def _stored(loc: TensorLocation, numel: int, device: torch.device) -> torch.Tensor:
+    """The tensor's elements as stored (bf16/fp16/fp32/fp64, flat) on `device`."""
+    return raw_to_torch(open_reader(loc).read(0, numel), loc.dtype).to(device)
+
+
+def _fast_from_updates(job: SpectralJob) -> dict[str, dict]:
+    """`fast` mode needs the update only: W0 stays in its storage dtype, and each run's D = W1 - W0 is widened and
+    subtracted in chunks into one float32 (float64 when either side is stored so) buffer: the same elements as
+    `w1.float() - w0.float()`, with one float copy of the tensor alive instead of three."""
+    from .metrics import spectral
+
+    t, dev, opts = job.tensor, torch.device(job.device), job.opts
+    w0 = _stored(t.base, t.numel, dev)
+    out = {}
+    for side in t.sides:
+        w1 = _stored(side.loc, t.numel, dev)
+        wide = torch.float64 if torch.float64 in (w0.dtype, w1.dtype) else torch.float32
+        d = torch.empty(t.numel, dtype=wide, device=dev)
+        step = 1 << 20
+        for a in range(0, t.numel, step):
+            b = min(t.numel, a + step)
+            torch.sub(w1[a:b].to(wide), w0[a:b].to(wide), out=d[a:b])
+        del w1
+        d = d.reshape(t.shape)
+        if t.transposed:
+            d = d.T.contiguous()
+        out[side.run] = spectral.update_columns(d, opts)
+        del d
     return out

@@ -286,10 +286,33 @@ def _null_row(mode: str) -> dict[str, object]:
 
 
 def _matrix_fast(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
+    return _update_fast(w1 - w0, opts)
+
+
+def update_columns(d: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
+    """`fast` mode's columns from the update D = W1 - W0 alone (float32 or float64, [out, in]): the same numbers
+    as `spectral_columns(w0, w1, opts)` with D formed as w1 - w0, without W0 and W1 in memory. Includes
+    `spectral_s`."""
+    if d.ndim != 2:
+        return {}
+    t0 = time.perf_counter()
+    out = _update_fast(d, opts)
+    if d.is_cuda:
+        torch.cuda.synchronize(d.device)
+    out["spectral_s"] = time.perf_counter() - t0
+    return out
+
+
+def _all_finite(x: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """No NaN/Inf in x, checked in chunks (no tensor-sized bool mask)."""
+    flat = x.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
+def _update_fast(d: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
     k = max(1, int(opts.topk))
-    r = min(w0.shape)
-    d = w1 - w0
-    if not bool(torch.isfinite(d).all()):
+    r = min(d.shape)
+    if not _all_finite(d):
         return _null_row("fast")
     fro2 = _fro2(d)
     if fro2 == 0.0:
@@ -338,7 +361,7 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
     m, n = w0.shape
     r = min(m, n)
     d = w1 - w0
-    if not bool(torch.isfinite(d).all()):
+    if not _all_finite(d):
         return _null_row("full")
     fro2 = _fro2(d)
     kk = min(k, r)
