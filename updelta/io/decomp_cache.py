@@ -2,8 +2,8 @@
 
 One entry per key: a safetensors file `<key>.safetensors` (tensors only, no code: never pickle) whose metadata
 repeats the key, under `$UPDELTA_CACHE_DIR/spectral/` (default `$XDG_CACHE_HOME/updelta/spectral`, else
-`~/.cache/updelta/spectral`). Entries are written atomically (a temporary file beside, then a rename), so a
-reader sees a whole entry or none; an unreadable entry, or one whose metadata names another key, is a miss and
+`~/.cache/updelta/spectral`; `$UPDELTA_SPECTRAL_CACHE_DIR` names the folder itself). Entries are written
+atomically (a temporary file beside, then a rename), so a reader sees a whole entry or none; an unreadable entry, or one whose metadata names another key, is a miss and
 is removed. Size-bounded: after each write the least recently used entries (file mtime, touched on every hit) are
 removed until the folder holds at most `UPDELTA_SPECTRAL_CACHE_MB` megabytes (default 4096). docs/metrics.md,
 "Decompositions and the base cache".
