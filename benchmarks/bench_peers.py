@@ -253,6 +253,36 @@ def load_tables(out: Path):
     return tabs
 
 
+def norm_agreement(out: Path) -> list[dict]:
+    """afterburn's norms (its top-5 changed layers and the embedding: ||D||_F and ||D||_F / ||W0||_F) against
+    updelta's, from the same pair: per layer, sqrt(sum over the layer's tensors of delta_fro^2) (and base_fro)."""
+    import numpy as np
+    import pandas as pd
+
+    p, q = out / "afterburn.json", next((out / f"{m}.parquet" for m in ("fast", "full") if (out / f"{m}.parquet").exists()),
+                                          None)
+    if not p.exists() or q is None:
+        return []
+    ab = json.loads(p.read_text())["weight_diff"]
+    t = pd.read_parquet(q)
+    rows = []
+    for lay in ab.get("top_changed_layers", []):
+        name = lay["layer_name"]
+        if name == "embedding":
+            sel = t[t["name"].str.endswith("embed_tokens.weight")]
+        elif name.startswith("layer_"):
+            sel = t[t["layer"] == int(name.split("_")[1])]
+        else:
+            continue
+        d = float(np.sqrt((sel["delta_fro"] ** 2).sum()))
+        b = float(np.sqrt((sel["base_fro"] ** 2).sum()))
+        for col, mine, theirs in (("fro", d, lay["frobenius_norm"]), ("relative", d / b, lay["relative_change"])):
+            rows.append({"layer": name, "metric": col, "updelta": mine, "afterburn": float(theirs),
+                         "rel_diff": abs(float(theirs) - mine) / abs(mine) if mine else float("nan"),
+                         "afterburn_cosine": lay.get("cosine_similarity")})
+    return rows
+
+
 def agreement(tabs, ref: str = "updelta full"):
     import numpy as np
 
@@ -292,10 +322,13 @@ NOTES = """Where the definitions match and where they do not (from the peers' in
   ||D||_F^2 / sigma_1^2 (matches); `spectral_norm` = max(evals) = sigma_1^2 (compared as its square root).
   Its `entropy`/`matrix_rank` are not Roy-Vetterli's effective rank (not compared). Which layers it
   analyses is its choice (see the n column).
+- afterburn 0.6.3 (weight-diff): per layer (embedding, layer_i) the Frobenius norm of the update and
+  ||D||_F / ||W0||_F, for its top 5 changed layers only, and a cosine; no spectra, no per-tensor rows. Its
+  reductions run in float32 (seen: the embedding norm low, a cosine above 1), updelta's in float64.
 - updelta fast: top-16 from the Gram matrix (tall) or block Krylov, ||D||_F exact; no erank in fast mode."""
 
 
-def print_report(res: dict[str, dict], tabs, threads: int) -> None:
+def print_report(res: dict[str, dict], tabs, threads: int, out_dir: Path | None = None) -> None:
     import pandas as pd
 
     print(f"\nWhole process, {threads} thread(s) per tool (OMP/MKL/OpenBLAS), load average now "
@@ -330,6 +363,12 @@ def print_report(res: dict[str, dict], tabs, threads: int) -> None:
                     cells.append(f"{tool}: {x['sigma_1']:.6g} / {x['stable_rank']:.6g}"
                                  + (f" / {er:.6g}" if er is not None and er == er else ""))
             print(f"  {n}\n    " + "\n    ".join(cells))
+    nrows = norm_agreement(out_dir) if out_dir is not None else []
+    if nrows:
+        print("\nNorms: afterburn (its top-5 changed layers) vs updelta (float64 sums of the same tensors)")
+        for r in nrows:
+            print(f"  {r['layer']:<10} {r['metric']:<9} updelta {r['updelta']:.6g}  afterburn {r['afterburn']:.6g}  "
+                  f"rel diff {r['rel_diff']:.2e}  (afterburn cosine {r['afterburn_cosine']})")
     print("\n" + NOTES)
 
 
@@ -355,7 +394,7 @@ def main(argv=None) -> None:
         (out / "runs.json").write_text(json.dumps(res, indent=1))
     elif (out / "runs.json").exists():
         res = json.loads((out / "runs.json").read_text())
-    print_report(res, load_tables(out), a.threads)
+    print_report(res, load_tables(out), a.threads, out)
 
 
 if __name__ == "__main__":
