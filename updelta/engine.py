@@ -20,7 +20,7 @@ import torch
 from ._version import __version__
 from .adapters import open_run
 from .errors import UpdeltaError, UpdeltaWarning
-from .executors import make_executor
+from .executors import default_memory_budget, make_executor
 from .io import Checkpoint, open_checkpoint
 from .io.hub import locate
 from .io.locations import reader_scope
@@ -29,7 +29,7 @@ from .jobs_where import decode_tokens
 from .metrics import elementwise as ew
 from .options import DiffOptions
 from .pairing import Pairing, pair_checkpoints
-from .plan import Env, Plan, make_plan, resolve_pairs
+from .plan import Env, Plan, make_plan, resolve_pairs, spectral_budget
 from .progress import Progress
 
 try:  # the optional C kernel (see setup.py); the torch path gives the same numbers
@@ -86,7 +86,10 @@ def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], lis
     if plan.spectral:
         by_key: dict[tuple[str, str], dict] = {}
         with Progress(len(plan.spectral), desc="updelta: spectral", enabled=enabled) as bar:
-            for job, cols in zip(plan.spectral, ex.map(run_spectral_job, plan.spectral, cost=lambda j: j.cost)):
+            sx = make_executor(opts, plan.workers)  # the largest spectral jobs apart (plan.spectral_budget)
+            if getattr(sx, "memory_budget", 0) is None:
+                sx.memory_budget = min(default_memory_budget(), spectral_budget(plan.spectral))
+            for job, cols in zip(plan.spectral, sx.map(run_spectral_job, plan.spectral, cost=lambda j: j.cost)):
                 for r, c in cols.items():
                     by_key[(r, job.tensor.name)] = c
                 bar.update(1)

@@ -233,34 +233,91 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
 
 
 def _materialize(loc: TensorLocation, numel: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The tensor widened to float32 (float64 when stored so) on `device`."""
+    return _read_wide(loc, numel, shape, device)[0]
+
+
+def _read_wide(loc: TensorLocation, numel: int, shape: tuple[int, ...], device: torch.device,
+               digest: bool = False) -> tuple[torch.Tensor, str | None]:
+    """(the tensor widened to float32 (float64 when stored so) on `device`, a digest of its stored bytes or None).
+    The stored bytes are freed before the caller goes on; on the CPU they widen in one copy."""
     raw = open_reader(loc).read(0, numel)
-    w = raw_to_torch(raw, loc.dtype).to(device)
-    w = w.to(torch.float64 if loc.dtype == "float64" else torch.float32)
-    return w.reshape(shape)
+    key = None
+    if digest:
+        from .spectral_cache import tensor_digest
+        key = tensor_digest(raw)
+    wide = torch.float64 if loc.dtype == "float64" else torch.float32
+    w = raw_to_torch(raw, loc.dtype)
+    w = w.to(device=device, dtype=wide)
+    del raw
+    return w.reshape(shape), key
 
 
 def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
-    """{run: spectral columns} of one tensor: W0 read once, each run's W1 in turn (one W1 alive at a time)."""
+    """{run: spectral columns} of one tensor: W0 read once, each run's W1 in turn (one W1 alive at a time).
+
+    `full` mode: W0's decomposition is computed at most once for all runs (when some run needs it) and, with
+    `opts.cache`, read from / kept in the on-disk cache under a digest of W0's bytes (`updelta.spectral_cache`)."""
     from .metrics import spectral
 
     use_threads(job.threads)
-    t, dev = job.tensor, torch.device(job.device)
+    t, dev, opts = job.tensor, torch.device(job.device), job.opts
     if not any(isinstance(s.loc, TensorLocation) for s in t.sides):  # adapter sides only (docs/adapters.md)
         from .jobs_factored import spectral_only
         return spectral_only(job)
-    w0 = _materialize(t.base, t.numel, t.shape, dev)
+    full = opts.spectral == "full"
+    if not full and all(isinstance(s.loc, TensorLocation) for s in t.sides) and len(t.shape) == 2:
+        return _fast_from_updates(job)
+    w0, digest = _read_wide(t.base, t.numel, t.shape, dev, digest=full and opts.cache)
     if t.transposed:
         w0 = w0.transpose(-1, -2)
     w0 = w0.contiguous()
+    base = None
+    if full and w0.ndim == 2:
+        from .spectral_cache import base_provider, decomp_key, kept_k
+        key = None if digest is None else decomp_key(digest, t.base.dtype, t.shape, t.transposed,
+                                                      spectral.work_dtype(opts, w0.dtype), kept_k(opts, w0.shape))
+        base = base_provider(w0, opts, key)
     out = {}
     for side in t.sides:
         if not isinstance(side.loc, TensorLocation):  # an adapter's factors (docs/adapters.md)
             from .jobs_factored import spectral_side
-            out[side.run] = spectral_side(w0, t, side.loc, job.opts)
+            out[side.run] = spectral_side(w0, t, side.loc, opts)
             continue
         w1 = _materialize(side.loc, t.numel, t.shape, dev)
         if t.transposed:
-            w1 = w1.transpose(-1, -2)
-        out[side.run] = spectral.spectral_columns(w0, w1.contiguous(), job.opts)
+            w1 = w1.transpose(-1, -2).contiguous()
+        out[side.run] = spectral.spectral_columns(w0, w1, opts, base)
         del w1
+    return out
+
+
+def _stored(loc: TensorLocation, numel: int, device: torch.device) -> torch.Tensor:
+    """The tensor's elements as stored (bf16/fp16/fp32/fp64, flat) on `device`."""
+    return raw_to_torch(open_reader(loc).read(0, numel), loc.dtype).to(device)
+
+
+def _fast_from_updates(job: SpectralJob) -> dict[str, dict]:
+    """`fast` mode needs the update only: W0 stays in its storage dtype, and each run's D = W1 - W0 is widened and
+    subtracted in chunks into one float32 (float64 when either side is stored so) buffer: the same elements as
+    `w1.float() - w0.float()`, with one float copy of the tensor alive instead of three."""
+    from .metrics import spectral
+
+    t, dev, opts = job.tensor, torch.device(job.device), job.opts
+    w0 = _stored(t.base, t.numel, dev)
+    out = {}
+    for side in t.sides:
+        w1 = _stored(side.loc, t.numel, dev)
+        wide = torch.float64 if torch.float64 in (w0.dtype, w1.dtype) else torch.float32
+        d = torch.empty(t.numel, dtype=wide, device=dev)
+        step = 1 << 20
+        for a in range(0, t.numel, step):
+            b = min(t.numel, a + step)
+            torch.sub(w1[a:b].to(wide), w0[a:b].to(wide), out=d[a:b])
+        del w1
+        d = d.reshape(t.shape)
+        if t.transposed:
+            d = d.T.contiguous()
+        out[side.run] = spectral.update_columns(d, opts)
+        del d
     return out

@@ -80,6 +80,9 @@ class DiffOptions:
                                "`tower` column) in the aggregates and gates, keyed by tower; by default they are "
                                "per-tensor rows only (docs/families.md).")
     progress: bool = _opt(True, "Show a progress bar on stderr.")
+    cache: bool = _opt(True, "Spectral full: read and keep base-weight decompositions in the cache "
+                             "($UPDELTA_CACHE_DIR/spectral, default ~/.cache/updelta/spectral), keyed by a hash of "
+                             "each tensor's bytes; --no-cache computes everything afresh (docs/metrics.md).")
     download: bool = _opt(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
                                  "(weights, indexes, config, tokenizer and adapter files); without it ids are read "
                                  "from the cache only, offline.")

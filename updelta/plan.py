@@ -31,8 +31,16 @@ from .pairing import Pairing
 PART_BLOCKS = 64  # cheap jobs cover at most this many blocks (16M elements with the default block)
 CUDA_MIN_BLOCK = 1 << 24  # elements per block on CUDA (fewer, larger transfers)
 MAX_DEFAULT_WORKERS = 4
-# Spectral cost: float copies of the tensor alive at once (W0, W1, D and the SVD factors in `full`).
-SPECTRAL_COPIES = {"fast": 4, "full": 8}
+# Spectral cost: float copies of the tensor alive at once. fast: D, W0 and W1 as stored (half a copy each in bf16),
+# the solver's blocks; full: W0, W1, D, W0's factors (U0 whole) and LAPACK's work copy.
+SPECTRAL_COPIES = {"fast": 2, "full": 8}
+SPECTRAL_PAIRING = 1.5  # spectral jobs in flight together may cost at most this times the largest one
+
+
+def spectral_budget(jobs) -> int:
+    """The memory budget (bytes) for a scan's spectral jobs: SPECTRAL_PAIRING times the largest job's cost, so the
+    largest tensors never run side by side while small ones fill the other workers."""
+    return int(SPECTRAL_PAIRING * max((j.cost for j in jobs), default=0))
 
 
 @dataclass(frozen=True)
