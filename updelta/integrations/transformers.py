@@ -68,7 +68,13 @@ class UpdeltaCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.tracker is not None and self.tracker.due(int(state.global_step)):
+            # `Trainer.log` clears `control.should_log` (through the callback handler's on_log): keep the trainer's
+            # own logging of this step, whose loss gather is a collective every rank must join
+            keep = control.should_log
             self._measure(int(state.global_step))
+            control.should_log = keep
+            self.trainer.control.should_log = keep
+        return control
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.tracker is None:
