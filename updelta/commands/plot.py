@@ -65,10 +65,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def plot(
-        result: Annotated[Path, typer.Argument(help="A .parquet written by `updelta diff --out` or a folder "
-                                                    "written by `updelta compare --out`.")],
-        kind: Annotated[str, typer.Option("--kind", "-k", help="heatmap, experts (layer x expert), heads (layer x attention "
-                                                               "head, per module), layer_profile, "
+        result: Annotated[Path, typer.Argument(help="A .parquet written by `updelta diff --out`, a folder "
+                                                    "written by `updelta diff/compare --out DIR`, or a trajectory "
+                                                    "table (trajectory.parquet or its folder: one run per step).")],
+        kind: Annotated[str, typer.Option("--kind", "-k", help="heatmap, experts (layer x expert), heads (layer x "
+                                                               "attention head, per module), layer_profile, "
                                                                "run_similarity, spectrum, distribution or "
                                                                "tradeoff.")] = "heatmap",
         metric: Annotated[Optional[str], typer.Option(
@@ -86,9 +87,9 @@ def register(app: typer.Typer) -> None:
             "--eval", help="tradeoff: RUN=PATH of a run's eval.json ({before: {...}, after: {...}}); "
                            "gains are after - before (repeatable).")] = None,
     ):
-        """Draw one figure from a saved diff/compare result."""
+        """Draw one figure from a saved diff/compare result or trajectory table."""
         from ..plot import savefig
-        from ..result import load
+        from ..trajectory import load_result as load
 
         out = out or Path(f"{kind}.png")
         if out.suffix.lower() not in (".png", ".svg", ".pdf"):

@@ -1,0 +1,58 @@
+"""Shared fixtures of the integration tests: one tracked `transformers.Trainer` run on a tiny Llama (session)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+STEPS = (2, 4)  # measured and saved
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                        tie_word_embeddings=False))
+
+
+def token_data(n: int = 32, length: int = 16, vocab: int = 64) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (length,), generator=g)
+        out.append({"input_ids": ids, "labels": ids.clone()})
+    return out
+
+
+@dataclass
+class TrackedRun:
+    start: Path  # the weights training started from (save_pretrained before training)
+    out: Path  # the trainer's output_dir (checkpoint-2, checkpoint-4)
+    traj: Path  # the callback's out= folder
+    log_history: list[dict]
+    callback: object
+
+
+@pytest.fixture(scope="session")
+def tracked_run(tmp_path_factory) -> TrackedRun:
+    """4 optimizer steps of a real Trainer with the embedding frozen, tracked every 2 steps with spectral fast and
+    out=, saving checkpoint-2 and checkpoint-4."""
+    from transformers import Trainer, TrainingArguments
+
+    from updelta.integrations.transformers import track
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    model = tiny_llama()
+    model.model.embed_tokens.weight.requires_grad_(False)
+    model.save_pretrained(tmp / "start")
+    args = TrainingArguments(output_dir=str(tmp / "out"), max_steps=max(STEPS), per_device_train_batch_size=4,
+                             learning_rate=1e-2, save_steps=STEPS[0], save_only_model=True, logging_steps=1,
+                             report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=token_data())
+    cb = track(trainer, every_n_steps=STEPS[0], spectral="fast", out=tmp / "traj")
+    trainer.train()
+    return TrackedRun(tmp / "start", tmp / "out", tmp / "traj", list(trainer.state.log_history), cb)
