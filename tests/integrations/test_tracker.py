@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama
+from integ_models import tiny_llama
 
 import updelta
 from updelta.errors import UpdeltaError

@@ -5,7 +5,7 @@ import math
 
 import pytest
 from clirun import run_main
-from conftest import STEPS
+from integ_models import STEPS
 
 import updelta
 from updelta.errors import UpdeltaError
@@ -92,7 +92,7 @@ def test_plot_and_report_read_the_trajectory_table(tracked_run, tmp_path, monkey
 def test_sharded_parameters_refuse_spectral(tracked_run):
     from transformers import Trainer, TrainingArguments
 
-    from conftest import tiny_llama
+    from integ_models import tiny_llama
     from updelta.integrations.transformers import sharding_of, track
 
     args = TrainingArguments(output_dir=str(tracked_run.out.parent / "unused"), report_to=[], use_cpu=True)
