@@ -57,6 +57,13 @@ def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], lis
     """Execute a plan: (per-tensor records, per-pair records, non-finite notes, rows of the where tables:
     heads, pairs_heads, neurons), in tensor order."""
     ex = make_executor(opts, plan.workers)
+    try:
+        return _run_jobs(plan, opts, ex)
+    finally:
+        ex.close()  # a Ray this scan started is shut down, outstanding tasks cancelled (also on Ctrl-C)
+
+
+def _run_jobs(plan: Plan, opts: DiffOptions, ex) -> tuple[list[dict], list[dict], list[str]]:
     records: list[dict] = []
     pair_records: list[dict] = []
     nonfinite: list[str] = []

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import prefetch
 from . import jobs_where as where
 from .io.locations import TensorLocation, open_reader
 from .metrics import elementwise as ew
@@ -119,17 +120,27 @@ def run_job(job: CheapJob) -> CheapPart:
         d in KERNEL_DTYPES for d in (t.base.dtype, *(s.loc.dtype for s in t.sides)))
     block = _kernel_block if fused else _torch_block
     bufs = _Buffers()
-    end = job.start + job.count
-    for start in range(job.start, end, job.block):
-        cnt = min(job.block, end - start)
-        raw0 = base.read(start, cnt, bufs.get("base", cnt * t.base.itemsize))
-        raws = {r: rd.read(start, cnt, bufs.get(("run", r), cnt * sides[r].loc.itemsize))
-                for r, rd in readers.items()}
+    if prefetch.wanted(job):  # CUDA: pinned buffers, the next block read while the device computes this one
+        reads = prefetch.block_reads(job, base, readers)
+    else:
+        reads = _block_reads(job, base, readers, bufs)
+    for start, cnt, raw0, raws in reads:
         part.nbytes += raw0.nbytes + sum(x.nbytes for x in raws.values())
         block(job, raw0, raws, part, bufs)
     if job.part == job.parts - 1:
         part.added_fro = {s.run: _added_fro(s, t.numel, job.block, bufs) for s in t.sides}
     return part
+
+
+def _block_reads(job: CheapJob, base, readers: dict, bufs: _Buffers):
+    """(start, count, base raw, {run: raw}) for each block of `job`, read in this thread into `bufs`."""
+    t, end = job.tensor, job.start + job.count
+    size = {s.run: s.loc.itemsize for s in t.sides}
+    for start in range(job.start, end, job.block):
+        cnt = min(job.block, end - start)
+        raw0 = base.read(start, cnt, bufs.get("base", cnt * t.base.itemsize))
+        raws = {r: rd.read(start, cnt, bufs.get(("run", r), cnt * size[r])) for r, rd in readers.items()}
+        yield start, cnt, raw0, raws
 
 
 def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> None:

@@ -22,7 +22,7 @@ from .errors import UpdeltaError
 Spectral = Literal["off", "fast", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 OnMismatch = Literal["error", "skip"]
-Executor = Literal["serial", "threads"]
+Executor = Literal["serial", "threads", "ray"]
 MergeDtype = Literal["off", "bfloat16", "float16", "float32"]
 
 
@@ -70,11 +70,17 @@ class DiffOptions:
     histogram: bool = _opt(False, "Count |W1 - W0| per tensor in power-of-two bins (plus exact zeros), for "
                                   "`updelta plot --kind distribution`.")
     executor: Executor = _opt("threads", "How the per-tensor jobs run: `threads` (a pool of `workers` threads in "
-                                         "this process) or `serial` (one job at a time in the calling thread). Both "
-                                         "run the same plan and give the same numbers.")
+                                         "this process), `serial` (one job at a time in the calling thread) or `ray` "
+                                         "(`workers` Ray tasks at once, on a local Ray or a cluster; pip install "
+                                         "'updelta[ray]', docs/cluster.md). All run the same plan and give the same "
+                                         "numbers.")
     workers: int = _opt(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each spectral "
                            "job gets max(1, torch threads // workers) BLAS threads, whatever the executor.",
                         at_least=0)
+    ray_address: str = _opt("", "--executor ray: the Ray to run on, as ray.init reads it: empty = RAY_ADDRESS, "
+                                "else a cluster started with `ray start` on this machine, else a new local Ray; "
+                                "`local` = always a new local Ray (shut down when the command ends); "
+                                "`ray://HOST:10001` or `HOST:6379` = that cluster (docs/cluster.md).")
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
     towers: bool = _opt(False, "Count the tensors of vision towers and projectors of multimodal checkpoints (the "
                                "`tower` column) in the aggregates and gates, keyed by tower; by default they are "
@@ -98,6 +104,8 @@ class DiffOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.ray_address and self.executor != "ray":
+            raise UpdeltaError(f"--ray-address {self.ray_address!r} applies to --executor ray only")
 
     def as_dict(self) -> dict:
         d = asdict(self)
