@@ -49,9 +49,10 @@ def _finite(x: torch.Tensor, chunk: int = 1 << 22) -> bool:
     return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
-def _pack(U: torch.Tensor, S: torch.Tensor, resid: np.ndarray | None, k: int) -> Directions:
+def _pack(U: torch.Tensor, S: torch.Tensor, resid: np.ndarray | None, k: int, shape: tuple[int, int]) -> Directions:
+    """The top k, less those at the rounding floor (s_j <= max(m, n) eps s_1, `torch.linalg.matrix_rank`'s cut)."""
     s = S[:k].double().cpu().numpy()
-    keep = s > 0
+    keep = s > (max(shape) * torch.finfo(S.dtype).eps * s[0] if s.size else 0.0)
     u = U[:, :k].double().cpu().numpy()[:, keep]
     r = np.zeros(int(keep.sum())) if resid is None else np.asarray(resid[:k], dtype=np.float64)[keep]
     return Directions(s[keep], u, r)
@@ -69,7 +70,7 @@ def top_directions(d: torch.Tensor, k: int, *, rtol: float = DIR_RTOL, max_iter:
     b = min(2 * k + 8, r)
     if r <= EXACT_MAX or 2 * b >= r:
         U, S, _ = torch.linalg.svd(d, full_matrices=False)
-        return _pack(U, S, None, k)
+        return _pack(U, S, None, k, (m, n))
     gen = torch.Generator(device=d.device).manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(n, b, generator=gen, device=d.device, dtype=d.dtype))
     for _ in range(max_iter):
@@ -82,7 +83,7 @@ def top_directions(d: torch.Tensor, k: int, *, rtol: float = DIR_RTOL, max_iter:
         res = res / s1 if s1 > 0 else res
         if float(res.max()) <= rtol:
             break
-    return _pack(U, S, res, k)
+    return _pack(U, S, res, k, (m, n))
 
 
 def factored_directions(L: torch.Tensor, R: torch.Tensor, scale: float, k: int) -> Directions:
@@ -95,7 +96,7 @@ def factored_directions(L: torch.Tensor, R: torch.Tensor, scale: float, k: int) 
     k = min(int(k), sc.numel())
     if k <= 0:
         return Directions.empty(L.shape[0])
-    return _pack(ql @ uc, sc, None, k)
+    return _pack(ql @ uc, sc, None, k, (L.shape[0], R.shape[1]))
 
 
 def gains(norm: np.ndarray | None, offset: float, hidden: int) -> np.ndarray:
