@@ -204,11 +204,15 @@ def run_lens_job(job: LensJob) -> list[dict]:
     cand = ml.Candidates(G.shape[1], ml.CANDIDATES * ml.TOP)
     reader = open_reader(spec.head)
     step = ml.block_rows(hidden)
+    rowsum = torch.zeros(hidden, dtype=torch.float64, device=dev)  # for the mean score over the vocabulary
     for r0 in range(0, vocab, step):
         r1 = min(vocab, r0 + step)
         w = raw_to_torch(reader.read(r0 * hidden, (r1 - r0) * hidden), spec.head.dtype).to(dev)
-        cand.add(w.reshape(r1 - r0, hidden).float() @ g32, r0)
+        w = w.reshape(r1 - r0, hidden).float()
+        cand.add(w @ g32, r0)
+        rowsum += w.sum(dim=0, dtype=torch.float64)
         del w
+    mean = (rowsum.cpu().numpy() / vocab) @ G  # [C]: mean_j z_j per direction, before the sign
     ids = cand.rows()
     uniq = np.unique(np.concatenate(ids))
     exact = _rows_f64(reader, spec.head, uniq, hidden)
@@ -216,11 +220,12 @@ def run_lens_job(job: LensJob) -> list[dict]:
     rows = []
     for c, (e, j) in enumerate(owners):
         z = exact[[pos[int(i)] for i in ids[c]]] @ G[:, c]
-        _, picked = ml.finish(ids[c], z)
+        flip, picked = ml.finish(ids[c], z)
         for sign, rank, tok, score in picked:
             rows.append({"run": e.run, "layer": e.layer, "module": e.module, "name": e.name, "direction": j,
                          "sigma": float(e.dirs.sigma[j]), "resid": float(e.dirs.resid[j]), "sign": sign,
-                         "rank": rank, "token_id": tok, "token": None, "score": score})
+                         "rank": rank, "token_id": tok, "token": None, "score": score,
+                         "score_mean": float(flip * mean[c])})
     return rows
 
 

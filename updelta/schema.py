@@ -246,7 +246,7 @@ NEURON_COLUMNS = ("run", "layer", "module", "name", "component", "kind", "axis",
                   "energy_share", "token")
 # Result.lens (docs/metrics.md, Logit lens of the update): per (run, tensor, direction, sign, rank) one token.
 LENS_COLUMNS = ("run", "layer", "module", "name", "direction", "sigma", "resid", "sign", "rank", "token_id",
-                "token", "score")
+                "token", "score", "score_mean")
 
 # The headline per-run figures, in the order text summaries and reports show them.
 HEADLINE = ("rel_delta", "delta_fro", "delta_max", "cos_delta_base", "sparsity_exact", "sparsity_atol",

@@ -74,6 +74,7 @@ def test_planted_token_is_promoted_first(planted, case, mode, tmp_path):
     sup = lens[lens["sign"] == "suppress"]
     np.testing.assert_allclose(sup["score"], np.sort(z)[:ml.TOP], rtol=1e-6, atol=1e-9)
     assert list(sup["token_id"]) == list(np.argsort(z, kind="stable")[:ml.TOP])
+    np.testing.assert_allclose(lens["score_mean"], z.mean(), rtol=1e-6)  # the same for every row of direction 0
     back = updelta.load(res.save(tmp_path / "out"))
     assert back.lens[["token_id", "score", "sign"]].equals(lens[["token_id", "score", "sign"]])
 
