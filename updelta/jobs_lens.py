@@ -192,13 +192,13 @@ def run_lens_job(job: LensJob) -> list[dict]:
     use_threads(job.threads)
     spec, dev = job.spec, torch.device(job.device)
     vocab, hidden = (int(x) for x in spec.head.shape)
+    owners = [(e, j) for e in job.entries for j in range(e.dirs.sigma.size)]
+    if not owners:
+        return []
     nvec = None
     if spec.norm is not None:
         nvec = raw_to_torch(open_reader(spec.norm).read(0, hidden), spec.norm.dtype).double().numpy()
     gain = ml.gains(nvec, spec.offset, hidden)
-    owners = [(e, j) for e in job.entries for j in range(e.dirs.sigma.size)]
-    if not owners:
-        return []
     G = np.concatenate([ml.scaled(e.dirs, gain) for e in job.entries], axis=1)  # [hidden, C] float64
     g32 = torch.from_numpy(G).to(device=dev, dtype=torch.float32)
     cand = ml.Candidates(G.shape[1], ml.CANDIDATES * ml.TOP)
