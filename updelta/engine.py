@@ -24,6 +24,7 @@ from .executors import default_memory_budget, make_executor
 from .io import Checkpoint, open_checkpoint
 from .io.hub import locate
 from .io.locations import reader_scope
+from . import jobs_lens
 from .jobs import run_job, run_spectral_job, tensor_records
 from .jobs_where import decode_tokens
 from .metrics import elementwise as ew
@@ -55,7 +56,7 @@ def machine_env(opts: DiffOptions) -> Env:
 
 def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], list[str], dict[str, list[dict]]]:
     """Execute a plan: (per-tensor records, per-pair records, non-finite notes, rows of the where tables:
-    heads, pairs_heads, neurons), in tensor order."""
+    heads, pairs_heads, neurons, and of the logit lens), in tensor order."""
     ex = make_executor(opts, plan.workers)
     try:
         return _run_jobs(plan, opts, ex)
@@ -96,10 +97,16 @@ def _run_jobs(plan: Plan, opts: DiffOptions, ex) -> tuple[list[dict], list[dict]
             sx = make_executor(opts, plan.workers)  # the largest spectral jobs apart (plan.spectral_budget)
             if getattr(sx, "memory_budget", 0) is None:
                 sx.memory_budget = min(default_memory_budget(), spectral_budget(plan.spectral))
+            dirs: dict[tuple[str, str], object] = {}
             for job, cols in zip(plan.spectral, sx.map(run_spectral_job, plan.spectral, cost=lambda j: j.cost)):
                 for r, c in cols.items():
                     by_key[(r, job.tensor.name)] = c
+                    if jobs_lens.KEY in c:
+                        dirs[(r, job.tensor.name)] = c.pop(jobs_lens.KEY)
                 bar.update(1)
+            if plan.lens is not None:  # docs/metrics.md, Logit lens of the update
+                job = jobs_lens.LensJob(plan.lens, jobs_lens.entries(plan, dirs), plan.device, plan.spectral_threads)
+                tables[jobs_lens.TABLE] = next(iter(sx.map(jobs_lens.run_lens_job, [job], cost=lambda j: j.cost)))
         for rec in records:
             rec.update(by_key.get((rec["run"], rec["name"]), {}))
     return records, pair_records, nonfinite, tables
@@ -130,10 +137,12 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
             cks[r] = open_run(locate(p, opts.download), b)  # an adapter folder is a run (docs/adapters.md)
         env = machine_env(opts)
         pairing: Pairing = pair_checkpoints(b, cks, opts)
-        plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env)
+        lens, pairing.notes["lens"] = jobs_lens.setup(b, pairing.family, opts)
+        plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env, lens)
         with reader_scope(lend=[f for ck in (b, *cks.values()) for f in ck.files]):
             records, pair_records, nonfinite, tables = run_plan(plan, opts)
         decode_tokens(tables, b.path)  # token rows as text when the base has a tokenizer.json
+        jobs_lens.decode(tables.get(jobs_lens.TABLE, []), b.path)
         notes = [nonfinite_warning(nonfinite)] if nonfinite else []
         notes += [n for n in (towers_note(records, opts.towers),) if n]
         for who, names in pairing.notes.get("unindexed", {}).items():

@@ -7,7 +7,8 @@
 - `tensor_records(spec, parts) -> TensorRecords`: the parts of one tensor, added in block order (the
   same additions, in the same order, as one sequential pass), turned into one record per run and
   one per run pair, plus warnings.
-- `run_spectral_job(SpectralJob) -> {run: columns}`: materialises W0 once and each W1 in turn.
+- `run_spectral_job(SpectralJob) -> {run: columns}`: materialises W0 once and each W1 in turn (with
+  `job.lens`, each run's top directions under `jobs_lens.KEY`, for the logit lens).
 
 Buffers live for one job; files come from the per-process reader cache (`io.locations`).
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import jobs_lens as lens
 from . import prefetch
 from . import jobs_where as where
 from .io.locations import TensorLocation, open_reader
@@ -275,7 +277,10 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
     t, dev, opts = job.tensor, torch.device(job.device), job.opts
     if not any(isinstance(s.loc, TensorLocation) for s in t.sides):  # adapter sides only (docs/adapters.md)
         from .jobs_factored import spectral_only
-        return spectral_only(job)
+        out = spectral_only(job)
+        for s in t.sides:
+            lens.factored(job, out[s.run], t, s.loc)
+        return out
     full = opts.spectral == "full"
     if not full and all(isinstance(s.loc, TensorLocation) for s in t.sides) and len(t.shape) == 2:
         return _fast_from_updates(job)
@@ -294,11 +299,14 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
         if not isinstance(side.loc, TensorLocation):  # an adapter's factors (docs/adapters.md)
             from .jobs_factored import spectral_side
             out[side.run] = spectral_side(w0, t, side.loc, opts)
+            lens.factored(job, out[side.run], t, side.loc)
             continue
         w1 = _materialize(side.loc, t.numel, t.shape, dev)
         if t.transposed:
             w1 = w1.transpose(-1, -2).contiguous()
         out[side.run] = spectral.spectral_columns(w0, w1, opts, base)
+        if job.lens:
+            lens.dense(job, out[side.run], w1 - w0)
         del w1
     return out
 
@@ -330,5 +338,6 @@ def _fast_from_updates(job: SpectralJob) -> dict[str, dict]:
         if t.transposed:
             d = d.T.contiguous()
         out[side.run] = spectral.update_columns(d, opts)
+        lens.dense(job, out[side.run], d)
         del d
     return out

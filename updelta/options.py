@@ -97,6 +97,10 @@ class DiffOptions:
                              "update sits). Off: the cheap sums only.")
     top_neurons: int = _opt(20, "Neurons (MLP rows or columns) and token rows (embeddings, untied head) kept per "
                                 "tensor and run in `Result.neurons`, by share of the update energy.", at_least=0)
+    lens_k: int = _opt(4, "Logit lens of the update (spectral fast and full): how many top singular directions of each "
+                          "output-side update (the family's lens modules, e.g. o_proj, down_proj) are pushed through "
+                          "the base's final norm and unembedding into `Result.lens`; 0: none (docs/metrics.md).",
+                       at_least=0)
     merge_dtype: MergeDtype = _opt("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
                                           "dtype would store (D in float32, cast, added to W0 in this dtype), which "
                                           "gives sparsity; `off` measures the exact update from the factors "

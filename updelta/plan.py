@@ -121,6 +121,7 @@ class SpectralJob:
     opts: DiffOptions
     device: str
     threads: int
+    lens: bool = False  # also the update's top directions for the logit lens (jobs_lens)
 
     @property
     def cost(self) -> int:
@@ -142,6 +143,7 @@ class Plan:
     device: str
     kernel: bool
     factored: tuple = ()  # jobs_factored.FactoredJob: adapter sides of a tensor (docs/adapters.md)
+    lens: object = None  # jobs_lens.LensSpec: the logit lens's unembedding and final norm (docs/metrics.md)
 
     @property
     def read_bytes(self) -> int:
@@ -178,8 +180,10 @@ def tensor_specs(pairing: Pairing, pairs: tuple[tuple[str, str], ...]) -> tuple[
     return tuple(specs)
 
 
-def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOptions, env: Env) -> Plan:
-    """Every job of a scan, in plan order (pure: the same inputs give the same plan)."""
+def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOptions, env: Env,
+              lens=None) -> Plan:
+    """Every job of a scan, in plan order (pure: the same inputs give the same plan). `lens`: a
+    `jobs_lens.LensSpec` (the spectral jobs of its output-side tensors also compute their top directions)."""
     workers = resolve_workers(opts.workers, env)
     cheap_threads = max(1, env.torch_threads)
     spectral_threads = max(1, env.torch_threads // workers)
@@ -202,7 +206,10 @@ def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOp
                                   cheap_threads))
     spectral: list[SpectralJob] = []
     if opts.spectral != "off":
-        spectral = [SpectralJob(t, opts, env.device, spectral_threads) for t in specs if len(t.shape) == 2]
+        from .jobs_lens import wants
+
+        spectral = [SpectralJob(t, opts, env.device, spectral_threads, wants(t, lens))
+                    for t in specs if len(t.shape) == 2]
         spectral.sort(key=lambda j: -j.cost)  # stable: equal costs keep tensor order
     return Plan(specs, tuple(cheap), tuple(spectral), pairs, workers, cheap_threads, spectral_threads, env.device,
-                env.kernel, factored)
+                env.kernel, factored, lens if spectral else None)

@@ -38,8 +38,9 @@ DIR_FILES = {"tensors": "tensors.parquet", "pairs": "pairs.parquet", "pairs_laye
              "pairs_summary": "pairs_summary.parquet", "layers": "layers.parquet", "summary": "summary.parquet",
              "components": "components.parquet", "pairs_components": "pairs_components.parquet",
              "experts": "experts.parquet", "heads": "heads.parquet", "pairs_heads": "pairs_heads.parquet",
-             "neurons": "neurons.parquet"}
-WHERE_TABLES = {"heads": schema.HEAD_COLUMNS, "pairs_heads": schema.PAIR_HEAD_COLUMNS, "neurons": schema.NEURON_COLUMNS}
+             "neurons": "neurons.parquet", "lens": "lens.parquet"}
+WHERE_TABLES = {"heads": schema.HEAD_COLUMNS, "pairs_heads": schema.PAIR_HEAD_COLUMNS, "neurons": schema.NEURON_COLUMNS,
+                "lens": schema.LENS_COLUMNS}
 
 
 @dataclass
@@ -61,6 +62,9 @@ class Result:
     heads: pd.DataFrame = field(default_factory=lambda: where_table("heads"))
     pairs_heads: pd.DataFrame = field(default_factory=lambda: where_table("pairs_heads"))
     neurons: pd.DataFrame = field(default_factory=lambda: where_table("neurons"))
+    # The logit lens (docs/metrics.md, Logit lens of the update): tokens the top directions of each output-side
+    # update promote and suppress.
+    lens: pd.DataFrame = field(default_factory=lambda: where_table("lens"))
 
     @property
     def info(self) -> RunInfo:
@@ -142,11 +146,11 @@ def build_result(records: list[dict], pair_records: list[dict], meta: dict,
 
 
 def where_table(kind: str, rows: list[dict] | pd.DataFrame | None = None) -> pd.DataFrame:
-    """The `heads`, `pairs_heads` or `neurons` table from rows (empty, with its columns, when there are none)."""
+    """The `heads`, `pairs_heads`, `neurons` or `lens` table from rows (empty, with its columns, when there are none)."""
     cols = list(WHERE_TABLES[kind])
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(rows or [], columns=cols)
     df = _order(df, cols)
-    for k in ("layer", "head", "index", "rank", "n_compared"):
+    for k in ("layer", "head", "index", "rank", "n_compared", "direction", "token_id"):
         if k in df:
             df[k] = df[k].astype("Int64")
     return df.reset_index(drop=True)

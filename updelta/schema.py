@@ -244,6 +244,9 @@ PAIR_HEAD_COLUMNS = ("run_a", "run_b", "layer", "module", "name", "part", "head"
                      "ss_delta_a", "ss_delta_b")
 NEURON_COLUMNS = ("run", "layer", "module", "name", "component", "kind", "axis", "index", "rank", "energy",
                   "energy_share", "token")
+# Result.lens (docs/metrics.md, Logit lens of the update): per (run, tensor, direction, sign, rank) one token.
+LENS_COLUMNS = ("run", "layer", "module", "name", "direction", "sigma", "resid", "sign", "rank", "token_id",
+                "token", "score", "score_mean")
 
 # The headline per-run figures, in the order text summaries and reports show them.
 HEADLINE = ("rel_delta", "delta_fro", "delta_max", "cos_delta_base", "sparsity_exact", "sparsity_atol",
