@@ -6,6 +6,8 @@ elements) with 24 layers and with 48 layers, and a tiny pair. Measures whole pro
 - `updelta diff --spectral off` with and without `--no-where` (the row/column energies and head sums,
   alternated, ratio printed), and the naive way (load both state dicts, loop per tensor in torch),
 - `python -c "import torch"` and `updelta diff` of a tiny pair (start-up cost),
+- `updelta diff --spectral fast` with the logit lens (`--lens-k 4`, the default) and without (`--lens-k 0`),
+  alternated: the lens's top-k vector solve of each output-side update and its push through the unembedding;
 and prints wall time, throughput as a ratio to the plain read with start-up taken off, and peak RSS.
 
     python benchmarks/bench_diff.py [--skip-naive] [--skip-48] [--baseline DIR]
@@ -31,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-48", action="store_true")
+    ap.add_argument("--skip-lens", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", type=Path, default=None, help="another updelta source tree to measure too")
     args = ap.parse_args()
@@ -72,6 +75,15 @@ def main() -> None:
         rows["updelta diff, 48 layers"] = measure([UPDELTA, "diff", str(b48), str(f48), "--spectral", "off"],
                                                   args.repeat)
 
+    lens = {}
+    if not args.skip_lens:  # the logit lens costs only with spectral work: fast with and without it, alternated
+        fast = [UPDELTA, "diff", str(b24), str(f24), "--spectral", "fast"]
+        on, off = [], []
+        for _ in range(min(args.repeat, 2)):
+            on.append(measure([*fast, "--lens-k", "4"], 1))
+            off.append(measure([*fast, "--lens-k", "0"], 1))
+        lens = {"on": min(on, key=lambda r: r["wall_s"]), "off": min(off, key=lambda r: r["wall_s"])}
+
     t_read = rows["plain read (cat)"]["wall_s"]
     t_start = rows["updelta diff, tiny pair"]["wall_s"]
     read_gbs = nbytes / t_read / 1e9
@@ -90,6 +102,10 @@ def main() -> None:
         w, nw = rows["updelta diff, 0.5B (24 layers)"]["wall_s"], rows["0.5B, --no-where"]["wall_s"]
         print(f"where figures (row/column energies, head sums, top neurons): {w:.2f} s vs {nw:.2f} s without, "
               f"ratio {w / nw:.2f} (whole process; {(w - t_start) / max(nw - t_start, 1e-9):.2f} with start-up off)")
+    if lens:
+        w, nw = lens["on"]["wall_s"], lens["off"]["wall_s"]
+        print(f"logit lens (--spectral fast, 0.5B pair): {w:.2f} s with --lens-k 4 vs {nw:.2f} s with --lens-k 0, "
+              f"ratio {w / nw:.2f}; peak RSS {lens['on']['rss_mb']:.0f} vs {lens['off']['rss_mb']:.0f} MB")
     t_torch = rows["python -c 'import torch'"]["wall_s"]
     print(f"start-up: whole `updelta diff` of the tiny pair {t_start:.2f} s vs bare `import torch` {t_torch:.2f} s "
           f"(+{t_start - t_torch:.2f} s)")

@@ -159,3 +159,18 @@ def test_heads_skipped_with_a_note(planted, tmp_path):
     assert "k_proj" in res.meta["pairing"]["heads"]["skipped"]
     bare = updelta.diff(base / "model.safetensors", ft / "model.safetensors", spectral="off")
     assert bare.heads.empty and "config.json" in bare.meta["pairing"]["heads"]["skipped"]
+
+
+def test_report_draws_the_heads_figure_or_says_why_not(planted):
+    from updelta import plot as P
+    from updelta.report.figures import _specs
+    base, ft, _ = planted["llama"]
+
+    def heads_spec(result):
+        return next(s for s in _specs(result, {}) if s[0] == "heads_energy_share")
+    _, _, fn, skip, draw = heads_spec(updelta.diff(base, ft, spectral="off"))
+    assert fn == "heads_heatmap" and skip is None
+    assert draw(getattr(P, fn)).axes  # drawn from the result's heads table
+    bare = updelta.diff(base / "model.safetensors", ft / "model.safetensors", spectral="off")
+    why = heads_spec(bare)[3]
+    assert why.startswith("no per-head rows (") and "config.json" in why

@@ -566,6 +566,30 @@ def test_topk_vectors_declines_a_flat_spectrum():
     assert topk_vectors(A, 16, svdvals(A).double().numpy(), each=10) is None
 
 
+@pytest.mark.parametrize("spectrum", ["flat", "power"])
+def test_weyl_pretest_skips_only_hopeless_iterations(spectrum, monkeypatch):
+    """W0's values -/+ ||D||_2 bound W1's (Weyl): where no W1 within them could pass the a-priori test, full mode
+    goes straight to the exact SVD (no svdvals of W1 spent), and the columns are those of the old route."""
+    from updelta.metrics import linalg as la
+
+    w0 = base(420, 300, seed=5) if spectrum == "flat" else planted(420, 300, 1.0 / np.arange(1, 301) ** 1.2,
+                                                                    seed=4).float()
+    w1 = (w0.double() + planted(420, 300, [3e-3, 2e-3, 1e-3], seed=9)).float()
+    s0 = la.svdvals(w0).double().numpy()
+    dn = float(la.svdvals(w1 - w0).double()[0])
+    may = la.topk_vectors_may_pay((420, 300), 16, s0 - dn, s0 + dn, torch.float32, each=10)
+    exact = la.topk_vectors(w1, 16, la.svdvals(w1).double().numpy(), each=10)
+    assert may is (spectrum == "power") and (exact is None) is (spectrum == "flat")
+    calls = []
+    real_svdvals = sp.svdvals
+    monkeypatch.setattr(sp, "svdvals", lambda x: calls.append(tuple(x.shape)) or real_svdvals(x))
+    got = sp.spectral_columns(w0, w1, FULL)
+    assert len(calls) == (1 if spectrum == "flat" else 2)  # D only, or D and W1
+    monkeypatch.setattr(sp, "topk_vectors_may_pay", lambda *a, **k: True)  # the route without the pre-test
+    old = sp.spectral_columns(w0, w1, FULL)
+    assert {k: v for k, v in got.items() if k != "spectral_s"} == {k: v for k, v in old.items() if k != "spectral_s"}
+
+
 def test_full_columns_same_with_iterated_or_exact_vectors(monkeypatch):
     """The subspace-iteration route for W1's vectors gives the exact route's columns (power-law W0)."""
     s = 1.0 / np.arange(1, 301) ** 1.2

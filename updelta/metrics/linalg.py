@@ -309,6 +309,49 @@ def _svd_flops(m: int, n: int) -> tuple[float, float]:
     return 4 * m * n * n + 22 * n ** 3, 4 * m * n * n - 4 * n ** 3 / 3
 
 
+def _iteration_plan(m: int, n: int, k: int, lo: np.ndarray, hi: np.ndarray, *, each: int, rtol: float,
+                    budget: float, eps: float) -> tuple[int, int, int] | None:
+    """(block b, predicted iteration count q_pred, affordable count q_max) of `topk_vectors` on an m x n matrix
+    whose top singular values lie in [lo_i, hi_i] (exact values: lo = hi = s), taking the most favourable values
+    within the bounds; None when the iteration cannot run (r small, no gap, rho >= 1). Needs lo, hi of length
+    >= b + 1 (b = min(2k + 4, r))."""
+    r = min(m, n)
+    if k <= 0 or r == 0:
+        return None
+    b = min(2 * k + 4, r)
+    if 2 * b >= r or lo.size <= b or hi.size <= b or hi[0] <= 0:
+        return None
+    full, vals = _svd_flops(max(m, n), r)
+    q_max = int(budget * (full - vals) / (4.0 * m * n * b))
+    need = max(k, each)
+    sub_gap = hi[k - 1] - lo[k]
+    if sub_gap <= 0 or hi[need - 1] <= 0:
+        return None
+
+    def gap(j: int) -> float:  # the largest distance within the bounds of value j to its neighbours
+        return min(hi[j - 1] - lo[j] if j > 0 else math.inf, hi[j] - lo[j + 1] if j + 1 < hi.size else math.inf)
+
+    # a-priori count: the worst needed vector's error must shrink from O(sqrt(n)) to rtol * (its gap) / s_1
+    g = min([sub_gap] + [gap(j) for j in range(each)])
+    target = max(rtol * g, VECTOR_FLOOR * eps * hi[0]) / max(lo[0], 1e-300)
+    rho = (max(lo[b], 0.0) / hi[need - 1]) ** 2
+    if rho >= 1.0:
+        return None
+    if rho == 0.0:
+        return b, 1, q_max
+    return b, max(1, math.ceil(math.log(target / math.sqrt(n)) / math.log(rho))), q_max
+
+
+def topk_vectors_may_pay(shape: tuple[int, int], k: int, lo: np.ndarray, hi: np.ndarray, dtype: torch.dtype, *,
+                         each: int = 0, rtol: float = VECTOR_RTOL, budget: float = 0.5) -> bool:
+    """False when `topk_vectors` is sure to return None for any matrix whose top singular values lie within
+    [lo, hi] (e.g. Weyl's bounds s_i(W0) -/+ ||W1 - W0||_2 for W1): the caller can then take the exact SVD at once
+    and skip the `svdvals` that `topk_vectors` would need. True: try it (it still decides on the exact values)."""
+    plan = _iteration_plan(*shape, k, np.asarray(lo, np.float64), np.asarray(hi, np.float64), each=each,
+                           rtol=rtol, budget=budget, eps=torch.finfo(dtype).eps)
+    return plan is not None and plan[1] <= plan[2]
+
+
 def topk_vectors(A: torch.Tensor, k: int, s: np.ndarray, *, each: int = 0, rtol: float = VECTOR_RTOL,
                  seed: int = 0, budget: float = 0.5):
     """The top-k singular triplets (U_k m x k, S_k, Vh_k k x n) of A by randomized subspace iteration with
@@ -326,35 +369,22 @@ def topk_vectors(A: torch.Tensor, k: int, s: np.ndarray, *, each: int = 0, rtol:
     more than `budget` times what an SVD with vectors costs beyond svdvals, when r is small (2b >= r), or when
     the test does not pass within that count."""
     m, n = A.shape
-    r = min(m, n)
     s = np.asarray(s, dtype=np.float64)
-    if k <= 0 or r == 0 or s.size < r or s[0] <= 0:
-        return None
-    b = min(2 * k + 4, r)
-    if 2 * b >= r:
+    if k <= 0 or min(m, n) == 0 or s.size < min(m, n) or s[0] <= 0:
         return None
     eps = torch.finfo(A.dtype).eps
-    full, vals = _svd_flops(max(m, n), r)
-    per_iter = 4.0 * m * n * b
-    q_max = int(budget * (full - vals) / per_iter)
+    plan = _iteration_plan(m, n, k, s, s, each=each, rtol=rtol, budget=budget, eps=eps)
+    if plan is None:
+        return None
+    b, q_pred, q_max = plan
+    if q_pred > q_max:
+        return None
     need = max(k, each)
     floor = VECTOR_FLOOR * eps * s[0]
-    sub_gap = s[k - 1] - s[k]
-    if sub_gap <= 0 or s[need - 1] <= 0:
-        return None
 
     def gap(j: int, sj: float) -> float:  # distance of a value at position j to its exact neighbours
         return min(abs(sj - s[j - 1]) if j > 0 else math.inf, abs(sj - s[j + 1]) if j + 1 < s.size else math.inf)
 
-    # a-priori count: the worst needed vector's error must shrink from O(sqrt(n)) to rtol * (its gap) / s_1
-    g = min([sub_gap] + [gap(j, s[j]) for j in range(each)])
-    target = max(rtol * g, floor) / s[0]
-    rho = (s[b] / s[need - 1]) ** 2
-    if rho >= 1.0:
-        return None
-    q_pred = max(1, math.ceil(math.log(target / math.sqrt(n)) / math.log(rho)))
-    if q_pred > q_max:
-        return None
     gen = torch.Generator(device=A.device).manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(n, b, generator=gen, device=A.device, dtype=A.dtype))
     for it in range(q_max):

@@ -41,7 +41,7 @@ import torch
 
 from .. import schema
 from ..options import DiffOptions
-from .linalg import QR_ASPECT, svdvals, tall_r, topk_singular_values, topk_vectors
+from .linalg import QR_ASPECT, svdvals, tall_r, topk_singular_values, topk_vectors, topk_vectors_may_pay
 from .registry import metric
 from .summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
 
@@ -338,16 +338,20 @@ def base_decomposition(w0: torch.Tensor, opts: DiffOptions) -> "_Decomp":
     return _Decomp(w0.to(work_dtype(opts, w0.dtype)))
 
 
-def _ft_parts(w1: torch.Tensor, kk: int, ki: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+def _ft_parts(w1: torch.Tensor, kk: int, ki: int, s0: np.ndarray, d_norm2: float
+              ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """What `full` mode needs of W1: all singular values (NSS), the top max(kk, ki) left vectors (principal angles,
     intruders) and the top kk right vectors (principal angles). The values come from `svdvals` (no vectors); the
     vectors from `linalg.topk_vectors` (subspace iteration, accepted only under its Wedin bound, see
-    docs/metrics.md), else from an exact SVD."""
-    s1 = svdvals(w1).double().cpu().numpy()
-    got = topk_vectors(w1, kk, s1, each=ki)
-    if got is not None:
-        U, _, Vh = got
-        return s1, U[:, :max(kk, ki)], Vh[:kk].T
+    docs/metrics.md), else from an exact SVD. By Weyl's inequality |s_i(W1) - s_i(W0)| <= ||D||_2 = `d_norm2`, so
+    W0's values `s0` bound W1's; when no W1 within those bounds could pass the iteration's a-priori test (flat
+    spectra), the exact SVD is taken at once and the `svdvals` the test needs is not spent."""
+    if topk_vectors_may_pay(tuple(w1.shape), kk, s0 - d_norm2, s0 + d_norm2, w1.dtype, each=ki):
+        s1 = svdvals(w1).double().cpu().numpy()
+        got = topk_vectors(w1, kk, s1, each=ki)
+        if got is not None:
+            U, _, Vh = got
+            return s1, U[:, :max(kk, ki)], Vh[:kk].T
     dec1 = _Decomp(w1)
     return dec1.S.double().cpu().numpy(), dec1.u(max(kk, ki)).clone(), dec1.vh(kk).T.clone()
 
@@ -381,9 +385,9 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
     out["erank"] = _erank(sd)
     ki = min(int(opts.intruder_k), r)
     kp = min(max(1, int(opts.offprincipal_k)), r)
-    s1, U1t, V1t = _ft_parts(w1, kk, ki)
     dec0 = base() if base is not None else base_decomposition(w0, opts)
     s0 = dec0.S.double().cpu().numpy()
+    s1, U1t, V1t = _ft_parts(w1, kk, ki, s0, float(sd[0]))
     out["nss"] = _nss(s0, s1)
     out["principal_cos_u"], out["angle_u_max_deg"] = _principal(dec0.u(kk), U1t[:, :kk])
     out["principal_cos_v"], out["angle_v_max_deg"] = _principal(dec0.vh(kk).T, V1t)

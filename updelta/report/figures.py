@@ -47,6 +47,9 @@ def _specs(result, evals: dict):
     multi = len(result.pairs_summary) > 0
     spectral = "topk_sv" in t.columns and t["topk_sv"].notna().any()
     hist = "hist" in t.columns and t["hist"].notna().any()
+    heads = getattr(result, "heads", None)
+    has_heads = heads is not None and not heads.empty
+    heads_skip = (((result.meta or {}).get("pairing") or {}).get("heads") or {}).get("skipped")
     return [
         ("heatmap_rel_delta", "Relative update ||D||/||W0|| per layer and module", "heatmap", None,
          lambda f: f(result, "rel_delta")),
@@ -60,6 +63,9 @@ def _specs(result, evals: dict):
          None if multi else "needs at least two runs", lambda f: f(result, "delta_cos")),
         ("run_similarity_jaccard_atol", "Jaccard of changed-element masks (atol) between runs", "run_similarity",
          None if multi else "needs at least two runs", lambda f: f(result, "jaccard_atol")),
+        ("heads_energy_share", "Share of each attention module's update energy per head and layer", "heads_heatmap",
+         None if has_heads else f"no per-head rows ({heads_skip or 'no attention heads'})",
+         lambda f: f(result, "energy_share")),
         ("spectrum", "Singular values of the updates", "spectrum",
          None if spectral else "no spectral columns (computed with --spectral off)", lambda f: f(result)),
         ("distribution", "Distribution of |D|", "distribution",
