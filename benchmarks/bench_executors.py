@@ -81,10 +81,20 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--skip-compare", action="store_true")
+    ap.add_argument("--write-only", action="store_true", help="only write the checkpoints (run as a child process)")
     a = ap.parse_args()
     shapes = llama_shapes(hidden=768, inter=2048, layers=a.layers, vocab=a.vocab)
     numel = sum(__import__("math").prod(s) for s in shapes.values())
-    base, outs = write_checkpoints(DATA / f"exec-{a.layers}l-{a.vocab}v-{a.checkpoints}", shapes, a.checkpoints)
+    folder = DATA / f"exec-{a.layers}l-{a.vocab}v-{a.checkpoints}"
+    if a.write_only:
+        write_checkpoints(folder, shapes, a.checkpoints)
+        return
+    # Written by a child process: on Linux a forked child's peak RSS starts from its parent's (kept across exec),
+    # so a parent that had held the checkpoints in torch would inflate every driver's figure.
+    subprocess.run([PY, __file__, "--write-only", "--layers", str(a.layers), "--checkpoints", str(a.checkpoints),
+                    "--vocab", str(a.vocab)], check=True)
+    base = folder / "base"
+    outs = [folder / "out" / f"checkpoint-{100 * (k + 1)}" for k in range(a.checkpoints)]
     print(f"model: {numel / 1e6:.0f}M parameters bf16 ({2 * numel / 1e9:.2f} GB per checkpoint), "
           f"{a.checkpoints} checkpoints", flush=True)
     ray_alone = drive("ray", base, [], {})

@@ -67,8 +67,24 @@ def is_factored(loc) -> bool:
     return isinstance(loc, FactoredLocation)
 
 
+class _BaseShaped:
+    """What a run's tensor reference shares with the base tensor it stands for: shape and element count."""
+
+    base: TensorRef
+    is_float = True
+    is_quantized = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape)
+
+    @property
+    def numel(self) -> int:
+        return self.base.numel
+
+
 @dataclass(frozen=True)
-class FactoredRef:
+class FactoredRef(_BaseShaped):
     """A base tensor as an adapter run sees it: the base's name, shape and dtype, its update given by factors."""
 
     name: str
@@ -80,19 +96,8 @@ class FactoredRef:
         return self.update.b.dtype
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.base.shape)
-
-    @property
-    def numel(self) -> int:
-        return self.base.numel
-
-    @property
     def file(self):
         return self.update.b.file
-
-    is_float = True
-    is_quantized = False
 
     @property
     def location(self) -> FactoredLocation:
@@ -103,25 +108,15 @@ class FactoredRef:
 
 
 @dataclass(frozen=True)
-class ZeroRef:
+class ZeroRef(_BaseShaped):
     """A base tensor the adapter does not touch: W1 = W0 (location kind "zero", no adapter bytes)."""
 
     name: str
     base: TensorRef
-    is_float = True
-    is_quantized = False
 
     @property
     def dtype(self) -> str:
         return self.base.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.base.shape)
-
-    @property
-    def numel(self) -> int:
-        return self.base.numel
 
     @property
     def file(self):

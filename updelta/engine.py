@@ -24,9 +24,9 @@ from .executors import default_memory_budget, make_executor
 from .io import Checkpoint, open_checkpoint
 from .io.hub import locate
 from .io.locations import reader_scope
+from .io.tokenizer import fill_token_text
 from . import jobs_lens
 from .jobs import run_job, run_spectral_job, tensor_records
-from .jobs_where import decode_tokens
 from .metrics import elementwise as ew
 from .options import DiffOptions
 from .pairing import Pairing, pair_checkpoints
@@ -141,8 +141,9 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
         plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env, lens)
         with reader_scope(lend=[f for ck in (b, *cks.values()) for f in ck.files]):
             records, pair_records, nonfinite, tables = run_plan(plan, opts)
-        decode_tokens(tables, b.path)  # token rows as text when the base has a tokenizer.json
-        jobs_lens.decode(tables.get(jobs_lens.TABLE, []), b.path)
+        # token rows as text when the base has a tokenizer.json
+        fill_token_text([r for r in tables.get("neurons", []) if r["kind"] == "token"], b.path, "index")
+        fill_token_text(tables.get(jobs_lens.TABLE, []), b.path, "token_id")
         notes = [nonfinite_warning(nonfinite)] if nonfinite else []
         notes += [n for n in (towers_note(records, opts.towers),) if n]
         for who, names in pairing.notes.get("unindexed", {}).items():

@@ -13,7 +13,7 @@
 - `run_lens_job(LensJob) -> rows`: every direction of the scan pushed through the final-norm gain and the
   unembedding in one streamed pass over W_U (row blocks, float32 on the job's device; no float32 copy of W_U),
   the candidates rescored exactly (float64) from their rows: the `Result.lens` rows;
-- `decode(rows, path)`: token text from the base's tokenizer.json, when present.
+- token text: filled by the engine with `io.tokenizer.fill_token_text` (the base's tokenizer.json, when present).
 """
 from __future__ import annotations
 
@@ -227,16 +227,3 @@ def run_lens_job(job: LensJob) -> list[dict]:
                          "rank": rank, "token_id": tok, "token": None, "score": score,
                          "score_mean": float(flip * mean[c])})
     return rows
-
-
-def decode(rows: list[dict], path) -> None:
-    """Fill the `token` text of lens rows with the base checkpoint's tokenizer (tokenizer.json), when present."""
-    if not rows:
-        return
-    from .io.tokenizer import token_decoder
-
-    dec = token_decoder(path)
-    if dec is None:
-        return
-    for r in rows:
-        r["token"] = dec(r["token_id"])

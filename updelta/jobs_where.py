@@ -133,17 +133,3 @@ def finish(t, parts: list, records: list[dict]) -> dict[str, list[dict]]:
             for h in conc.pair_head_rows(hs, dot, per_axis[ra]["ss_delta"], per_axis[rb]["ss_delta"]):
                 out["pairs_heads"].append({"run_a": ra, "run_b": rb, **ids, **h})
     return out
-
-
-def decode_tokens(tables: dict[str, list[dict]], path) -> None:
-    """Fill the `token` text of token rows with the base checkpoint's tokenizer (tokenizer.json), when present."""
-    rows = [r for r in tables.get("neurons", []) if r["kind"] == "token"]
-    if not rows:
-        return
-    from .io.tokenizer import token_decoder
-
-    dec = token_decoder(path)
-    if dec is None:
-        return
-    for r in rows:
-        r["token"] = dec(r["index"])

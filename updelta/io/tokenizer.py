@@ -1,8 +1,9 @@
 """Decode token ids with a checkpoint's tokenizer (tokenizer.json, read by the `tokenizers` library).
 
 `token_decoder(path)` returns a function id -> text for a checkpoint folder with a tokenizer.json, or None
-(no tokenizer file, or the library is missing): callers then show ids. Only the tokenizer's vocabulary is
-used; nothing is executed from the file.
+(no tokenizer file, or the library is missing): callers then show ids. `fill_token_text(rows, path, id_key)` sets
+the `token` field of table rows from their ids with it (the token rows of `Result.neurons`, `Result.lens`). Only
+the tokenizer's vocabulary is used; nothing is executed from the file.
 """
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def token_decoder(path) -> Callable[[int], str] | None:
         return tok.decode([int(i)], skip_special_tokens=False)
 
     return decode
+
+
+def fill_token_text(rows: list[dict], path, id_key: str) -> None:
+    """Set `row["token"]` to the text of token id `row[id_key]` for every row, with the tokenizer.json beside the
+    checkpoint at `path`; rows are left as they are when there is none."""
+    if not rows:
+        return
+    dec = token_decoder(path)
+    if dec is None:
+        return
+    for r in rows:
+        r["token"] = dec(r[id_key])
