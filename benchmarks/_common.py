@@ -99,7 +99,8 @@ def ensure_pair(folder: Path, layers: int, tiny: bool = False) -> tuple[Path, Pa
 
 
 def measure(cmd: list[str], repeat: int = 1, env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Run `cmd` `repeat` times; the best wall time and the peak RSS (MB) of that process alone (wait4).
+    """Run `cmd` `repeat` times; the best wall time, its CPU seconds (user + system, of the process and the
+    children it waited for) and the peak RSS (MB) of that process alone (wait4).
     `env`: extra environment variables; `cwd`: working folder of the process."""
     best = None
     for _ in range(repeat):
@@ -112,7 +113,7 @@ def measure(cmd: list[str], repeat: int = 1, env: dict | None = None, cwd: Path 
         p.stderr.close()
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {err[-2000:]}")
-        r = {"wall_s": wall, "rss_mb": ru.ru_maxrss / 1024}
+        r = {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}
         if best is None or r["wall_s"] < best["wall_s"]:
             best = r
     return best
