@@ -164,14 +164,16 @@ print(f"weightwatcher: load {t1 - t0:.1f} s, analyze {t2 - t1:.1f} s", file=sys.
 
 
 def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run `cmd` as a child process; wall seconds and peak RSS (GB, of that process) from wait4."""
+    """Run `cmd` as a child process; wall seconds, CPU seconds (user + system) and peak RSS (GB, of that
+    process) from wait4. CPU seconds move far less than wall seconds when other work shares the cores."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": wall, "rss_gb": ru.ru_maxrss / 1024 ** 2, "rc": p.returncode, "log": str(log)}
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_gb": ru.ru_maxrss / 1024 ** 2,
+            "rc": p.returncode, "log": str(log)}
 
 
 def run_all(out: Path, threads: int, which: list[str], rounds: int = 1, pair: str = "llama125m") -> dict[str, dict]:
@@ -199,12 +201,14 @@ def run_all(out: Path, threads: int, which: list[str], rounds: int = 1, pair: st
         for name in which:
             print(f"round {rnd + 1}: running {name} ...", flush=True)
             r = run_measured(cmds[name], out / (name.replace(" ", "_") + ".log"), env)
-            print(f"  {name}: {r['wall_s']:.1f} s, peak RSS {r['rss_gb']:.2f} GB, exit {r['rc']}, "
+            print(f"  {name}: {r['wall_s']:.1f} s ({r['cpu_s']:.1f} s CPU), peak RSS {r['rss_gb']:.2f} GB, "
+                  f"exit {r['rc']}, "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
             walls = res.get(name, {}).get("walls", []) + [round(r["wall_s"], 2)]
+            cpus = res.get(name, {}).get("cpus", []) + [round(r["cpu_s"], 2)]
             if name not in res or r["wall_s"] < res[name]["wall_s"]:
                 res[name] = r
-            res[name]["walls"] = walls
+            res[name]["walls"], res[name]["cpus"] = walls, cpus
     return res
 
 
@@ -334,12 +338,16 @@ def print_report(res: dict[str, dict], tabs, threads: int, out_dir: Path | None 
     print(f"\nWhole process, {threads} thread(s) per tool (OMP/MKL/OpenBLAS), load average now "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ref = res.get("modeldelta")
-    print(f"{'tool':<16} {'wall_s':>8} {'peak_RSS_GB':>12} {'vs modeldelta':>14} {'spectral_s(sum)':>16}  rounds")
+    print(f"{'tool':<16} {'wall_s':>8} {'min_cpu_s':>10} {'peak_RSS_GB':>12} {'vs modeldelta':>14} "
+          f"{'(CPU)':>7} {'spectral_s(sum)':>16}  rounds")
     for name, r in res.items():
         sp_sum = tabs.get(name, pd.DataFrame()).get("spectral_s")
         sps = f"{sp_sum.sum():.1f}" if sp_sum is not None else "-"
         speed = f"{ref['wall_s'] / r['wall_s']:.2f}x" if ref else "-"
-        print(f"{name:<16} {r['wall_s']:8.1f} {r['rss_gb']:12.2f} {speed:>14} {sps:>16}  {r.get('walls', '')}"
+        cpu = min(r.get("cpus") or [r.get("cpu_s", float("nan"))])
+        speed_cpu = f"{min(ref.get('cpus') or [ref.get('cpu_s', float('nan'))]) / cpu:.2f}x" if ref else "-"
+        print(f"{name:<16} {r['wall_s']:8.1f} {cpu:10.1f} {r['rss_gb']:12.2f} {speed:>14} {speed_cpu:>7} {sps:>16}  "
+              f"{r.get('walls', '')}"
               + ("" if r["rc"] == 0 else f"  (exit {r['rc']}, see {r['log']})"))
     rows = agreement(tabs)
     if rows:

@@ -146,3 +146,20 @@ def test_sign_convention_and_streamed_candidates():
     for j, got in enumerate(c.rows()):
         want = set(torch.topk(z[:, j], 7).indices.tolist()) | set(torch.topk(-z[:, j], 7).indices.tolist())
         assert set(got.tolist()) == want
+
+
+@pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
+def test_gram_directions_of_tall_and_wide_updates(shape):
+    """Aspect >= 2 (down_proj): the short-side Gram route, float32 D, against a float64 SVD; a flat spectrum behind
+    the planted directions, where the subspace iteration would run all its steps."""
+    g = torch.Generator().manual_seed(2)
+    m, n = shape
+    r = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
+    s = torch.cat([torch.tensor([10.0, 7.0, 5.0, 3.5]), torch.full((r - 4,), 1.0)])
+    d = ((U * s) @ V.T).float()
+    got = ml.top_directions(d, 4)
+    np.testing.assert_allclose(got.sigma, s[:4].numpy(), rtol=1e-5)
+    assert np.abs(np.sum(got.u * U[:, :4].numpy(), axis=0)).min() > 1 - 1e-6
+    assert got.resid.max() <= 1e-5  # from D itself, not from the Gram matrix

@@ -4,8 +4,9 @@ Pure functions of tensors (docs/metrics.md, "Logit lens of the update"):
 
 - `top_directions(d, k)`: the k largest singular triplets of a dense update D ([out, in], out = the hidden size
   of an output-side module) as `Directions` (sigma_i, the left directions u_i as columns, the residuals);
-  an exact SVD when the short side is small, else randomized subspace iteration with Rayleigh-Ritz
-  extraction (Halko, Martinsson & Tropp 2011, alg. 4.4 and 5.1) stopped on the residuals;
+  an exact SVD when the short side is small; for a tall or wide D (aspect >= 2, short side <= 1024, e.g.
+  down_proj) the eigenvectors of the short-side Gram matrix (float64 eigh); else randomized subspace iteration
+  with Rayleigh-Ritz extraction (Halko, Martinsson & Tropp 2011, alg. 4.4 and 5.1) stopped on the residuals;
 - `factored_directions(L, R, scale, k)`: the same, exactly, for D = scale * L @ R (an adapter's factors);
 - `gains(norm, offset)`: the final norm's elementwise gain g = w + offset (offset 1 for Gemma's 1 + w);
 - `Candidates`: running top and bottom scores of the columns of Z = W_U @ G over row blocks of the unembedding
@@ -26,6 +27,7 @@ import torch
 EXACT_MAX = 256  # short side at most this: an exact SVD
 DIR_RTOL = 1e-3  # stop when every needed residual ||D^T u_j - s_j v_j|| <= DIR_RTOL * s_1
 MAX_ITER = 40  # subspace iterations at most (then the residuals say how far the directions are)
+GRAM_ASPECT, GRAM_MAX = 2.0, 1024  # aspect and short side of the Gram route
 TOP = 10  # promoted and suppressed tokens kept per direction
 CANDIDATES = 3  # candidates kept per end and direction, as a multiple of TOP, for the exact rescoring
 
@@ -71,6 +73,8 @@ def top_directions(d: torch.Tensor, k: int, *, rtol: float = DIR_RTOL, max_iter:
     if r <= EXACT_MAX or 2 * b >= r:
         U, S, _ = torch.linalg.svd(d, full_matrices=False)
         return _pack(U, S, None, k, (m, n))
+    if max(m, n) >= GRAM_ASPECT * r and r <= GRAM_MAX:
+        return _gram_directions(d, k)
     gen = torch.Generator(device=d.device).manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(n, b, generator=gen, device=d.device, dtype=d.dtype))
     for _ in range(max_iter):
@@ -84,6 +88,34 @@ def top_directions(d: torch.Tensor, k: int, *, rtol: float = DIR_RTOL, max_iter:
         if float(res.max()) <= rtol:
             break
     return _pack(U, S, res, k, (m, n))
+
+
+def _gram_directions(d: torch.Tensor, k: int) -> Directions:
+    """Top-k directions of a tall or wide D from the eigenvectors of its short-side Gram matrix (one GEMM in D's
+    dtype, eigh in float64): D D^T's for a wide D (they are the left directions), else D^T D's (right vectors v_j,
+    then u_j = D v_j / s_j). A subspace iteration on a flat spectrum would run all its steps without meeting its
+    tolerance; this costs one GEMM and one small eigh. The residuals ||D^T u_j - s_j v_j|| / s_1, with v_j the
+    unit vector along D^T u_j, are recomputed from D itself (not from the Gram matrix), as for the iteration."""
+    m, n = d.shape
+    wide = m < n
+    G = (d @ d.T) if wide else (d.T @ d)
+    lam, vec = torch.linalg.eigh(G.double())
+    del G
+    lam, vec = lam.flip(0)[:k].clamp_min(0.0), vec.flip(1)[:, :k]
+    S = lam.sqrt()
+    if wide:
+        U = vec.to(d.dtype)
+    else:
+        U = (d @ vec.to(d.dtype)) / S.to(d.dtype).clamp_min(torch.finfo(d.dtype).tiny)
+        U = U / torch.linalg.vector_norm(U, dim=0).clamp_min(torch.finfo(d.dtype).tiny)
+    Vt = d.T @ U  # n x k: s_j v_j
+    St = torch.linalg.vector_norm(Vt.double(), dim=0)  # the Rayleigh values ||D^T u_j||
+    s1 = float(St.max()) if St.numel() else 0.0
+    V = Vt.double() / St.clamp_min(1e-300)
+    res = torch.linalg.vector_norm(d.double() @ V - U.double() * St, dim=0).cpu().numpy()
+    order = torch.argsort(St, descending=True)
+    res = res[order.cpu().numpy()] / s1 if s1 > 0 else res
+    return _pack(U[:, order], St[order], res, k, (m, n))
 
 
 def factored_directions(L: torch.Tensor, R: torch.Tensor, scale: float, k: int) -> Directions:
