@@ -4,6 +4,9 @@ Data flow: `open_checkpoint` (files) -> `pair_checkpoints` (names) -> `plan.make
 per-tensor jobs) -> an executor (`executors`) runs `jobs.run_job` over the cheap jobs and
 `jobs.run_spectral_job` over the 2-D tensors -> `jobs.tensor_records` -> `Result`.
 
+Runs with a base of their own (`run_bases`, docs/inputs.md, Per-run bases) are grouped by base identity
+(`runbases`): each group is paired, planned and run as above, and the records are merged in tensor order.
+
 Memory is bounded by the blocks in flight (a few per worker) and, with spectral work, by one
 materialised tensor per worker (the largest ones never side by side, see `executors`), not by
 model size or the number of runs. Warnings (non-finite values) go to `Result.warnings` and to

@@ -7,6 +7,9 @@ docs/experts.md) and cross-run tables (`pairs`, `pairs_layers`, `pairs_component
 `updelta.schema`; they leave out tower tensors unless the `towers` option (`with_towers` rebuilds them
 either way, docs/families.md). `meta` holds the options, each checkpoint's identity, pairing notes and
 the updelta version as a JSON dict; `info` gives it typed (`updelta.meta.RunInfo`).
+With per-run bases (docs/inputs.md, Per-run bases) `summary.base` names the checkpoint each run was
+measured from, and `pairs_summary` has a row of nulls for each pair of runs of different bases
+(`meta["pairs_skipped"]`); the other pair tables hold the measured pairs only.
 
 Saving: a `.parquet` file (tensors, with `meta` in the file's key-value metadata),
 `.csv` or `.json` (the table only; CSV writes list cells such as `shape` as JSON), or a
