@@ -196,3 +196,17 @@ def test_cli_report_from_refuses_run_base(result, monkeypatch, capsys, tmp_path)
 def test_layer_and_heads_tables_cover_every_run(result):
     assert set(result.layers["run"]) == {"A", "B", "C"} and set(result.heads["run"]) == {"A", "B", "C"}
     assert np.array_equal(result.summary["run"].to_numpy(), np.array(["A", "B", "C"], dtype=object))
+
+
+def test_gates_on_pairs_skip_pairs_of_different_bases(result, planted):
+    from updelta.gates import evaluate, parse_gates
+
+    g = evaluate(result, parse_gates(["delta_cos>=-1"])[0])
+    assert [r["subject"] for r in g.rows] == ["A/B"] and g.passed  # the null pairs are not gated
+    with pytest.raises(UpdeltaError, match="matches no pair of runs measured; not compared .different bases"):
+        evaluate(result, parse_gates(["delta_cos>=-1@B/C"])[0])
+    p, _ = planted
+    two = updelta.compare(p["base"], {"B": p["B"], "C": p["C"]}, run_bases={"C": "B"}, spectral="off",
+                          progress=False)
+    with pytest.raises(UpdeltaError, match="has no pairs .every pair of runs has different bases"):
+        evaluate(two, parse_gates(["delta_cos>=-1"])[0])
