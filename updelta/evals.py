@@ -73,6 +73,8 @@ def _accs(d, key: str, path) -> dict[str, float]:
 def _str(v, key: str, where) -> str | None:
     if v is None or v == "":
         return None
+    if isinstance(v, os.PathLike):
+        return str(v)
     if not isinstance(v, str):
         raise UpdeltaError(f"{where}: '{key}' = {v!r}; expected a string (the trainer's eval.json)")
     return v
