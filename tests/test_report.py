@@ -46,7 +46,7 @@ def runs(tmp_path_factory):
     _, sft = planted(torch.bfloat16, 0.875, 2)
     b = ckpt.save(base, d / "base")
     paths = {"rl": ckpt.save(rl, d / "rl"), "sft": ckpt.save(sft, d / "sft"), "same": ckpt.save(base, d / "same")}
-    (d / "rl" / "eval.json").write_text(json.dumps(EVAL))
+    (d / "rl" / "eval.json").write_text(json.dumps({**EVAL, "base": str(b)}))  # trained from this base
     return b, paths, d
 
 

@@ -4,6 +4,7 @@
     r = updelta.diff("base/", "runs/sft/")            # per-tensor table in r.tensors
     c = updelta.compare("base/", {"sft": "runs/sft", "dft": "runs/dft"})
     c.pairs_summary                                    # delta cosine, mask Jaccard, ...
+    g = updelta.compare("base/", {"sft": "runs/sft", "grpo": "runs/grpo"}, run_bases={"grpo": "sft"})
 
 `load` (and everything that works on saved results) does not import torch; `diff` and `compare`
 import the engine when called.
@@ -49,11 +50,26 @@ def diff(base: str | os.PathLike, finetuned: str | os.PathLike, options: DiffOpt
 
 
 def compare(base: str | os.PathLike, runs: dict[str, str | os.PathLike], options: DiffOptions | None = None,
-            **overrides) -> Result:
+            run_bases: dict[str, str | os.PathLike] | None = None, **overrides) -> Result:
     """Compare several fine-tunes of one base in one streaming pass (each tensor read once per checkpoint).
 
-    Runs are paired in the order given: (a, b) with a before b.
+    Runs are paired in the order given: (a, b) with a before b. `run_bases` ({run: path}, any input a base
+    accepts; a value that is a run name stands for that run's path) measures those runs from a checkpoint of their
+    own, e.g. RL from the SFT checkpoint it started from: `run_bases={"grpo": "runs/sft"}`. Cross-run metrics are
+    then computed only between runs of the same base; the other pairs are null in `pairs_summary` and listed in
+    `meta["pairs_skipped"]`; every run's base is in `meta["run_bases"]` and `summary.base` (docs/inputs.md,
+    Per-run bases).
     """
     from .engine import scan
 
-    return scan(base, dict(runs), _options(options, overrides))
+    return scan(base, dict(runs), _options(options, overrides), run_bases=dict(run_bases or {}))
+
+
+def base_identities(base: str | os.PathLike, runs: dict[str, str | os.PathLike],
+                    run_bases: dict[str, str | os.PathLike] | None = None, options: DiffOptions | None = None,
+                    **overrides) -> dict[str, dict]:
+    """{run: identity (`Checkpoint.identity()`) of the base `compare` would measure it from}: headers and
+    fingerprints only, no tensor read (checks such as the evaluation-base check before a long pass)."""
+    from .engine import base_identities as identities
+
+    return identities(base, dict(runs), _options(options, overrides), dict(run_bases or {}))

@@ -4,6 +4,9 @@ Data flow: `open_checkpoint` (files) -> `pair_checkpoints` (names) -> `plan.make
 per-tensor jobs) -> an executor (`executors`) runs `jobs.run_job` over the cheap jobs and
 `jobs.run_spectral_job` over the 2-D tensors -> `jobs.tensor_records` -> `Result`.
 
+Runs with a base of their own (`run_bases`, docs/inputs.md, Per-run bases) are grouped by base identity
+(`runbases`): each group is paired, planned and run as above, and the records are merged in tensor order.
+
 Memory is bounded by the blocks in flight (a few per worker) and, with spectral work, by one
 materialised tensor per worker (the largest ones never side by side, see `executors`), not by
 model size or the number of runs. Warnings (non-finite values) go to `Result.warnings` and to
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +36,7 @@ from .options import DiffOptions
 from .pairing import Pairing, pair_checkpoints
 from .plan import Env, Plan, make_plan, resolve_pairs, spectral_budget
 from .progress import Progress
+from .runbases import groups, merge_notes, resolve_run_bases, split_pairs
 
 try:  # the optional C kernel (see setup.py); the torch path gives the same numbers
     from . import _fused
@@ -117,46 +122,140 @@ def nonfinite_warning(notes: list[str]) -> str:
             + "; ".join(notes[:10]) + (" ..." if len(notes) > 10 else ""))
 
 
+@dataclass
+class _Group:
+    """One base and the runs measured from it: one pairing, one plan, one pass (docs/inputs.md, Per-run bases)."""
+
+    base: Checkpoint
+    runs: dict[str, Checkpoint]
+    pairs: tuple[tuple[str, str], ...]
+
+
+def _measure(group: _Group, opts: DiffOptions, env: Env):
+    """Pair, plan and run one group: (pairing, plan, records, pair records, non-finite notes, where tables)."""
+    pairing: Pairing = pair_checkpoints(group.base, group.runs, opts)
+    lens, pairing.notes["lens"] = jobs_lens.setup(group.base, pairing.family, opts)
+    plan = make_plan(pairing, group.pairs, opts, env, lens)
+    with reader_scope(lend=[f for ck in (group.base, *group.runs.values()) for f in ck.files]):
+        records, pair_records, nonfinite, tables = run_plan(plan, opts)
+    # token rows as text when the base has a tokenizer.json
+    fill_token_text([r for r in tables.get("neurons", []) if r["kind"] == "token"], group.base.path, "index")
+    fill_token_text(tables.get(jobs_lens.TABLE, []), group.base.path, "token_id")
+    return pairing, plan, records, pair_records, nonfinite, tables
+
+
+def _merged(outs: list, run_order: list[str], pairs: list[tuple[str, str]]):
+    """The records and tables of several groups in one order: tensors as the groups first name them, then runs (or
+    pairs) in the order given; one group is returned as it is."""
+    if len(outs) == 1:
+        return outs[0][2:]
+    names: dict[str, int] = {}
+    for o in outs:
+        for t in o[1].tensors:
+            names.setdefault(t.name, len(names))
+    ri = {r: i for i, r in enumerate(run_order)}
+    pi = {tuple(p): i for i, p in enumerate(pairs)}
+    records = sorted((x for o in outs for x in o[2]), key=lambda x: (names.get(x["name"], len(names)), ri[x["run"]]))
+    pair_records = sorted((x for o in outs for x in o[3]),
+                          key=lambda x: (names.get(x["name"], len(names)), pi[(x["run_a"], x["run_b"])]))
+    nonfinite = [n for o in outs for n in o[4]]
+    tables: dict[str, list[dict]] = {}
+    for o in outs:
+        for k, rows in o[5].items():
+            tables.setdefault(k, []).extend(rows)
+    return records, pair_records, nonfinite, tables
+
+
+def open_bases(base: Checkpoint, runs: dict[str, str | os.PathLike], run_bases: dict[str, str],
+               opts: DiffOptions) -> tuple[list[Checkpoint], list[dict], dict[str, int]]:
+    """(distinct bases, common one first; their identities; run -> index of its base). A run-base whose identity
+    equals an earlier base's is that base (its checkpoint closed again). The caller closes the bases."""
+    bases, idents, base_of = [base], [base.identity()], {}
+    try:
+        for r in runs:
+            if r not in run_bases:
+                base_of[r] = 0
+                continue
+            ck = open_checkpoint(locate(run_bases[r], opts.download))
+            ident = ck.identity()
+            if ident in idents:
+                ck.close()
+                base_of[r] = idents.index(ident)
+            else:
+                bases.append(ck)
+                idents.append(ident)
+                base_of[r] = len(bases) - 1
+    except BaseException:
+        for ck in bases[1:]:
+            ck.close()
+        raise
+    return bases, idents, base_of
+
+
+def base_identities(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: DiffOptions,
+                    run_bases: dict[str, str] | None = None) -> dict[str, dict]:
+    """{run: identity of the base it would be measured from}, reading headers only (checks before a scan)."""
+    rb = resolve_run_bases(run_bases, {r: str(p) for r, p in runs.items()})
+    b = open_checkpoint(locate(base, opts.download))
+    try:
+        bases, idents, base_of = open_bases(b, runs, rb, opts)
+        for ck in bases[1:]:
+            ck.close()
+    finally:
+        b.close()
+    return {r: idents[base_of[r]] for r in runs}
+
+
 def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: DiffOptions,
-         pairs: list[tuple[str, str]] | None = None):
+         pairs: list[tuple[str, str]] | None = None, run_bases: dict[str, str | os.PathLike] | None = None):
     """Open, pair and measure: the `Result` of `base` against every run (name -> path).
 
-    `pairs` restricts the cross-run pairs to those listed (default: every unordered pair).
+    `pairs` restricts the cross-run pairs to those listed (default: every unordered pair). `run_bases`
+    ({run: path}) measures those runs from a base of their own (docs/inputs.md, Per-run bases): one pairing and
+    one plan per distinct base; cross-run metrics only between runs of the same base.
     """
     from .aggregate import towers_note
     from .result import build_result
 
     if not runs:
         raise UpdeltaError("no fine-tuned checkpoint given; pass at least one NAME=PATH")
+    rb = resolve_run_bases({str(k): str(v) for k, v in (run_bases or {}).items()},
+                           {r: str(p) for r, p in runs.items()})
+    order = list(runs)
+    all_pairs = resolve_pairs(order, pairs)
     t0 = time.perf_counter()
     cks: dict[str, Checkpoint] = {}
     b = open_checkpoint(locate(base, opts.download))
+    bases: list[Checkpoint] = [b]
     caller_threads = torch.get_num_threads()
     try:
-        for r, p in runs.items():
-            cks[r] = open_run(locate(p, opts.download), b)  # an adapter folder is a run (docs/adapters.md)
+        bases, idents, base_of = open_bases(b, runs, rb, opts)
+        for r, p in runs.items():  # an adapter folder is a run against its own base (docs/adapters.md)
+            cks[r] = open_run(locate(p, opts.download), bases[base_of[r]])
+        labels = {i: ("the common base" if i == 0 else str(bases[i].path)) for i in range(len(bases))}
+        kept, skipped = split_pairs(all_pairs, base_of, labels)
         env = machine_env(opts)
-        pairing: Pairing = pair_checkpoints(b, cks, opts)
-        lens, pairing.notes["lens"] = jobs_lens.setup(b, pairing.family, opts)
-        plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env, lens)
-        with reader_scope(lend=[f for ck in (b, *cks.values()) for f in ck.files]):
-            records, pair_records, nonfinite, tables = run_plan(plan, opts)
-        # token rows as text when the base has a tokenizer.json
-        fill_token_text([r for r in tables.get("neurons", []) if r["kind"] == "token"], b.path, "index")
-        fill_token_text(tables.get(jobs_lens.TABLE, []), b.path, "token_id")
+        outs, group_notes = [], []
+        for g in groups(order, base_of):
+            i = base_of[g[0]]
+            group = _Group(bases[i], {r: cks[r] for r in g}, tuple(p for p in kept if p[0] in g))
+            outs.append(_measure(group, opts, env))
+            group_notes.append((g, outs[-1][0].notes))
+        records, pair_records, nonfinite, tables = _merged(outs, order, kept)
+        pairing_notes = merge_notes(group_notes)
         notes = [nonfinite_warning(nonfinite)] if nonfinite else []
         notes += [n for n in (towers_note(records, opts.towers),) if n]
-        for who, names in pairing.notes.get("unindexed", {}).items():
+        for who, names in pairing_notes.get("unindexed", {}).items():
             notes.append(f"{who}: {len(names)} tensor(s) in shards that the index does not name were left out: "
                          + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
         meta = {
             "updelta_version": __version__,
             "options": opts.as_dict(),
-            "base": b.identity(),
+            "base": idents[0],
             "runs": {r: ck.identity() for r, ck in cks.items()},
-            "run_order": list(runs),
-            "pairs": [list(p) for p in plan.pairs],
-            "pairing": pairing.notes,
+            "run_order": order,
+            "pairs": [list(p) for p in kept],
+            "pairing": pairing_notes,
             "device": env.device,
             "kernel": "c" if env.kernel else "torch",
             "hist_edges": ew.hist_edges() if opts.histogram else None,
@@ -166,11 +265,14 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
                 "atol": f"|W1 - W0| <= {opts.atol} (Mukherjee et al. 2025)",
                 "rtol": f"|W1 - W0| <= {opts.eta} * max(|W0|, |W1|) (Zhu et al. 2025)",
             },
+            "run_bases": {r: idents[base_of[r]] for r in order},
+            "pairs_skipped": skipped,
             "warnings": notes,
         }
     finally:
         torch.set_num_threads(caller_threads)  # jobs set the plan's count (process-wide in torch)
-        b.close()
+        for ck in bases:
+            ck.close()
         for ck in cks.values():
             ck.close()
     for w in notes:

@@ -18,3 +18,7 @@ class PairingError(UpdeltaError):
 
 class UpdeltaWarning(UserWarning):
     """Something the numbers depend on (e.g. NaN/Inf left out); also listed in `Result.warnings`."""
+
+
+class EvaluationError(UpdeltaError):
+    """An evaluation file (eval.json) that does not fit the runs it is given for."""

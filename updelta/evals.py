@@ -1,9 +1,15 @@
 """Evaluations written by the trainer (`eval.json` in a run folder), read for reports.
 
-Format: {"method", "task", "seed", "save_dtype", "weight_decay", "base": PATH,
+Format: {"method", "task", "seed", "save_dtype", "weight_decay", "base": PATH, "base_fingerprint": STR,
          "before": {"target_id": a, "target_ood": a, "knowledge": a, "retention": a},
          "after": {same keys}}  with accuracies in [0, 1].
 Gains are `after - before` per split. Fields other than before/after are optional.
+
+`base` and `base_fingerprint` name the checkpoint the run started from (its absolute path and
+`Checkpoint.identity()["fingerprint"]`). `check_bases` compares them with the base the run is measured
+from in a compare (its run-base, else the common base; docs/inputs.md, Per-run bases): on the
+fingerprint; without one, on the path, with a warning; without either, a warning that the file carries
+no identity. A mismatch is an `EvaluationError` unless `mismatch="warn"`.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UpdeltaError
+from .errors import EvaluationError, UpdeltaError
 
 SPLITS = ("target_id", "target_ood", "knowledge", "retention")
 SPLIT_LABELS = {"target_id": "target (in-dist.)", "target_ood": "target (OOD)", "knowledge": "knowledge",
@@ -33,6 +39,7 @@ class Evaluation:
     save_dtype: str | None = None
     weight_decay: float | None = None
     base: str | None = None
+    base_fingerprint: str | None = None  # Checkpoint.identity()["fingerprint"] of the checkpoint the run started from
     extra: dict = field(default_factory=dict)
 
     @property
@@ -48,7 +55,7 @@ class Evaluation:
     def as_dict(self) -> dict:
         return {"path": self.path, "method": self.method, "task": self.task, "seed": self.seed,
                 "save_dtype": self.save_dtype, "weight_decay": self.weight_decay, "base": self.base,
-                "before": self.before, "after": self.after, "gains": self.gains}
+                "base_fingerprint": self.base_fingerprint, "before": self.before, "after": self.after, "gains": self.gains}
 
 
 def _accs(d, key: str, path) -> dict[str, float]:
@@ -61,6 +68,16 @@ def _accs(d, key: str, path) -> dict[str, float]:
             raise UpdeltaError(f"{path}: {key}.{k} = {v!r}; accuracies must be numbers in [0, 1]")
         out[str(k)] = float(v)
     return out
+
+
+def _str(v, key: str, where) -> str | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, os.PathLike):
+        return str(v)
+    if not isinstance(v, str):
+        raise UpdeltaError(f"{where}: '{key}' = {v!r}; expected a string (the trainer's eval.json)")
+    return v
 
 
 def load_eval(path: str | os.PathLike) -> Evaluation:
@@ -81,11 +98,13 @@ def load_eval(path: str | os.PathLike) -> Evaluation:
     if not any(k in before for k in after):
         raise UpdeltaError(f"{p}: 'before' and 'after' share no split; cannot compute gains")
     wd = d.get("weight_decay")
-    known = {"method", "task", "seed", "save_dtype", "weight_decay", "base", "before", "after"}
+    known = {"method", "task", "seed", "save_dtype", "weight_decay", "base", "base_fingerprint", "before", "after"}
     return Evaluation(path=str(p), before=before, after=after, method=d.get("method"), task=d.get("task"),
                       seed=d.get("seed"), save_dtype=d.get("save_dtype"),
                       weight_decay=float(wd) if isinstance(wd, (int, float)) and not isinstance(wd, bool) else None,
-                      base=d.get("base"), extra={k: v for k, v in d.items() if k not in known})
+                      base=_str(d.get("base"), "base", p), base_fingerprint=_str(d.get("base_fingerprint"),
+                                                                                 "base_fingerprint", p),
+                      extra={k: v for k, v in d.items() if k not in known})
 
 
 def parse_eval_specs(specs) -> dict[str, Evaluation]:
@@ -111,7 +130,8 @@ def load_evals(evals) -> dict[str, Evaluation]:
             out[name] = Evaluation(path="(dict)", before=_accs(e.get("before"), "before", name),
                                    after=_accs(e.get("after"), "after", name), method=e.get("method"),
                                    task=e.get("task"), seed=e.get("seed"), save_dtype=e.get("save_dtype"),
-                                   weight_decay=e.get("weight_decay"), base=e.get("base"))
+                                   weight_decay=e.get("weight_decay"), base=_str(e.get("base"), "base", name),
+                                   base_fingerprint=_str(e.get("base_fingerprint"), "base_fingerprint", name))
         else:
             out[name] = load_eval(e)
     return out
@@ -121,3 +141,47 @@ def check_names(evals: dict[str, Evaluation], runs: list[str]) -> None:
     bad = [n for n in evals if n not in runs]
     if bad:
         raise UpdeltaError(f"--eval {', '.join(bad)}: no run of that name (runs: {', '.join(runs)})")
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two checkpoint paths name the same checkpoint: equal once resolved, or a weights file and the folder
+    it lies in."""
+    pa, pb = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
+    return pa == pb or (pb.parent == pa and pb.is_file()) or (pa.parent == pb and pa.is_file())
+
+
+def check_bases(evals: dict[str, Evaluation], bases: dict, mismatch: str = "error") -> list[str]:
+    """Check each evaluation's base against the base its run is measured from (`bases`: {run: identity dict or
+    `meta.Identity`}); the warnings, one line each. A mismatch raises `EvaluationError` (one line: the file, both
+    bases and the fixes) unless `mismatch == "warn"`, when it is one of the warnings."""
+    out: list[str] = []
+    for run, e in evals.items():
+        ident = bases.get(run)
+        if ident is None:
+            continue
+        ident = ident if isinstance(ident, dict) else ident.to_dict()
+        cpath, cfp = ident.get("path"), ident.get("fingerprint")
+        if e.base_fingerprint:
+            if cfp is None or e.base_fingerprint == cfp:
+                if cfp is None:
+                    out.append(f"{e.path}: run {run}'s compared base {cpath} has no fingerprint recorded; its "
+                               f"evaluation's base (fingerprint {e.base_fingerprint}) was not checked")
+                continue
+            how = f"fingerprint {e.base_fingerprint}"
+        elif e.base:
+            if cpath is not None and _same_path(e.base, cpath):
+                out.append(f"{e.path}: no base_fingerprint; run {run}'s evaluation base was matched on its path "
+                           f"{e.base} only (an eval.json of an older trainer)")
+                continue
+            how = "no base_fingerprint: compared by path"
+        else:
+            out.append(f"{e.path}: an old eval.json carries no identity of its base (no base, no base_fingerprint); "
+                       f"not checked that run {run} is compared against the base it was trained from")
+            continue
+        msg = (f"{e.path}: run {run} was trained from base {e.base or '(path not recorded)'} ({how}) but is compared "
+               f"against {cpath} (fingerprint {cfp}); pass --run-base {run}={e.base or 'ITS_BASE'} to measure it "
+               f"from its own base, or --eval-base-mismatch warn")
+        if mismatch != "warn":
+            raise EvaluationError(msg)
+        out.append(msg)
+    return out

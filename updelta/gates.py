@@ -264,8 +264,10 @@ def _subjects(gate: Gate, result) -> tuple:
     if gate.is_pair:
         table = result.pairs if result.pairs is None else counted(result.pairs, towers_included(result.meta))
         if table is None or table.empty:
+            why = ("every pair of runs has different bases (docs/inputs.md, Per-run bases)"
+                   if result.info.pairs_skipped else "give at least two runs")
             raise _fail(f"gate {gate.expr!r}: {gate.metric} is a cross-run metric and this result has no pairs "
-                        f"(give at least two runs)")
+                        f"({why})")
         pairs = list(dict.fromkeys(zip(table["run_a"], table["run_b"])))
         subjects = _select_pairs(pairs, gate)
         kind = "pair"
@@ -280,8 +282,11 @@ def _subjects(gate: Gate, result) -> tuple:
     if not pd.api.types.is_numeric_dtype(table[gate.metric]):
         raise _fail(f"gate {gate.expr!r}: {gate.metric!r} is not a numeric metric")
     if not subjects:
+        skipped = _select_pairs([(p.run_a, p.run_b) for p in result.info.pairs_skipped], gate) if kind == "pair" else []
+        why = (f" measured; not compared (different bases, docs/inputs.md): {', '.join(f'{a}/{b}' for a, b in skipped)}"
+               if skipped else "")
         raise _fail(f"gate {gate.expr!r}: selector {gate.selector} matches no "
-                    f"{'pair of runs' if kind == 'pair' else 'run'}")
+                    f"{'pair of runs' if kind == 'pair' else 'run'}{why}")
     sel_t = _filter_tensors(table, gate.selector)
     if kind == "pair":
         sel_t = sel_t[[(a, b) in set(subjects) for a, b in zip(sel_t["run_a"], sel_t["run_b"])]]

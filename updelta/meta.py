@@ -154,6 +154,22 @@ class PairingNotes:
 
 
 @dataclass(frozen=True)
+class SkippedPair:
+    """A pair of runs whose cross-run metrics were not computed, and why (different bases: `runbases`)."""
+
+    run_a: str
+    run_b: str
+    why: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SkippedPair":
+        return cls(str(d.get("run_a", "?")), str(d.get("run_b", "?")), str(d.get("why", "")))
+
+    def to_dict(self) -> dict:
+        return {"run_a": self.run_a, "run_b": self.run_b, "why": self.why}
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """The metadata of one diff/compare (see the module docstring)."""
 
@@ -169,6 +185,9 @@ class RunInfo:
     hist_edges: tuple[float, ...] | None = None
     seconds: float | None = None
     conventions: dict[str, str] = field(default_factory=dict)
+    # The base each run was measured from (docs/inputs.md, Per-run bases); a run not listed: `base`.
+    run_bases: dict[str, Identity] = field(default_factory=dict)
+    pairs_skipped: tuple[SkippedPair, ...] = ()  # pairs of runs with different bases: no cross-run metrics
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -180,7 +199,8 @@ class RunInfo:
                    tuple(str(r) for r in d.get("run_order") or ()), tuple(tuple(p) for p in d.get("pairs") or ()),
                    PairingNotes.from_dict(d.get("pairing")), d.get("device"), d.get("kernel"),
                    None if he is None else tuple(he), d.get("seconds"), dict(d.get("conventions") or {}),
-                   _extra(cls, d))
+                   {r: Identity.from_dict(v) for r, v in (d.get("run_bases") or {}).items()},
+                   tuple(SkippedPair.from_dict(x) for x in d.get("pairs_skipped") or ()), _extra(cls, d))
 
     def to_dict(self) -> dict:
         return {"updelta_version": self.updelta_version, "options": self.options.to_dict(),
@@ -188,11 +208,22 @@ class RunInfo:
                 "run_order": list(self.run_order), "pairs": [list(p) for p in self.pairs],
                 "pairing": self.pairing.to_dict(), "device": self.device, "kernel": self.kernel,
                 "hist_edges": None if self.hist_edges is None else list(self.hist_edges), "seconds": self.seconds,
-                "conventions": dict(self.conventions), **self.extra}
+                "conventions": dict(self.conventions),
+                "run_bases": {r: i.to_dict() for r, i in self.run_bases.items()},
+                "pairs_skipped": [p.to_dict() for p in self.pairs_skipped], **self.extra}
 
     def run(self, name: str) -> Identity:
         """The identity of run `name` (an empty one when not recorded)."""
         return self.runs.get(name) or Identity()
+
+    def base_of(self, name: str) -> Identity:
+        """The identity of the checkpoint run `name` was measured from: its own base, else the common base."""
+        return self.run_bases.get(name) or self.base
+
+    def has_own_base(self, name: str) -> bool:
+        """Whether run `name` was measured from a base other than the common one."""
+        own = self.run_bases.get(name)
+        return own is not None and own != self.base
 
 
 def info(meta) -> RunInfo:

@@ -6,7 +6,8 @@ flags from the fields (`updelta.commands.params`); `__post_init__` checks every 
 with a one-line `UpdeltaError` naming the flag and the allowed values, from the API as from the CLI, before
 any checkpoint is read.
 
-Adding an engine option: add one field here (type, default, help, range) and use it.
+Adding an engine option: add one field here (type, default, help, range) and use it. Report options (what a
+report does with its inputs, not how they are measured) live in `ReportOptions`.
 """
 from __future__ import annotations
 
@@ -118,6 +119,25 @@ class DiffOptions:
         return d
 
     def replace(self, **changes) -> "DiffOptions":
+        return replace(self, **changes)
+
+
+EvalBaseMismatch = Literal["error", "warn"]
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Options of `updelta.report.write_report` and of the `report` command (besides the engine's `DiffOptions`)."""
+
+    eval_base_mismatch: EvalBaseMismatch = _opt(
+        "error", "An evaluation (--eval) whose base (its base_fingerprint, else its base path) is not the base its "
+                 "run is compared against: `error` stops (compare it with --run-base NAME=ITS_BASE), `warn` writes "
+                 "the report with a warning (docs/inputs.md, Per-run bases).")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def replace(self, **changes) -> "ReportOptions":
         return replace(self, **changes)
 
 

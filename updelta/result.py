@@ -7,6 +7,9 @@ docs/experts.md) and cross-run tables (`pairs`, `pairs_layers`, `pairs_component
 `updelta.schema`; they leave out tower tensors unless the `towers` option (`with_towers` rebuilds them
 either way, docs/families.md). `meta` holds the options, each checkpoint's identity, pairing notes and
 the updelta version as a JSON dict; `info` gives it typed (`updelta.meta.RunInfo`).
+With per-run bases (docs/inputs.md, Per-run bases) `summary.base` names the checkpoint each run was
+measured from, and `pairs_summary` has a row of nulls for each pair of runs of different bases
+(`meta["pairs_skipped"]`); the other pair tables hold the measured pairs only.
 
 Saving: a `.parquet` file (tensors, with `meta` in the file's key-value metadata),
 `.csv` or `.json` (the table only; CSV writes list cells such as `shape` as JSON), or a
@@ -31,6 +34,7 @@ from .aggregate import aggregate_pairs, aggregate_tensors, counted, tower_counts
 from .atomic import atomic_dir, atomic_path
 from .errors import UpdeltaError
 from .meta import RunInfo
+from .metrics.sums import pair_row
 
 META_KEY = b"updelta"
 TENSOR_COLUMNS = schema.TENSOR_COLUMNS
@@ -181,16 +185,48 @@ def from_tensors(tensors: pd.DataFrame, pairs: pd.DataFrame, meta: dict) -> Resu
     tw_p = ["tower"] if towers and "tower" in pairs else []
     return Result(
         tensors=tensors,
-        summary=aggregate_tensors(t, ["run"]),
+        summary=with_bases(aggregate_tensors(t, ["run"]), meta),
         components=aggregate_tensors(t, ["run", *tw, "component"]),
         layers=aggregate_tensors(t, ["run", *tw, "layer", "component"]),
         pairs=pairs,
-        pairs_summary=aggregate_pairs(p, []),
+        pairs_summary=with_skipped(aggregate_pairs(p, []), meta),
         pairs_components=aggregate_pairs(p, [*tw_p, "component"]),
         pairs_layers=aggregate_pairs(p, [*tw_p, "layer", "component"]),
         meta=meta,
         experts=expert_table(tensors),
     )
+
+
+def with_bases(summary: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """The per-run summary with its `base` column: the path of the checkpoint each run was measured from (its own
+    base, else the common one; docs/inputs.md, Per-run bases)."""
+    if "run" not in summary or summary.empty:
+        return summary
+    info = RunInfo.from_dict(meta)
+    base = summary["run"].map(lambda r: info.base_of(str(r)).path)
+    return summary.assign(base=base.astype(object))
+
+
+def with_skipped(pairs_summary: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """The whole-model pair table with a row of nulls for every pair whose cross-run metrics were not computed
+    (`meta["pairs_skipped"]`: runs of different bases): NaN figures, counts (`n_tensors`, `n_compared`, ...) 0."""
+    skipped = RunInfo.from_dict(meta).pairs_skipped
+    if not skipped:
+        return pairs_summary
+    if pairs_summary.empty:  # every pair skipped: the columns a measured pair would have
+        raw = {c: np.zeros(0) for c in schema.PAIR_SUMS}
+        cols = ["run_a", "run_b", *pair_row(raw, schema.derive(raw, schema.PAIRS)), "n_tensors"]
+        ints = {c for c in cols if c in schema.COLUMNS and schema.COLUMNS[c].dtype == "int"}
+    else:
+        cols = list(pairs_summary.columns)
+        ints = {c for c in cols if pd.api.types.is_integer_dtype(pairs_summary[c])}
+    n = len(skipped)
+    rows = pd.DataFrame({c: (np.zeros(n, dtype="int64") if c in ints else np.full(n, np.nan)) for c in cols})
+    rows["run_a"] = [p.run_a for p in skipped]
+    rows["run_b"] = [p.run_b for p in skipped]
+    if pairs_summary.empty:
+        return rows
+    return pd.concat([pairs_summary, rows.astype({c: pairs_summary[c].dtype for c in ints})], ignore_index=True)
 
 
 def expert_table(tensors: pd.DataFrame) -> pd.DataFrame:

@@ -91,6 +91,9 @@ _IDS = [
     _c("added_rows", _TA, "count", "sum", dtype="int", unit="rows", fmt="int"),
     _c("added_fro", _T, "metric", "none", dtype="float", unit=_W),
     _c("tied", _T, "meta", "none", dtype="bool"),
+    # Result.summary only: the path of the checkpoint the run was measured from (its own base or the common one;
+    # docs/inputs.md, Per-run bases); not a group key.
+    _c("base", _A, "meta", "none", dtype="str", title="the checkpoint the run was measured from"),
 ]
 
 # Raw partial sums of the fused pass (metrics.sums.Sums), kept per tensor so that every aggregate is

@@ -8,6 +8,7 @@ import pandas as pd
 from . import schema
 from .meta import PairingNotes
 from .result import Result
+from .runbases import base_lines
 
 SPARSITY_NOTE = ("sparsity = share of elements unchanged; exact: W1 == W0; atol: |D| <= {atol} "
                  "(Mukherjee et al.); rtol: |D| <= {eta} * max(|W0|,|W1|) (Zhu et al.)")
@@ -123,6 +124,7 @@ def _notes(p: PairingNotes, res: Result) -> list[str]:
         stored = ", ".join(sorted(q.get("stored_dtypes") or {}))
         lines.append(f"de-quantized ({who}): {q.get('dequantized')} {stored} weights x their scales ({blocks}; "
                      f"{q.get('method')}), measured as float32 values; scale tensors not compared")
+    lines += base_lines(res.info)  # per-run bases, pairs not compared (runbases)
     if "n_spectral_skipped" in res.summary.columns:
         n = int(res.summary["n_spectral_skipped"].fillna(0).max())
         if n:

@@ -7,6 +7,10 @@ from typing import Optional
 
 from ..errors import UpdeltaError
 
+RUN_BASE_HELP = ("NAME=PATH: measure run NAME from PATH (the checkpoint it started from, e.g. the SFT run an RL run "
+                 "continued; any input a base accepts, or another run's NAME) instead of the common base; cross-run "
+                 "metrics only between runs of the same base (repeatable; docs/inputs.md, Per-run bases).")
+
 
 def parse_runs(specs: list[str]) -> dict[str, str]:
     """NAME=PATH arguments -> {name: path}, in order; a bare PATH is named after its folder."""
@@ -35,7 +39,9 @@ def summary_json(res) -> dict:
         return json.loads(df.to_json(orient="records"))
     return {"summary": recs(res.summary), "components": recs(res.components),
             "pairs_summary": recs(res.pairs_summary) if len(res.pairs_summary) else [],
+            "pairs_skipped": res.meta.get("pairs_skipped") or [],
             "pairing": res.meta.get("pairing"), "base": res.meta.get("base"), "runs": res.meta.get("runs"),
+            "run_bases": res.meta.get("run_bases"),
             "options": res.meta.get("options"), "updelta_version": res.meta.get("updelta_version")}
 
 

@@ -8,7 +8,8 @@ import typer
 
 from ..errors import UpdeltaError
 from ..options import DiffOptions
-from .common import parse_runs, emit
+from ..runbases import parse_run_bases
+from .common import RUN_BASE_HELP, parse_runs, emit
 from .params import ENGINE_PANEL, with_options
 
 
@@ -19,6 +20,7 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write every table as parquet into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON instead of text.")] = False,
+    run_base: Annotated[Optional[List[str]], typer.Option("--run-base", help=RUN_BASE_HELP)] = None,
     *, opts: DiffOptions,
 ) -> None:
     """Compare several fine-tunes of one base in one streaming pass."""
@@ -26,7 +28,7 @@ def compare(
 
     if out is not None and out.suffix:
         raise UpdeltaError(f"{out}: --out takes a folder for compare (no file suffix)")
-    emit(run_compare(base, parse_runs(runs), opts), out, as_json)
+    emit(run_compare(base, parse_runs(runs), opts, run_bases=parse_run_bases(run_base)), out, as_json)
 
 
 def register(app: typer.Typer) -> None:

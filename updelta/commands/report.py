@@ -2,7 +2,8 @@
 
 Exit codes: 0 report written and every gate passes; 1 report written, a gate failed (the
 offenders are printed and marked in the report); 2 bad input (malformed gate, unknown metric,
-selector matching nothing, unreadable eval file, ...), raised before any output is written.
+selector matching nothing, unreadable eval file, an eval file of another base than its run's, ...), raised
+before any output is written.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import typer
 
 from ..errors import UpdeltaError
 from ..gates import GRAMMAR
-from ..options import DiffOptions
-from .common import parse_runs
+from ..options import DiffOptions, ReportOptions
+from ..runbases import parse_run_bases
+from .common import RUN_BASE_HELP, parse_runs
 from .params import ENGINE_PANEL, with_options
 
 
@@ -35,6 +37,7 @@ HELP = _esc(
 
 
 @with_options(DiffOptions, panel=ENGINE_PANEL)
+@with_options(ReportOptions, param="report_opts")
 def report(
     checkpoints: Annotated[Optional[List[str]], typer.Argument(
         help="BASE NAME=PATH [NAME=PATH ...]: the base and the runs to compare (leave out with --from).",
@@ -47,28 +50,35 @@ def report(
                                                                  "(engine options are then ignored).")] = None,
     eval_: Annotated[Optional[List[str]], typer.Option(
         "--eval", help="NAME=FILE.json: a run's evaluation (the trainer's eval.json with before/after accuracies "
-                       "per split), shown beside its geometry as gains after - before (repeatable).")] = None,
+                       "per split), shown beside its geometry as gains after - before (repeatable). Its base (base_fingerprint, "
+                       "else base) must be the base NAME is compared against (--run-base, else BASE); see "
+                       "--eval-base-mismatch.")] = None,
     gate: Annotated[Optional[List[str]], typer.Option(
         "--gate", help=_esc("[AGG:]METRIC OP VALUE[@SELECTOR]") + ", e.g. 'rel_delta<=0.05', "
                        "'sparsity_atol>=0.5@grpo', 'max:rel_delta<=0.2@component=attn' (repeatable; see above).")
     ] = None,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the figures (the slowest "
                                                                        "part of a small report).")] = True,
-    *, opts: DiffOptions,
+    run_base: Annotated[Optional[List[str]], typer.Option("--run-base", help=RUN_BASE_HELP)] = None,
+    *, opts: DiffOptions, report_opts: ReportOptions,
 ):
-    from ..evals import check_names, parse_eval_specs
+    from ..evals import check_bases, check_names, parse_eval_specs
     from ..gates import check_runs, parse_gates
     from ..report import check_out_dir, write_report
 
     # Everything that can be checked without reading a checkpoint, before reading one.
     gates = parse_gates(gate or [])
     evals = parse_eval_specs(eval_ or [])
+    run_bases = parse_run_bases(run_base)
     args = list(checkpoints or [])
     if from_ is not None and args:
         raise UpdeltaError("give either BASE NAME=PATH ... or --from DIR, not both")
     if from_ is None and len(args) < 2:
         raise UpdeltaError("give the base and at least one run (BASE NAME=PATH ...), or --from DIR "
                            "(a folder written by `updelta compare --out`)")
+    if from_ is not None and run_bases:
+        raise UpdeltaError("--run-base applies when the runs are compared now; a result read with --from keeps the "
+                           "bases it was compared with (pass --run-base to `updelta compare`)")
     check_out_dir(out, protect=(from_,))
     if from_ is not None:
         from ..trajectory import load_result as load
@@ -80,10 +90,12 @@ def report(
         runs = parse_runs(args[1:])
         check_runs(gates, list(runs))
         check_names(evals, list(runs))
-        from ..api import compare
+        from ..api import base_identities, compare
 
-        res = compare(args[0], runs, opts)
-    outcome = write_report(res, out, evals=evals, gates=gates, figures=figures)
+        if evals:  # the evaluation-base check before the pass (headers only); write_report states the warnings
+            check_bases(evals, base_identities(args[0], runs, run_bases, opts), report_opts.eval_base_mismatch)
+        res = compare(args[0], runs, opts, run_bases=run_bases)
+    outcome = write_report(res, out, evals=evals, gates=gates, figures=figures, options=report_opts)
     for g in outcome.gates:
         typer.echo(g.describe(limit=20))
     for m in outcome.missing_figures:

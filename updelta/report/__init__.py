@@ -15,19 +15,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ..atomic import atomic_dir
-from ..errors import UpdeltaError
-from ..evals import Evaluation, check_names, load_evals
+from ..errors import UpdeltaError, UpdeltaWarning
+from ..evals import Evaluation, check_bases, check_names, load_evals
 from ..gates import GateResult, evaluate, parse_gates, validate
 from . import html as html_render
 from . import markdown as md_render
 from .build import build
 from .figures import FigureMissing, make_figures
+from ..options import ReportOptions
 from .findings import Finding, as_frame
 from .findings import findings as compute_findings
 
@@ -45,6 +47,7 @@ class ReportOutcome:
     findings: list[Finding] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)  # relative paths of the PNGs written
     missing_figures: list[FigureMissing] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also in the report and emitted as UpdeltaWarning
 
     @property
     def passed(self) -> bool:
@@ -100,6 +103,7 @@ def summary_json(result, evals: dict[str, Evaluation], gate_results, items, figu
     for r in result.runs:
         runs[r] = {
             "identity": info.runs[r].to_dict() if r in info.runs else None,
+            "base": info.base_of(r).to_dict(),  # the checkpoint the run was measured from
             "whole_model": {k: v for k, v in (summ.get(r) or {}).items() if k != "run"},
             "evaluation": evals[r].as_dict() if r in evals else None,
             "gates": [{"gate": g.gate.expr, "value": x["value"], "passed": x["passed"]}
@@ -112,6 +116,7 @@ def summary_json(result, evals: dict[str, Evaluation], gate_results, items, figu
         "run_order": result.runs,
         "runs": runs,
         "pairs": _records(result.pairs_summary) if len(result.pairs_summary) else [],
+        "pairs_skipped": [p.to_dict() for p in info.pairs_skipped],
         "gates": [g.as_dict() for g in gate_results],
         "findings": [f.as_dict() for f in items],
         "figures": [f"figures/{f.stem}.png" for f in figures],
@@ -135,22 +140,35 @@ def _eval_frame(evals: dict[str, Evaluation]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "method", "split", "before", "after", "gain"])
 
 
+def eval_base_findings(result, evals: dict[str, Evaluation], options: ReportOptions) -> list[Finding]:
+    """The evaluation-base check (`evals.check_bases`) against each run's compared base, as findings; a mismatch
+    raises `EvaluationError` unless `options.eval_base_mismatch == "warn"`."""
+    info = result.info
+    lines = check_bases(evals, {r: info.base_of(r) for r in result.runs}, options.eval_base_mismatch)
+    return [Finding("evaluation", None, f"warning: {x}") for x in lines]
+
+
 def write_report(result, out_dir: str | os.PathLike, evals=None, gates=(), *, figures: bool = True,
-                 extra_findings=()) -> ReportOutcome:
+                 extra_findings=(), options: ReportOptions | None = None) -> ReportOutcome:
     """Write the report of `result` into `out_dir` and evaluate `gates` (expressions or `Gate`s).
 
-    `evals`: {run: Evaluation | path to eval.json | dict}. `extra_findings`: `Finding`s computed
+    `evals`: {run: Evaluation | path to eval.json | dict}; each one's base is checked against the base its run was
+    measured from (`evals.check_bases`; `options.eval_base_mismatch`). `extra_findings`: `Finding`s computed
     elsewhere (e.g. claims tested on a zoo of runs), listed after the report's own. A malformed gate,
-    an unknown metric, a selector that matches nothing, or an evaluation for an unknown run raises
-    `UpdeltaError` before anything is written. Failed gates do not raise: see `ReportOutcome.passed`.
+    an unknown metric, a selector that matches nothing, an evaluation for an unknown run, or an evaluation of
+    another base (unless `eval_base_mismatch="warn"`) raises `UpdeltaError` before anything is written. Failed
+    gates do not raise: see `ReportOutcome.passed`. Warnings are findings in the report, `ReportOutcome.warnings`
+    and `UpdeltaWarning`s.
     """
+    options = options or ReportOptions()
     gate_list = parse_gates(gates)
     validate(gate_list, result)
     evals = load_evals(evals)
     check_names(evals, result.runs)
+    base_items = eval_base_findings(result, evals, options)
     out = check_out_dir(out_dir)
     gate_results = [evaluate(result, g) for g in gate_list]
-    items = compute_findings(result, evals) + list(extra_findings)
+    items = compute_findings(result, evals) + base_items + list(extra_findings)
     figs, missing = make_figures(result, evals) if figures else ([], [FigureMissing("all", "", "not drawn "
                                                                                     "(--no-figures)")])
     doc = build(result, evals, gate_results, items, figs, missing)
@@ -167,4 +185,7 @@ def write_report(result, out_dir: str | os.PathLike, evals=None, gates=(), *, fi
         (tmp / "report.html").write_text(html_render.render(doc), encoding="utf-8")
         sj = summary_json(result, evals, gate_results, items, figs, missing)
         (tmp / "summary.json").write_text(json.dumps(sj, indent=1, default=str), encoding="utf-8")
-    return ReportOutcome(out, gate_results, items, [f"figures/{f.stem}.png" for f in figs], missing)
+    texts = [f.text.removeprefix("warning: ") for f in base_items]
+    for w in texts:
+        warnings.warn(w, UpdeltaWarning, stacklevel=2)
+    return ReportOutcome(out, gate_results, items, [f"figures/{f.stem}.png" for f in figs], missing, texts)

@@ -188,7 +188,7 @@ def _span(df: pd.DataFrame, col: str, fmt) -> str:
 
 def pair_range_findings(result, conv: str = "atol") -> list[Finding]:
     """With many runs: the spread over all pairs of the delta cosine, mask Jaccard against chance, sign agreement."""
-    ps = result.pairs_summary
+    ps = _measured_pairs(result)
     ps = ps.assign(_excess=ps[f"jaccard_{conv}"] - ps[f"jaccard_random_{conv}"])
     ref = f"{REF_DELTA_COS}; {REF_OVERLAP}"
     subj = f"all {len(ps)} pairs"
@@ -201,12 +201,13 @@ def pair_range_findings(result, conv: str = "atol") -> list[Finding]:
 
 def pair_findings(result, conv: str = "atol") -> list[Finding]:
     """One finding per pair: delta cosine, mask overlap (convention `conv`) against chance, sign agreement."""
-    if len(result.pairs_summary) > MAX_PAIRS:
+    ps = _measured_pairs(result)
+    if len(ps) > MAX_PAIRS:
         return pair_range_findings(result, conv)
     out = []
     o = _opts(result)
     label = f"|D| <= {o.get('atol', 1e-5):g}" if conv == "atol" else conv
-    for _, p in result.pairs_summary.iterrows():
+    for _, p in ps.iterrows():
         subj = f"{p['run_a']} vs {p['run_b']}"
         if math.isnan(p["delta_cos"]):
             parts = ["delta cosine undefined (one update is zero)"]
@@ -305,6 +306,28 @@ def pairing_findings(result) -> list[Finding]:
     return out
 
 
+def base_findings(result) -> list[Finding]:
+    """Runs measured from a base of their own, and the pairs whose cross-run metrics were therefore not computed
+    (docs/inputs.md, Per-run bases)."""
+    info = result.info
+    out = [Finding("pairing", r, f"measured from its own base `{info.base_of(r).path}` (fingerprint "
+                                 f"{info.base_of(r).fingerprint}), not the common base")
+           for r in result.runs if info.has_own_base(r)]
+    for p in info.pairs_skipped:
+        out.append(Finding("pairing", f"{p.run_a} vs {p.run_b}", f"cross-run metrics not computed: {p.why}; "
+                                                                 f"they are null in the tables"))
+    return out
+
+
+def _measured_pairs(result) -> pd.DataFrame:
+    """`pairs_summary` without the null rows of pairs that were not computed (runs of different bases)."""
+    ps = result.pairs_summary
+    skipped = {(p.run_a, p.run_b) for p in result.info.pairs_skipped}
+    if not skipped or ps is None or ps.empty:
+        return ps
+    return ps[[(a, b) not in skipped for a, b in zip(ps["run_a"], ps["run_b"])]].reset_index(drop=True)
+
+
 def forgetting_note(result, evals: dict) -> Finding:
     have = [r for r in result.runs if r in evals and any(k in evals[r].splits for k in ("retention", "knowledge"))]
     if have:
@@ -329,6 +352,7 @@ def findings(result, evals: dict | None = None) -> list[Finding]:
     out += evaluation_findings(result, evals)
     out.append(forgetting_note(result, evals))
     out += pairing_findings(result)
+    out += base_findings(result)
     return out
 
 
