@@ -159,14 +159,15 @@ def test_closing_the_map_cancels_outstanding_tasks(local_ray):
     submitted = []
     inner = ex._submit
     ex._submit = lambda fn, job, cost: submitted.append(inner(fn, job, cost)) or submitted[-1]
-    g = ex.map(nap, [0, 60, 60])
+    g = ex.map(nap, [0, 900, 900])
     assert next(g) == 0
     t0 = time.perf_counter()
     g.close()  # what an error or Ctrl-C in the driver does
     ex.close()
+    # cancelled: it ends long before its 900 s nap (the margin is wide for a loaded CI machine)
     with pytest.raises(ray.exceptions.TaskCancelledError):
-        ray.get(submitted[1], timeout=30)
-    assert time.perf_counter() - t0 < 30 and len(submitted) == 3
+        ray.get(submitted[1], timeout=180)
+    assert time.perf_counter() - t0 < 180 and len(submitted) == 3
 
 
 def test_ray_address_needs_the_ray_executor():
