@@ -66,11 +66,31 @@ class TopK:
 QR_ASPECT = 1.5  # from this aspect ratio on, exact SVDs start with a QR of the tall orientation
 
 
+TSQR_ROWS = 4096  # row block of the blockwise QR (at least 4 r rows: at most 25% more flops than one QR)
+
+
 def tall_r(A: torch.Tensor) -> torch.Tensor:
     """The triangular factor R (r x r, r = min(m, n)) of the QR decomposition of A's tall orientation
     (A or A^T): A^T A = R^T R (or A A^T = R^T R), so R has A's singular values and A's right (or left)
-    singular vectors. Householder QR without forming Q: about 2 r^2 max(m, n) flops."""
-    return torch.linalg.qr(A if A.shape[0] >= A.shape[1] else A.T, mode="r").R
+    singular vectors. Householder QR without forming Q: about 2 r^2 max(m, n) flops. A long matrix goes by
+    row blocks (`blocked_r`), so LAPACK's working copy is one block, not the whole matrix."""
+    T = A if A.shape[0] >= A.shape[1] else A.T
+    return blocked_r(lambda a, b: T[a:b], T.shape[0], T.shape[1], T.dtype)
+
+
+def blocked_r(rows, M: int, r: int, dtype: torch.dtype) -> torch.Tensor:
+    """R of the QR of an M x r matrix (M >= r) given by its row blocks `rows(a, b)` (rows a..b-1, any layout):
+    R_0 = qr(X_0).R, R_j = qr([R_{j-1}; X_j]).R (TSQR, backward stable like one Householder QR); blocks of
+    max(TSQR_ROWS, 4 r) rows, one QR when M fits in two."""
+    B = max(TSQR_ROWS, 4 * r)
+    if M <= 2 * B:
+        return torch.linalg.qr(rows(0, M), mode="r").R
+    R = None
+    for a in range(0, M, B):
+        X = rows(a, min(M, a + B)).to(dtype)
+        R = torch.linalg.qr(X if R is None else torch.cat([R, X]), mode="r").R
+        del X
+    return R
 
 
 def svdvals(A: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,8 @@ import torch
 
 from .. import schema
 from ..options import DiffOptions
-from .linalg import QR_ASPECT, svdvals, tall_r, topk_singular_values, topk_vectors, topk_vectors_may_pay
+from .linalg import (QR_ASPECT, blocked_r, svdvals, tall_r, topk_singular_values, topk_vectors,
+                     topk_vectors_may_pay)
 from .registry import metric
 from .summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
 
@@ -75,6 +76,37 @@ def _fro2(d: torch.Tensor, chunk: int = 1 << 22) -> float:
         x = flat[i:i + chunk].double()
         acc += torch.dot(x, x)
     return float(acc)
+
+
+def _update_sums(w0: torch.Tensor, w1: torch.Tensor, chunk: int = 1 << 20) -> tuple[bool, float]:
+    """(all finite, ||D||_F^2) of D = W1 - W0, accumulated in float64 over flat chunks as `_fro2(d)` does (smaller
+    chunks: the same value to float64 rounding), one chunk of D alive at a time."""
+    a, b = w0.reshape(-1), w1.reshape(-1)
+    acc = torch.zeros((), dtype=torch.float64, device=w0.device)
+    for i in range(0, a.numel(), chunk):
+        x = b[i:i + chunk] - a[i:i + chunk]
+        if not bool(torch.isfinite(x).all()):
+            return False, float("nan")
+        x = x.double()
+        acc += torch.dot(x, x)
+    return True, float(acc)
+
+
+def _update_values(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """All singular values of a long D = W1 - W0 (aspect >= QR_ASPECT) from the R factor of its tall orientation,
+    built by row blocks of D formed on the fly (`linalg.blocked_r`): W0 and W1 stay the only full-size copies,
+    where forming D and `svdvals(D)` would hold two more (D and LAPACK's copy of it)."""
+    tall = w0.shape[0] >= w0.shape[1]
+    if tall:
+        rows = lambda a, b: w1[a:b] - w0[a:b]  # noqa: E731
+    else:
+        rows = lambda a, b: (w1[:, a:b] - w0[:, a:b]).T  # noqa: E731
+    M, r = (w0.shape if tall else w0.shape[::-1])
+    R = blocked_r(rows, M, r, w0.dtype)
+    try:
+        return torch.linalg.svdvals(R)
+    except torch.linalg.LinAlgError:  # rare non-convergence in float32
+        return torch.linalg.svdvals(R.double()).to(w0.dtype)
 
 
 def _energy_rank(s: np.ndarray, fro2: float, q: float) -> int | None:
@@ -150,7 +182,9 @@ def _intruder_counts(C: torch.Tensor, eps: float) -> tuple[int, list[int]]:
     return int(np.sum(mx < eps)), [int(np.sum(mx < e)) for e in INTRUDER_SWEEP]
 
 
-def _row_chunks(m: int, n: int, target: int = 1 << 22):
+def _row_chunks(m: int, n: int, target: int = 1 << 20):
+    """Row ranges of about `target` elements: R's block and the select's integer temporaries (int64 digits
+    included) stay near 20 bytes per element of the block, 20 MB, beside the job's full-size copies."""
     step = max(1, target // max(n, 1))
     for a in range(0, m, step):
         yield a, min(m, a + step)
@@ -364,10 +398,12 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
     w1 = w1.to(dt)
     m, n = w0.shape
     r = min(m, n)
-    d = w1 - w0
-    if not _all_finite(d):
+    long_ = max(m, n) >= QR_ASPECT * r
+    d = None if long_ else w1 - w0  # a long D is never formed whole: see _update_values
+    finite, fro2 = _update_sums(w0, w1) if long_ else (_all_finite(d), None)
+    if not finite:
         return _null_row("full")
-    fro2 = _fro2(d)
+    fro2 = _fro2(d) if fro2 is None else fro2
     kk = min(k, r)
     if fro2 == 0.0:  # W1 == W0 (up to -0.0 == 0.0): everything follows from the definitions, no SVD needed
         out = _fast_from_values(np.zeros(kk), 0.0, k)
@@ -377,7 +413,7 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
                    offprincipal_chance=float(opts.offprincipal_alpha), intruders=0,
                    intruders_sweep=[0] * len(INTRUDER_SWEEP))
         return out
-    sd = svdvals(d).double().cpu().numpy()
+    sd = (_update_values(w0, w1) if long_ else svdvals(d)).double().cpu().numpy()
     del d
     out = _fast_from_values(sd[:kk], fro2, k)
     out["topk_sv_err_est"] = 0.0
