@@ -169,7 +169,7 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
     if np.isnan(arr).any():
         notes.append("grey: no value (tensor absent, or metric undefined, e.g. W0 = 0)")
     want_ann = (L <= 24 and K <= 12) if annotate is None else annotate
-    cell = (0.62, 0.3) if want_ann else (0.42, min(0.3, max(0.1, 9.0 / L)))
+    cell = (0.62, 0.3) if want_ann else (0.42, min(0.3, max(0.1, 7.0 / L)))
     label_w = max(len(_col_label(c)) for c in cols) * 7 * 0.55 / 72 * 0.72  # rotated 45 degrees: its height
     pad = (0.45, 0.55 + label_w)  # per panel: layer labels; title, component names and module names
     frame = (1.5, 1.2 + 0.16 * len(notes))  # colour bar; suptitle, subtitle and notes

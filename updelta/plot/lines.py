@@ -306,7 +306,7 @@ def _spectrum_by_run(df, meta, series, rows, groups, by, eps, title, same) -> Fi
     with C.style():
         fig = C.new_figure(*C.capped(max(6.0, 1.9 * ng + 0.8 + legend_w), 2.0 * nr + 1.5 + 0.15 * bool(same)))
         axes = fig.subplots(nr, ng, squeeze=False, sharey="row")
-        k_max = 1
+        k_max, note_floor = 1, False
         for ri, (col, label, yscale, xkind) in enumerate(rows):
             for gi, g in enumerate(groups):
                 ax = axes[ri, gi]
@@ -348,9 +348,17 @@ def _spectrum_by_run(df, meta, series, rows, groups, by, eps, title, same) -> Fi
             if r[3] == "index":
                 for ax in axes[ri]:
                     ax.set_xlim(0.5, k_max + 0.5)
+            if r[2] == "log":  # singular values at round-off (rank below k) would stretch the axis over 20 decades
+                ys = [y for ax in axes[ri] for ln in ax.get_lines() for y in np.asarray(ln.get_ydata(), float)
+                      if np.isfinite(y) and y > 0]
+                if ys and max(ys) / min(ys) > 1e8:
+                    axes[ri, 0].set_ylim(max(ys) * 1e-8, max(ys) * 2)
+                    note_floor = True
         handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=1.2, label=s) for s in series]
         fig.legend(handles=handles, loc="outside right upper", frameon=False, title="run")
         note = "one curve per run: the median over its tensors (every layer) of each quantity"
+        if note_floor:
+            note += "; σ below 1e-8 of the largest (round-off: rank below k) not shown"
         if any(r[3] == "eps" for r in rows):
             note += "\n" + INTRUDER_NOTE
         if same:
@@ -507,7 +515,7 @@ def _distribution_panels(series, sty, shares, sp, edges, xlim, ymax, tol, meta, 
         ax0.set_xlabel("share of elements with ΔW = 0 (%)", fontsize=8)
         ax0.set_title("exact zeros", fontsize=8.5)
         ax0.grid(True, axis="x")
-        axes = right.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
+        axes = right.subplots(nrow, ncol, squeeze=False, sharex=True)  # y per panel: each run's shape readable
         for k, ax in enumerate(axes.flat):
             if k >= len(shown):
                 ax.set_visible(False)
@@ -517,7 +525,8 @@ def _distribution_panels(series, sty, shares, sp, edges, xlim, ymax, tol, meta, 
             ax.stairs(shares[s][:-1], edges, color=sty[s]["color"], alpha=0.15, fill=True)
             ax.set_xscale("log")
             ax.set_xlim(*xlim)
-            ax.set_ylim(0, ymax * 1.12 if ymax > 0 else 1)
+            top = float(np.max(shares[s][:-1]))
+            ax.set_ylim(0, top * 1.15 if top > 0 else 1)
             ax.axvline(atol, color="#333333", ls="--", lw=1.0)
             if band and band[1] > band[0]:
                 ax.axvspan(band[0], band[1], color="#999999", alpha=0.15, lw=0)
@@ -536,7 +545,8 @@ def _distribution_panels(series, sty, shares, sp, edges, xlim, ymax, tol, meta, 
                           label=f"rtol: η·rms(W0) with η = {eta:g} (grey band: η·rms(W0) per tensor, min to max)")]
         right.legend(handles=handles, loc="outside lower center", ncols=1, frameon=False, fontsize=7.5)
         scope = f"components: {', '.join(components)}" if components else "all tensors"
-        note = C.unchanged_note(same).replace("not drawn", "no panel") if same else None
+        note = "y axes differ per panel: the share of the run's compared elements in each bin"
+        note += ("\n" + C.unchanged_note(same).replace("not drawn", "no panel")) if same else ""
         C.titles(fig, f"distribution of |ΔW| per run, power-of-two bins ({scope})", meta, runs=series, note=note)
     return fig
 
