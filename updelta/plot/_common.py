@@ -318,7 +318,8 @@ def note_figure(title: str, text: str, meta: dict, runs: list[str] | None = None
 
 
 def facet_grid(n: int, k: int, rows: int, cell: tuple[float, float], pad: tuple[float, float],
-               frame: tuple[float, float], max_cols: int | None = None) -> tuple[int, int, float, float]:
+               frame: tuple[float, float], max_cols: int | None = None,
+               min_cell: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int, float, float]:
     """(ncol, nrow, cell width, cell height) for `n` panels of `rows` x `k` cells, each panel with `pad`
     (width, height) inches of labels around its cells and the figure with `frame` inches of titles, colour bar and
     notes: the arrangement whose cells shrink least below the wanted `cell` size with the whole figure inside
@@ -333,6 +334,8 @@ def facet_grid(n: int, k: int, rows: int, cell: tuple[float, float], pad: tuple[
         if aw <= 0 or ah <= 0:
             continue
         cw, ch = min(cell[0], aw / max(k, 1)), min(cell[1], ah / max(rows, 1))
+        if (cw < min_cell[0] or ch < min_cell[1]) and ncol > 1:
+            continue  # too narrow: fewer columns (one column is kept as the fallback)
         score = min(cw / cell[0], ch / cell[1])
         area = (ncol * (k * cw + pad[0])) * (nrow * (rows * ch + pad[1]))
         key = (round(score, 3), -area)

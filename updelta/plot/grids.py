@@ -170,10 +170,11 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
         notes.append("grey: no value (tensor absent, or metric undefined, e.g. W0 = 0)")
     want_ann = (L <= 24 and K <= 12) if annotate is None else annotate
     cell = (0.62, 0.3) if want_ann else (0.42, min(0.3, max(0.1, 7.0 / L)))
-    label_w = max(len(_col_label(c)) for c in cols) * 7 * 0.55 / 72 * 0.72  # rotated 45 degrees: its height
+    label_w = max(len(_col_label(c)) for c in cols) * 7 * 0.6 / 72  # module names run upwards: their height
     pad = (0.45, 0.55 + label_w)  # per panel: layer labels; title, component names and module names
     frame = (1.5, 1.2 + 0.16 * len(notes))  # colour bar; suptitle, subtitle and notes
-    ncol, nrow, cw, ch = C.facet_grid(P, K, L, cell, pad, frame)
+    # upright names need a column at least one line of 8 pt wide, or they would touch
+    ncol, nrow, cw, ch = C.facet_grid(P, K, L, cell, pad, frame, min_cell=(0.15, 0.0))
     if annotate is None and want_ann and (cw < 0.5 or ch < 0.22):
         want_ann = False  # cells too small to print in
     note = "\n".join(notes) if notes else None
@@ -185,7 +186,7 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
         fig = C.new_figure(width, height)
         axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True)
         step = C.thin_ticks(L, ch * L, fontsize=7 if ch * 72 < 8 else 8)
-        xfont = 8 if cw >= 0.3 else 7
+        xfont = 8 if cw >= 0.2 else 7
         im = None
         for k, ax in enumerate(axes.flat):
             if k >= P:
@@ -197,8 +198,7 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
             for s in ax.spines.values():
                 s.set_visible(False)
             ax.set_yticks(range(0, L, step), [str(layers[i]) for i in range(0, L, step)])
-            ax.set_xticks(range(K), [_col_label(c) for c in cols], rotation=45, ha="right", rotation_mode="anchor",
-                          fontsize=xfont)
+            ax.set_xticks(range(K), [_col_label(c) for c in cols], rotation=90, ha="center", fontsize=xfont)
             ax.tick_params(length=2, labelbottom=True)  # module names under every panel
             if step > 1 or ch * 72 < 8:
                 ax.tick_params(axis="y", labelsize=7)

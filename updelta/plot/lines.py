@@ -607,14 +607,18 @@ def tradeoff(summary, *, x: str = "rel_delta", meta: dict | None = None) -> Figu
             ax.set_ylabel("change in score (after − before)", fontsize=8)
             ax.grid(True)
             ax.margins(x=0.15, y=0.2)
-            if not logx and np.nanmin(xs) >= 0:
-                ax.set_xlim(0, np.nanmax(xs) * 1.2 or 1.0)
+            if not logx and np.nanmin(xs) >= 0:  # from just below 0: a run at 0 is drawn whole, ticks clear the corner
+                hi = np.nanmax(xs) * 1.2 or 1.0
+                ax.set_xlim(-0.06 * hi, hi)
+                ticks = MaxNLocator(nbins=5).tick_values(0, hi)
+                ax.set_xticks([t for t in ticks if 0 <= t <= hi])
             if k // ncol == nrow - 1 or k + ncol >= len(gains):
                 ax.set_xlabel(C.metric_label(x, meta), fontsize=8)
                 ax.tick_params(labelbottom=True)
         handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=0, label=s) for s in series]
         fig.legend(handles=handles, loc="outside right upper", frameon=False, title="run")
         C.titles(fig, f"update size ({x}) against evaluation change, one point per run", meta, runs=series)
+        fig.get_layout_engine().set(w_pad=0.08, wspace=0.06)
         renderer = fix_layout(fig)  # labels are placed in the final layout, measured with the renderer
         for k, g in enumerate(gains):
             ax = axes.flat[k]
