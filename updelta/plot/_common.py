@@ -323,7 +323,8 @@ def facet_grid(n: int, k: int, rows: int, cell: tuple[float, float], pad: tuple[
     """(ncol, nrow, cell width, cell height) for `n` panels of `rows` x `k` cells, each panel with `pad`
     (width, height) inches of labels around its cells and the figure with `frame` inches of titles, colour bar and
     notes: the arrangement whose cells shrink least below the wanted `cell` size with the whole figure inside
-    MAX_IN x MAX_IN (every panel shown; a very long grid gets small cells, never a larger figure)."""
+    MAX_IN x MAX_IN (every panel shown; a very long grid gets small cells, never a larger figure), and among
+    those the one closest to a 4:3 page."""
     best = None
     for ncol in range(1, (max_cols or n) + 1):
         nrow = math.ceil(n / ncol)
@@ -337,8 +338,8 @@ def facet_grid(n: int, k: int, rows: int, cell: tuple[float, float], pad: tuple[
         if (cw < min_cell[0] or ch < min_cell[1]) and ncol > 1:
             continue  # too narrow: fewer columns (one column is kept as the fallback)
         score = min(cw / cell[0], ch / cell[1])
-        area = (ncol * (k * cw + pad[0])) * (nrow * (rows * ch + pad[1]))
-        key = (round(score, 3), -area)
+        w, h = ncol * (k * cw + pad[0]) + frame[0], nrow * (rows * ch + pad[1]) + frame[1]
+        key = (round(score, 2), -abs(math.log(w / h / 1.3)))  # largest cells; then closest to a 4:3 page
         if best is None or key > best[0]:
             best = (key, ncol, nrow, cw, ch)
     if best is None:
