@@ -71,7 +71,7 @@ def summary_text(res: Result, top: int = 10) -> str:
     out.append(SPARSITY_NOTE.format(atol=opts.get("atol"), eta=opts.get("eta")))
     spec_cols = SPECTRAL_COLS if "stable_rank" in res.summary.columns else []
     same = unchanged_runs(res.tensors, towers_included(res.meta))
-    out.append("\nWhole model" + (" (spectral figures: medians over changed 2-D tensors)" if spec_cols else ""))
+    out.append("\nWhole model" + (" (spectral figures: medians over 2-D tensors, changed ones only)" if spec_cols else ""))
     summ = res.summary.assign(run=[f"{r} (unchanged)" if r in same else r for r in res.summary["run"].astype(str)])
     rows, header = _rows(summ, ["run"], SUMMARY_COLS + spec_cols)
     out.append(table(rows, header))
