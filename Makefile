@@ -1,10 +1,11 @@
-# Quick start:  make demo   (set up, then run the main job)
-#               make test   (set up, then run the test suite)
+# Quick start:  make demo      (set up, then run the main job)
+#               make test      (set up, then run the test suite)
+#               make notebook  (set up, add JupyterLab and ipywidgets, open the layer-heatmap notebook)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench notebook clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# JupyterLab and ipywidgets (the `notebook` extra) into the same .venv, then the notebook in JupyterLab.
+notebook: $(VENV)/.notebook
+	$(BIN)/jupyter lab notebooks/explore_layer_heatmaps.ipynb
+
+$(VENV)/.notebook: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[train,dev,notebook]'
+	touch $@
 
 bench: setup
 	$(BIN)/python benchmarks/bench_diff.py

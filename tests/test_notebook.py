@@ -28,6 +28,7 @@ def test_notebook_executes_top_to_bottom(tmp_path, monkeypatch):
                      ("JUPYTER_CONFIG_DIR", "jupyter-config"), ("IPYTHONDIR", "ipython")):
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
+    monkeypatch.setenv("UPDELTA_NOTEBOOK_BASE", "toy")  # the committed toy base, even where SmolLM2 is cached
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -42,7 +43,8 @@ def test_notebook_executes_top_to_bottom(tmp_path, monkeypatch):
     assert len(images) >= 8, "every plotting cell shows its figure"
     text = "\n".join(o["data"].get("text/plain", "") for o in outputs if "data" in o)
     assert "rel_delta" in text and "sparsity_exact" in text
-    assert "rl_heatmap.png" in "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "rl_heatmap.png" in streams and "assets/base" in streams  # the toy base by default
     assert list(cwd.iterdir()) == []  # the notebook writes only to its own temporary folder
     assert elapsed < 90, f"notebook took {elapsed:.0f} s; it must stay well under a minute on 2 cores"
     print(f"notebook executed in {elapsed:.1f} s with {sys.executable}", file=sys.stderr)

@@ -3,8 +3,19 @@
 Done correctly (docs/metrics.md): every figure is recomputed from summed raw sums (norms from
 sums of squares, cosines from summed dot products, sparsity and mean |D| from element counts)
 by the formulas declared in `updelta.schema` - the same code that computes each tensor's own
-row - never averages of ratios. Spectral figures are medians over 2-D tensors
-(`metrics.summary.summarize`). What each column does is declared once, in `updelta.schema`.
+row - never averages of ratios. What each column does is declared once, in `updelta.schema`.
+
+One rule for medians (docs/metrics.md, Aggregates): spectral figures (`metrics.summary.summarize`) and the
+concentration columns are medians over the group's **changed** tensors that have a value. A tensor whose every
+compared element is unchanged (W1 == W0, `unchanged`) has no update to describe: its energy ranks would read 0
+and its stable rank is undefined, so counting it would make a merged rank-8 LoRA on q and v print a median
+attention rank of 0. Unchanged tensors are counted in `n_unchanged` (and, among 2-D tensors, in
+`n_spectral_unchanged`); null values (1-D tensors have no spectrum) in `n_spectral_skipped`. Sums (norms,
+sparsity) count every tensor, unchanged or not. A run whose every tensor is unchanged is listed by
+`unchanged_runs` and drawn and reported once as "bit-identical to the base".
+
+Every table's `layer` (and `expert`) column is a nullable integer (pandas `Int64`): null for tensors outside
+the layers (embeddings, final norm, head), so that layers sort 0, 1, 2, ..., 10.
 
 Tower tensors (vision encoders, projectors: the `tower` column) are counted only with the `towers`
 option (`counted`, docs/families.md, Towers).
@@ -86,6 +97,39 @@ def towers_note(rows, towers: bool = False) -> str | None:
             f"whole-model, component and layer figures and of gates; pass --towers (towers=True) to count them")
 
 
+def unchanged(df: pd.DataFrame) -> pd.Series:
+    """Per row of a per-tensor table: True when the tensor did not change (ΣD² = 0 and, where counted, every
+    compared element equal: n_eq == n_compared). Tables without ss_delta use delta_fro."""
+    if df.empty:
+        return pd.Series(False, index=df.index, dtype=bool)
+    ss = df["ss_delta"] if "ss_delta" in df.columns else (df["delta_fro"] ** 2 if "delta_fro" in df.columns else None)
+    if ss is None:
+        return pd.Series(False, index=df.index, dtype=bool)
+    out = pd.to_numeric(ss, errors="coerce").fillna(1.0).eq(0.0)
+    if "n_eq" in df.columns and "n_compared" in df.columns:
+        eq = pd.to_numeric(df["n_eq"], errors="coerce")
+        out &= eq.isna() | eq.eq(pd.to_numeric(df["n_compared"], errors="coerce"))
+    return out.astype(bool)
+
+
+def unchanged_runs(tensors: pd.DataFrame, towers: bool = False) -> list[str]:
+    """The runs of a per-tensor table whose every (counted) tensor is unchanged, in table order: runs that are
+    bit-identical to the base as far as the compared tensors go."""
+    t = counted(tensors, towers)
+    if t.empty or "run" not in t.columns:
+        return []
+    u = unchanged(t)
+    return [str(r) for r, v in u.groupby(t["run"].astype(str), sort=False).all().items() if v]
+
+
+def int_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """`layer` and `expert` as nullable integers (Int64), whatever the grouping made of them."""
+    for k in ("layer", "expert"):
+        if k in df.columns and str(df[k].dtype) != "Int64":
+            df[k] = pd.to_numeric(df[k], errors="coerce").astype("Int64")
+    return df
+
+
 def _summed(df: pd.DataFrame, by: list[str], cols: list[str], maxes: list[str] = ()) -> pd.DataFrame:
     """Per group of `by`: the sum of `cols`, the max of `maxes` and `n_tensors`; group keys as columns."""
     w = df[by + cols + list(maxes)].assign(n_tensors=1)
@@ -100,12 +144,14 @@ def _summed(df: pd.DataFrame, by: list[str], cols: list[str], maxes: list[str] =
 def aggregate_tensors(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """One row per group of `by` (e.g. ["run"], ["run", "component"], ["run", "layer", "component"])."""
     if df.empty:
-        return pd.DataFrame(columns=by + CHEAP + ["numel", "n_tensors"])
+        return int_keys(pd.DataFrame(columns=by + CHEAP + ["numel", "n_tensors", "n_unchanged"]))
     summed = list(schema.columns(schema.AGGREGATES, agg="sum"))
     df = sums_from_ratios(df, schema.RAW_SUMS)
     if "added_rows" not in df:
         df = df.assign(added_rows=0)
-    s = _summed(df, by, summed, ["delta_max"])
+    same = unchanged(df)
+    df = df.assign(n_unchanged=same.astype("int64"))
+    s = _summed(df, by, summed + ["n_unchanged"], ["delta_max"])
     derived = schema.derive({c: s[c].to_numpy() for c in summed}, schema.TENSORS)
     out = s[by].copy()
     for c in ("delta_fro", "base_fro", "rel_delta"):
@@ -114,22 +160,24 @@ def aggregate_tensors(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for c in derived:
         if c not in out:
             out[c] = derived[c]
-    for c in ("numel", "n_compared", "n_tensors", "nonfinite_base", "nonfinite_ft", "added_rows"):
+    for c in ("numel", "n_compared", "n_tensors", "n_unchanged", "nonfinite_base", "nonfinite_ft", "added_rows"):
         out[c] = s[c].astype("int64").to_numpy()
     for c in schema.RAW_SUMS:  # int64 / float64 (floats where rebuilt from ratios)
         if c not in out:
             out[c] = s[c].to_numpy()
     out = _null_counts(df, by, out)
     med = [c for c in schema.columns(schema.AGGREGATES, agg="median") if c in df.columns]
-    if med:  # concentration columns: medians over the tensors with a value (docs/metrics.md)
-        m = df.groupby(by, dropna=False, sort=False)[med].median() if by else df[med].median().to_frame().T
+    if med:  # concentration columns: medians over the changed tensors with a value (docs/metrics.md)
+        w = df[by + med].copy()
+        w.loc[same.to_numpy(), med] = np.nan
+        m = w.groupby(by, dropna=False, sort=False)[med].median() if by else w[med].median().to_frame().T
         out = out.merge(m.reset_index(), on=by, how="left") if by else pd.concat(
             [out.reset_index(drop=True), m.reset_index(drop=True)], axis=1)
     if "spectral_s" in df.columns:
-        spec = summarize(df, by)
+        spec = summarize(df, by, leave_out=same)
         if not spec.empty:
             out = out.merge(spec, on=by, how="left") if by else pd.concat([out, spec.reset_index(drop=True)], axis=1)
-    return out
+    return int_keys(out)
 
 
 def _null_counts(df: pd.DataFrame, by: list[str], out: pd.DataFrame) -> pd.DataFrame:
@@ -158,7 +206,7 @@ def aggregate_pairs(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Cross-run figures per group of `by` (always including run_a, run_b) from per-tensor pair rows."""
     keys = ["run_a", "run_b"] + [k for k in by if k not in ("run_a", "run_b")]
     if df.empty:
-        return pd.DataFrame(columns=keys)
+        return int_keys(pd.DataFrame(columns=keys))
     df = sums_from_ratios(df, schema.PAIR_SUMS)
     s = _summed(df, keys, list(schema.PAIR_SUMS))
     raw = {c: s[c].to_numpy() for c in schema.PAIR_SUMS}
@@ -167,4 +215,4 @@ def aggregate_pairs(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for c, v in row.items():
         out[c] = v
     out["n_tensors"] = s["n_tensors"].astype("int64").to_numpy()
-    return out
+    return int_keys(out)

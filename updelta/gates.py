@@ -275,6 +275,9 @@ def _subjects(gate: Gate, result) -> tuple:
         table = counted(result.tensors, towers_included(result.meta))
         subjects = _select_runs(result.runs, gate)
         kind = "run"
+    if table.empty:  # nothing was compared: say so, not that the metric is not numeric
+        raise _fail(f"gate {gate.expr!r}: the result has no {'pair' if kind == 'pair' else 'tensor'} rows (nothing "
+                    f"was compared), so no gate can be evaluated; check the checkpoints and --include/--exclude")
     if gate.metric not in table.columns:
         hint = " (spectral metrics need --spectral fast or full)" if gate.metric not in RUN_COLUMNS + PAIR_COLUMNS \
             else ""

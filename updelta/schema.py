@@ -12,10 +12,11 @@ cheap or cross-run figure), `spectral`, `meta` (descriptive: dtypes, flags, list
 
 How a column aggregates over tensors (`Column.agg`): `key` (a group key), `sum`, `max`,
 `formula` (recomputed from the summed raw sums by `Column.formula`, see `FORMULAS`), `median_2d`
-(median over the group's 2-D tensors, `metrics.summary.summarize`), `median` (median over the tensors
-with a value: the concentration columns, which a gate uses only with an explicit AGG), `size` (number of tensors),
+(median over the group's changed 2-D tensors, `metrics.summary.summarize`), `median` (median over the changed
+tensors with a value: the concentration columns, which a gate uses only with an explicit AGG), `size` (number of tensors),
 `none` (not aggregated). Every per-tensor figure is itself the same formula of the tensor's own
-sums, so per-tensor and aggregated numbers are computed one way (`derive`).
+sums, so per-tensor and aggregated numbers are computed one way (`derive`). Every median leaves out unchanged
+tensors (W1 == W0) and counts them in `n_unchanged` / `n_spectral_unchanged` (docs/metrics.md, Aggregates).
 
 Definitions of the metrics: docs/metrics.md. Nothing here imports torch or pandas.
 """
@@ -132,6 +133,9 @@ _CHEAP = [
     _c("nonfinite_base", _TA, "count", "sum", dtype="int", unit="elements", fmt="int"),
     _c("nonfinite_ft", _TA, "count", "sum", dtype="int", unit="elements", fmt="int"),
     _c("n_tensors", (AGGREGATES, PAIR_AGGREGATES), "count", "size", dtype="int", unit="tensors", fmt="int"),
+    _c("n_unchanged", _A, "count", "none", dtype="int", unit="tensors", fmt="int", gate=False,
+       title="tensors of the group with every compared element unchanged (W1 == W0): counted in the sums, left out "
+             "of every median (docs/metrics.md, Aggregates)"),
     _c("n_sparsity_null", _A, "count", "none", dtype="int", unit="tensors", fmt="int", gate=False,
        title="tensors without sparsity counts (adapter factors without --merge-dtype), left out of the sparsity "
              "figures, whose denominators count only the tensors with counts (docs/adapters.md)"),
@@ -215,7 +219,9 @@ def _spectral_column(name, mode, dtype, fmt, header) -> Column:
 
 _SPECTRAL = [_spectral_column(*s) for s in _SPEC] + [
     _c("n_spectral", _A, "spectral", "none", dtype="int", unit="tensors", fmt="int",
-       title="tensors with spectral figures (2-D; stacked experts are split into 2-D rows)"),
+       title="changed 2-D tensors in the spectral medians (stacked experts are split into 2-D rows)"),
+    _c("n_spectral_unchanged", _A, "spectral", "none", dtype="int", unit="tensors", fmt="int",
+       title="unchanged 2-D tensors (W1 == W0) left out of the spectral medians (docs/metrics.md, Aggregates)"),
     _c("n_spectral_skipped", _A, "spectral", "none", dtype="int", unit="tensors", fmt="int",
        title="1-D / 0-D tensors (no spectral figures by definition)"),
     _c("spectral_s_total", _A, "spectral", "none", dtype="float", unit="seconds", title="spectral seconds, summed"),

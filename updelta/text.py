@@ -6,6 +6,7 @@ import math
 import pandas as pd
 
 from . import schema
+from .aggregate import towers_included, unchanged, unchanged_runs
 from .meta import PairingNotes
 from .result import Result
 from .runbases import base_lines
@@ -70,9 +71,14 @@ def summary_text(res: Result, top: int = 10) -> str:
                f"{len(res.tensors['name'].unique()) if len(res.tensors) else 0} tensors, {m.seconds} s")
     out.append(SPARSITY_NOTE.format(atol=opts.get("atol"), eta=opts.get("eta")))
     spec_cols = SPECTRAL_COLS if "stable_rank" in res.summary.columns else []
-    out.append("\nWhole model" + (" (spectral figures: medians over 2-D tensors)" if spec_cols else ""))
-    rows, header = _rows(res.summary, ["run"], SUMMARY_COLS + spec_cols)
+    same = unchanged_runs(res.tensors, towers_included(res.meta))
+    out.append("\nWhole model" + (" (spectral figures: medians over 2-D tensors, changed ones only)" if spec_cols else ""))
+    summ = res.summary.assign(run=[f"{r} (unchanged)" if r in same else r for r in res.summary["run"].astype(str)])
+    rows, header = _rows(summ, ["run"], SUMMARY_COLS + spec_cols)
     out.append(table(rows, header))
+    if same:
+        out.append(f"unchanged: {', '.join(same)}: every tensor bit-identical to the base (W1 == W0 for every "
+                   f"compared element)")
     out.append("\nPer component")
     rows, header = _rows(res.components, ["run", *(["tower"] if "tower" in res.components else []), "component"],
                          SUMMARY_COLS + spec_cols)
@@ -81,10 +87,12 @@ def summary_text(res: Result, top: int = 10) -> str:
         k = opts.topk
         out.append(f"(r90 = energy rank at 90%; '-' where not reached within the top {k}, i.e. > {k})")
     t = res.tensors
-    if len(t):
-        out.append(f"\nTop {top} tensors by rel_delta")
-        for r in runs:
-            sub = t[t["run"] == r].sort_values("rel_delta", ascending=False, na_position="last").head(top)
+    changed = [r for r in runs if r not in same]
+    if len(t) and changed:
+        out.append(f"\nTop {top} tensors by rel_delta" + (f" (not for {', '.join(same)}: unchanged)" if same else ""))
+        for r in changed:
+            sub = t[(t["run"] == r) & ~unchanged(t)]  # changed tensors only: no list of zeros
+            sub = sub.sort_values("rel_delta", ascending=False, na_position="last").head(top)
             rows = [[r, x["name"], schema.shape_text(x["shape"]), fmt(x["rel_delta"]), fmt(x["delta_max"]),
                      fmt(x["sparsity_exact"], "pct")] for _, x in sub.iterrows()]
             out.append(table(rows, ["run", "tensor", "shape", "rel_delta", "delta_max", "sparse exact"]))

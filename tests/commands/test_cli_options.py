@@ -16,6 +16,7 @@ import typer
 import updelta
 from clirun import run_main
 from updelta.cli import app
+from updelta.commands.params import NEGATE
 from updelta.errors import UpdeltaError
 from updelta.options import DiffOptions
 
@@ -40,10 +41,16 @@ def test_every_field_is_a_flag_with_the_fields_help_and_default(command):
         assert p is not None and p.param_type_name == "option", f"{command}: no flag for DiffOptions.{f.name}"
         flag = "--" + f.name.replace("_", "-")
         assert p.opts == [flag], (command, f.name, p.opts)
-        assert p.help == f.metadata["help"]
         if isinstance(f.default, bool):
-            assert p.is_flag and p.secondary_opts == ["--no-" + flag[2:]] and p.default is f.default
-        elif isinstance(f.default, tuple):
+            # --x and --no-x are both accepted; --help lists the one that changes the default
+            neg = params.get(f.name + NEGATE)
+            assert neg is not None and neg.opts == ["--no-" + flag[2:]] and not p.secondary_opts
+            assert p.is_flag and neg.is_flag and p.default is False and neg.default is False
+            shown, hidden = (neg, p) if f.default else (p, neg)
+            assert hidden.hidden and not shown.hidden and shown.help.startswith(f.metadata["help"])
+            continue
+        assert p.help == f.metadata["help"]
+        if isinstance(f.default, tuple):
             assert p.multiple and tuple(p.default or ()) == f.default
         else:
             assert p.default == f.default and type(p.default) is type(f.default)
@@ -64,8 +71,23 @@ def test_help_renders_every_flag(monkeypatch, capsys):
         code, out, _ = run_main(monkeypatch, capsys, command, "--help")
         assert code == 0
         for f in dataclasses.fields(DiffOptions):
-            assert "--" + f.name.replace("_", "-") in out, (command, f.name)
+            flag = ("--no-" if f.default is True else "--") + f.name.replace("_", "-")
+            assert flag in out, (command, f.name)
         assert "Engine options" in out
+
+
+def test_bool_flags_both_ways_and_help_is_short(monkeypatch, capsys):
+    from updelta.commands.params import build
+
+    assert build(DiffOptions, {"progress": False, "progress" + NEGATE: True}).progress is False
+    assert build(DiffOptions, {"progress": True, "progress" + NEGATE: False}).progress is True
+    assert build(DiffOptions, {"progress": False, "progress" + NEGATE: False}).progress is True  # default
+    assert build(DiffOptions, {"histogram": True}).histogram is True
+    assert build(DiffOptions, {"histogram" + NEGATE: True}).histogram is False
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_main(monkeypatch, capsys, "diff", "--help")
+    assert code == 0 and "Engine options" in out
+    assert len(out.splitlines()) <= 170, len(out.splitlines())  # 287 lines with a column of --no-x flags
 
 
 @pytest.mark.parametrize("overrides, needles", [

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from updelta.commands.params import option_params, with_options
+from updelta.commands.params import NEGATE, option_params, with_options
 
 
 class Bad(ValueError):
@@ -73,13 +73,16 @@ def test_literal_values_are_checked_by_the_dataclass():
 
 def test_help_comes_from_the_fields_or_a_mapping():
     params = option_params(Toy)
-    assert [p.name for p in params] == [f.name for f in dataclasses.fields(Toy)]
+    names = [n for f in dataclasses.fields(Toy) for n in ((f.name, f.name + NEGATE) if f.type is bool or
+                                                         f.type == "bool" else (f.name,))]
+    assert [p.name for p in params] == names  # a bool field: its flag, then its hidden opposite
     assert all(p.kind is p.KEYWORD_ONLY for p in params)
     cmd = typer.main.get_command(_app()[0]).commands["run"]
     click_params = {p.name: p for p in cmd.params}
-    assert list(click_params) == ["label"] + [f.name for f in dataclasses.fields(Toy)]
+    assert list(click_params) == ["label"] + names
     assert click_params["some_rate"].opts == ["--some-rate"] and click_params["some_rate"].help == "a rate"
-    assert click_params["loud"].secondary_opts == ["--no-loud"] and click_params["some_rate"].default == 0.5
+    assert click_params["loud"].opts == ["--loud"] and click_params["loud" + NEGATE].opts == ["--no-loud"]
+    assert click_params["loud" + NEGATE].hidden and click_params["some_rate"].default == 0.5
     assert click_params["out"].required and click_params["names"].multiple
     cmd = typer.main.get_command(_app(help={"loud": "LOUDER"}, panel="Toy options")[0]).commands["run"]
     click_params = {p.name: p for p in cmd.params}

@@ -167,7 +167,7 @@ def test_run_similarity_matrix_values_and_baselines(real_compare):
     m = finite(ax.get_images()[0].get_array())
     assert m[0, 1] == pytest.approx(ps.iloc[0]["jaccard_atol"])
     texts = [t.get_text() for t in ax.texts]
-    assert f"{ps.iloc[0]['jaccard_atol']:.3f}\nrand {ps.iloc[0]['jaccard_random_atol']:.3f}" in texts
+    assert f"{ps.iloc[0]['jaccard_atol']:.3f}\n({ps.iloc[0]['jaccard_random_atol']:.3f})" in texts
     assert "atol" in fig._suptitle.get_text() and "1e-05" in fig._suptitle.get_text()
 
     fig = up.run_similarity(res, "overlap", conv="exact")  # asymmetric: row run is A

@@ -175,25 +175,30 @@ def test_histogram_counts_planted_checkpoint(tmp_path):
 
 
 def test_distribution_real_result(real_compare):
+    """Three runs: one panel per run (steps of several runs would hide each other) beside one bar chart of the
+    exact zeros."""
     res = real_compare
     fig = up.distribution(res)
-    ax0, ax = data_axes(fig)[:2]
-    assert ax.get_xscale() == "log" and "|ΔW|" in ax.get_xlabel() and "%" in ax0.get_ylabel()
+    ax0, *panels = data_axes(fig)
+    assert len(panels) == 3 and all(ax.get_xscale() == "log" for ax in panels)
+    assert "|ΔW|" in panels[-1].get_xlabel() and "%" in ax0.get_xlabel()
     t = res.tensors
     for i, run in enumerate(["sft", "dft", "grpo"]):
         d = t[t["run"] == run]
         h = np.sum(np.stack(d["hist"].to_numpy()), axis=0)
-        assert ax0.patches[i].get_height() == pytest.approx(100 * h[256] / d["n_compared"].sum())
-        stairs = [p for p in ax.patches if type(p).__name__ == "StepPatch"][2 * i]
+        assert ax0.patches[i].get_width() == pytest.approx(100 * h[256] / d["n_compared"].sum())
+        ax = panels[i]
+        assert ax.get_title().startswith(run)
+        stairs = [p for p in ax.patches if type(p).__name__ == "StepPatch"][0]
         vals = stairs.get_data().values
-        assert vals.sum() + ax0.patches[i].get_height() == pytest.approx(100.0)  # every element in one bin
+        assert vals.sum() + ax0.patches[i].get_width() == pytest.approx(100.0)  # every element in one bin
         assert stairs.get_data().edges[117] == 2.0 ** -10
-    legend = [x.get_text() for x in fig.legends[0].get_texts()]
-    sft = t[t["run"] == "sft"]
-    sp = (sft["sparsity_atol"] * sft["n_compared"]).sum() / sft["n_compared"].sum()
-    assert f"atol {100 * sp:.1f}%" in legend[0] and any("atol" in x and "1e-05" in x for x in legend)
-    lo, hi = ax.get_xlim()
-    assert lo <= 1e-5 <= hi
+        sp = (d["sparsity_atol"] * d["n_compared"]).sum() / d["n_compared"].sum()
+        assert f"atol {100 * sp:.1f}%" in ax.get_title()
+        lo, hi = ax.get_xlim()
+        assert lo <= 1e-5 <= hi
+    legend = [x.get_text() for f in (fig, *fig.subfigs) for lg in f.legends for x in lg.get_texts()]
+    assert any("atol" in x and "1e-05" in x for x in legend)
     fig = up.distribution(res, runs=["grpo"], components="mlp")
     assert len(data_axes(fig)[0].patches) == 1 and "mlp" in fig._suptitle.get_text()
 

@@ -6,7 +6,8 @@
 gives `diff` one command-line option per field of `DiffOptions`, after its own parameters, and passes the
 parsed values to it as one `DiffOptions` (built by `build`). For each field:
 
-- flag: the field name with dashes (`on_shape_mismatch` -> `--on-shape-mismatch`); bool -> `--x/--no-x`;
+- flag: the field name with dashes (`on_shape_mismatch` -> `--on-shape-mismatch`); bool -> `--x` and `--no-x`, of
+  which the help lists the one that changes the default (`--histogram`, `--no-progress`); both are accepted;
 - help: `field.metadata["help"]` (or a `help` mapping given here); default: the field's default;
 - `Literal[...]` -> a string, checked by the dataclass (a one-line error, not click's box);
 - `tuple[str, ...]` -> a repeatable option, turned back into a tuple.
@@ -28,7 +29,10 @@ Annotated = typing.Annotated
 ENGINE_PANEL = "Engine options"  # where `diff`, `compare`, `report`, `trajectory` list the DiffOptions flags
 
 
-def _field_param(f: dataclasses.Field, hint: Any, help_text: str, panel: Optional[str]) -> inspect.Parameter:
+NEGATE = "__negated"  # suffix of the hidden parameter of a bool field's other flag
+
+
+def _field_param(f: dataclasses.Field, hint: Any, help_text: str, panel: Optional[str]) -> list[inspect.Parameter]:
     flag = "--" + f.name.replace("_", "-")
     decls: tuple[str, ...] = (flag,)
     if f.default is not dataclasses.MISSING:
@@ -38,17 +42,30 @@ def _field_param(f: dataclasses.Field, hint: Any, help_text: str, panel: Optiona
     else:
         default = inspect.Parameter.empty  # a required option
     typ = hint
+    metavar = None
     if hint is bool:
-        decls = (f"{flag}/--no-{flag[2:]}",)
-    elif typing.get_origin(hint) is typing.Literal:
-        typ = str
+        # One visible flag, the one that changes the default; its opposite is accepted, hidden from --help (a
+        # second column of --no-x flags halved the width left for help text at 80 columns).
+        on, off = flag, f"--no-{flag[2:]}"
+        shown, hidden = (off, on) if default is True else (on, off)
+        what = f"{help_text} (on by default; {off} turns it off)" if default is True else help_text
+        first = typer.Option(shown, help=what, rich_help_panel=panel, show_default=False)
+        second = typer.Option(hidden, hidden=True)
+        names = (f.name + NEGATE, f.name) if default is True else (f.name, f.name + NEGATE)
+        return [inspect.Parameter(names[0], inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[bool, first],
+                                  default=False),
+                inspect.Parameter(names[1], inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[bool, second],
+                                  default=False)]
+    if typing.get_origin(hint) is typing.Literal:
+        typ = str  # the choices are named in the help text; the dataclass checks them
     elif typing.get_origin(hint) is tuple:
         args = typing.get_args(hint)
         typ = Optional[List[args[0] if args else str]]
         default = list(default) if default else None
-    info = typer.Option(*decls, help=help_text, rich_help_panel=panel)
-    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info],
-                             default=default)
+        metavar = "TEXT"
+    info = typer.Option(*decls, help=help_text, rich_help_panel=panel, metavar=metavar)
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info],
+                              default=default)]
 
 
 def option_params(cls: type, help: Optional[Mapping[str, str]] = None,
@@ -57,8 +74,8 @@ def option_params(cls: type, help: Optional[Mapping[str, str]] = None,
     panel `panel` when given)."""
     hints = typing.get_type_hints(cls)
     help = help or {}
-    return [_field_param(f, hints[f.name], help.get(f.name, f.metadata.get("help", "")), panel)
-            for f in dataclasses.fields(cls)]
+    return [p for f in dataclasses.fields(cls)
+            for p in _field_param(f, hints[f.name], help.get(f.name, f.metadata.get("help", "")), panel)]
 
 
 def build(cls: type, values: Mapping[str, Any]) -> Any:
@@ -66,6 +83,11 @@ def build(cls: type, values: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if hints[f.name] is bool and (f.name in values or f.name + NEGATE in values):
+            on, off = bool(values.get(f.name)), bool(values.get(f.name + NEGATE))
+            if on or off:  # --x: True, --no-x: False (neither: the field's default)
+                kwargs[f.name] = on
+            continue
         if f.name not in values:
             continue
         v = values[f.name]

@@ -49,15 +49,19 @@ def _ndim(df: pd.DataFrame) -> pd.Series | None:
     return None
 
 
-def summarize(tensors: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def summarize(tensors: pd.DataFrame, by: list[str], leave_out: pd.Series | None = None) -> pd.DataFrame:
     """Per-group medians over 2-D tensors of the numeric spectral columns, for the whole-model and
     per-component spectral figures ("medians over 2-D tensors"; every expert is its own 2-D row).
+
+    `leave_out` (bool per row, e.g. `updelta.aggregate.unchanged`): 2-D tensors left out of the medians and
+    counted in `n_spectral_unchanged` (an unchanged tensor has energy ranks 0 and no stable rank: counting it
+    would pull the median rank of a partly changed group to 0; docs/metrics.md, Aggregates).
 
     Group keys `by` (e.g. ["run", "component"] or ["run"]; [] for one row). Float columns: the median
     over the tensors that have a value. Int columns (`energy_rank_*`, `intruders`): the lower median,
     so they stay integers (nullable Int64); a null energy rank means "> k" and counts as +inf, so the
     median is null ("> k") when at least half the tensors did not reach q within k.
-    Also: `n_spectral` (tensors with spectral figures), `n_spectral_skipped` (1-D/0-D tensors in the
+    Also: `n_spectral` (tensors in the medians), `n_spectral_unchanged` (2-D tensors left out), `n_spectral_skipped` (1-D/0-D tensors in the
     group: no spectral figures by definition) and `spectral_s_total` (seconds summed).
     2-D/3-D tensors are told apart by an `ndim` column, else by the `shape` column (a list of ints, or
     the "AxB" text of older results), else by a non-null `spectral_s`."""
@@ -68,6 +72,10 @@ def summarize(tensors: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     has = df["spectral_s"].notna() if "spectral_s" in df.columns else pd.Series(False, index=df.index)
     spec = has & (nd >= 2) if nd is not None else has
     skipped = (nd < 2) if nd is not None else ~has
+    out_mask = leave_out.reindex(df.index).fillna(False).astype(bool) if leave_out is not None else \
+        pd.Series(False, index=df.index)
+    left = spec & out_mask
+    spec = spec & ~out_mask
     keys = list(by)
     groups = df.groupby(keys, dropna=False, sort=False, observed=True) if keys else [((), df)]
     rows = []
@@ -79,10 +87,12 @@ def summarize(tensors: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             vals = [None if pd.isna(v) else v for v in sg[c].tolist()]
             row[c] = median(vals, kinds[c], c in NULL_IS_INF) if vals else None
         row["n_spectral"] = int(len(sg))
+        row["n_spectral_unchanged"] = int(left.loc[g.index].sum())
         row["n_spectral_skipped"] = int(skipped.loc[g.index].sum())
         row["spectral_s_total"] = float(sg["spectral_s"].sum()) if "spectral_s" in sg else 0.0
         rows.append(row)
-    out = pd.DataFrame(rows, columns=keys + num + ["n_spectral", "n_spectral_skipped", "spectral_s_total"])
+    out = pd.DataFrame(rows, columns=keys + num + ["n_spectral", "n_spectral_unchanged", "n_spectral_skipped",
+                                                   "spectral_s_total"])
     for c in num:
         out[c] = out[c].astype("Int64" if kinds[c] == "int" else "float64")
     return out

@@ -17,11 +17,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import schema
-from ..aggregate import CHEAP, aggregate_pairs, aggregate_tensors, counted, towers_included
+from ..aggregate import CHEAP, aggregate_pairs, aggregate_tensors, counted, towers_included, unchanged, unchanged_runs
 from ..errors import UpdeltaError
 from ..meta import info as run_info
 
 DPI = 150
+# Every figure fits MAX_PX pixels on its longer side at DPI (a page, a slide, a screen): grids of many runs or
+# layers shrink their cells, facet, or summarise instead of growing.
+MAX_PX = 3000
+MAX_IN = MAX_PX / DPI - 0.2  # inches, with a margin for rounding
+UNCHANGED = "bit-identical to the base"
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
 RUN_COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -267,3 +272,76 @@ def as_array(v) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return a if a.size else None
+
+
+def capped(width: float, height: float) -> tuple[float, float]:
+    """(width, height) in inches within the MAX_PX bound at DPI."""
+    return min(width, MAX_IN), min(height, MAX_IN)
+
+
+def marker_of(i: int) -> str:
+    """The marker of the i-th series: colour cycles every 8 runs, the marker shifts, so that 64 runs differ."""
+    return MARKERS[(i + i // len(RUN_COLORS)) % len(MARKERS)]
+
+
+def unchanged_in(data, df: pd.DataFrame) -> list[str]:
+    """Runs of `df` that are unchanged (every tensor bit-identical to the base), from the per-tensor table of a
+    `Result` when `data` is one, else from `df` itself (per-tensor rows, or aggregates with n_unchanged)."""
+    if hasattr(data, "tensors") and hasattr(data, "meta") and "run" in getattr(data, "tensors"):
+        return unchanged_runs(data.tensors, towers_included(data.meta))
+    if "run" not in df.columns or df.empty:
+        return []
+    if "n_unchanged" in df.columns and "n_tensors" in df.columns:
+        same = pd.to_numeric(df["n_unchanged"], errors="coerce").eq(pd.to_numeric(df["n_tensors"], errors="coerce"))
+    elif "ss_delta" in df.columns or "delta_fro" in df.columns:
+        same = unchanged(df)
+    else:
+        return []
+    return [str(r) for r, v in same.groupby(df["run"].astype(str), sort=False).all().items() if v]
+
+
+def unchanged_note(runs: list[str]) -> str:
+    """The one line that stands for the panels or lines of unchanged runs."""
+    return f"{', '.join(runs)}: {UNCHANGED} (every compared element W1 == W0), not drawn"
+
+
+def note_figure(title: str, text: str, meta: dict, runs: list[str] | None = None) -> Figure:
+    """A small figure holding only a note (e.g. every run unchanged): said once, instead of empty panels."""
+    with style():
+        fig = new_figure(6.0, 2.2)
+        ax = fig.subplots()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="#444444", wrap=True,
+                transform=ax.transAxes)
+        titles(fig, title, meta, runs=runs)
+    return fig
+
+
+def facet_grid(n: int, k: int, rows: int, cell: tuple[float, float], pad: tuple[float, float],
+               frame: tuple[float, float], max_cols: int | None = None,
+               min_cell: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int, float, float]:
+    """(ncol, nrow, cell width, cell height) for `n` panels of `rows` x `k` cells, each panel with `pad`
+    (width, height) inches of labels around its cells and the figure with `frame` inches of titles, colour bar and
+    notes: the arrangement whose cells shrink least below the wanted `cell` size with the whole figure inside
+    MAX_IN x MAX_IN (every panel shown; a very long grid gets small cells, never a larger figure), and among
+    those the one closest to a 4:3 page."""
+    best = None
+    for ncol in range(1, (max_cols or n) + 1):
+        nrow = math.ceil(n / ncol)
+        if ncol > 1 and math.ceil(n / (ncol - 1)) == nrow:
+            continue  # the same number of rows with fewer columns: no gain
+        aw = (MAX_IN - frame[0]) / ncol - pad[0]
+        ah = (MAX_IN - frame[1]) / nrow - pad[1]
+        if aw <= 0 or ah <= 0:
+            continue
+        cw, ch = min(cell[0], aw / max(k, 1)), min(cell[1], ah / max(rows, 1))
+        if (cw < min_cell[0] or ch < min_cell[1]) and ncol > 1:
+            continue  # too narrow: fewer columns (one column is kept as the fallback)
+        score = min(cw / cell[0], ch / cell[1])
+        w, h = ncol * (k * cw + pad[0]) + frame[0], nrow * (rows * ch + pad[1]) + frame[1]
+        key = (round(score, 2), -abs(math.log(w / h / 1.3)))  # largest cells; then closest to a 4:3 page
+        if best is None or key > best[0]:
+            best = (key, ncol, nrow, cw, ch)
+    if best is None:
+        return n, 1, 0.05, 0.02
+    return best[1], best[2], best[3], best[4]

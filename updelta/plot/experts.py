@@ -1,7 +1,6 @@
 """The layer x expert heatmap of a mixture-of-experts model (docs/experts.md)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -70,14 +69,15 @@ def experts_heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None
         notes.append("grey: no value (expert absent from the layer, or metric undefined)")
     annotate = (L <= 24 and E <= 16) if annotate is None else annotate
 
-    cell_w = 0.5 if annotate else min(0.3, max(0.05, 8.0 / E))
-    cell_h = 0.3 if annotate else min(0.3, max(0.1, 9.0 / L))
-    panel_w, panel_h = E * cell_w + 0.8, L * cell_h + 1.0
-    ncol = max(1, min(P, 4, int(11.0 // panel_w)))
-    nrow = math.ceil(P / ncol)
+    cell = (0.5, 0.3) if annotate else (min(0.3, max(0.05, 8.0 / E)), min(0.3, max(0.1, 9.0 / L)))
+    pad = (0.8, 1.0)
+    frame = (1.6, 1.0 + 0.18 * len(notes))
+    ncol, nrow, cell_w, cell_h = C.facet_grid(P, E, L, cell, pad, frame)
+    if cell_w < 0.45 or cell_h < 0.22:
+        annotate = False
     note = "\n".join(notes) if notes else None
-    width = max(5.0, ncol * panel_w + 1.6)
-    height = nrow * panel_h + 1.0 + (0.18 * len(notes) if notes else 0)
+    width, height = C.capped(max(5.0, ncol * (E * cell_w + pad[0]) + frame[0]),
+                             nrow * (L * cell_h + pad[1]) + frame[1])
     with C.style():
         fig = C.new_figure(width, height)
         axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
@@ -100,10 +100,11 @@ def experts_heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None
                 _annotate(ax, arr[k], norm, cmap, fontsize=7)
             if k % ncol == 0:
                 ax.set_ylabel("layer")
+            ax.tick_params(labelbottom=True)  # expert numbers under every panel
             if k + ncol >= P:
                 ax.set_xlabel("expert")
-                ax.tick_params(labelbottom=True)
-        fig.colorbar(im, ax=[a for a in axes.flat if a.get_visible()], aspect=min(40, 8 + 6 * nrow * panel_h),
+        fig.colorbar(im, ax=[a for a in axes.flat if a.get_visible()], aspect=20,
+                     shrink=min(1.0, 4.0 / max(nrow * (L * cell_h + pad[1]), 1e-6)),
                      label=C.metric_label(metric, meta) + (", log scale" if is_log else ""))
         what = C.metric_label(metric, meta, long=True)
         C.titles(fig, f"{metric} ({what}) per layer and routed expert", meta, runs=C.runs_in(df, meta), note=note)

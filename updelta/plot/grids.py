@@ -99,29 +99,45 @@ def _annotate(ax, arr: np.ndarray, norm, cmap, fontsize: float, extra: np.ndarra
 def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=None,
             params: tuple[str, ...] | None = ("weight",), log: bool | None = None,
             annotate: bool | None = None) -> Figure:
-    """Layers down, modules across, one panel per run (or per pair of runs for cross-run metrics).
+    """Layers down, modules across, one panel per run (or per pair of runs for cross-run metrics): small
+    multiples on a grid that fits 3000 px (`MAX_PX`) at 150 dpi at any number of runs and layers, module names
+    under every panel, one colour scale and one colour bar of normal height for all of them.
 
     `data`: a `Result` or its `tensors` (or `pairs`) DataFrame (then pass `meta` for titles).
     `params`: which parameter kinds to show (`("weight", "bias")` adds bias columns; None: all).
     `log`: colour scale; None picks log for positive metrics spanning >= 100x. `annotate`: print the
-    values in the cells; None does so when a panel is at most 24 layers x 12 modules.
-    Tensors without a layer (embedding, final norm, head) are left out (counted in the footnote).
+    values in the cells; None does so when the cells are large enough to read (about 24 layers x 12 modules).
+    Tensors without a layer (embedding, final norm, head) are left out (counted in the footnote). Runs whose
+    every tensor is bit-identical to the base get no panel: the footnote names them once.
     All panels share one colour scale; grey cells have no value.
     """
     df, meta = _pick_table(data, metric, meta)
     C.need(df, ["layer", "component", "module"], "heatmap", "pass a per-tensor table (Result.tensors or .pairs)")
     df = C.with_run(C.select_runs(df, runs))
+    present = set(C.runs_in(df, meta))
+    same = [r for r in C.unchanged_in(data, df) if r in present]  # judged on every tensor, before the filters
     if params is not None and "param" in df.columns:
         params = (params,) if isinstance(params, str) else tuple(params)
         df = df[df["param"].isin(params)]
     if "param" not in df.columns:
         df = df.assign(param="weight")
     notes = []
+    if "run" in df.columns:
+        df = df[~df["run"].astype(str).isin(same)]
+    else:  # a pair with an unchanged run has no update to compare: left out too
+        df = df[~df["run_a"].astype(str).isin(same) & ~df["run_b"].astype(str).isin(same)]
+    if same:
+        notes.append(C.unchanged_note(same))
     no_layer = df[df["layer"].isna()]
     if len(no_layer):
         n = no_layer["name"].nunique() if "name" in no_layer.columns else len(no_layer)
         notes.append(f"{n} tensor(s) without a layer (embedding, final norm, head) not shown")
     df = df[df["layer"].notna()].copy()
+    what = C.metric_label(metric, meta, long=True)
+    kinds = ", ".join(params) if params else "all parameters"
+    title = f"{metric} ({what}) per layer and module; {kinds}"
+    if df.empty and same:
+        return C.note_figure(title, C.unchanged_note(same).replace(", not drawn", ""), meta, runs=same)
     if df.empty:
         raise UpdeltaError(f"heatmap of {metric}: no per-layer tensors in the table (after the run/param filters)")
     pair = "run" not in df.columns
@@ -152,20 +168,25 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
         notes.append(scale_note)
     if np.isnan(arr).any():
         notes.append("grey: no value (tensor absent, or metric undefined, e.g. W0 = 0)")
-    annotate = (L <= 24 and K <= 12) if annotate is None else annotate
-
-    cell_w = 0.62 if annotate else 0.42
-    cell_h = 0.3 if annotate else min(0.3, max(0.1, 9.0 / L))
-    panel_w, panel_h = K * cell_w + 0.8, L * cell_h + 1.2
-    ncol = max(1, min(P, 4, int(11.0 // panel_w)))  # at most ~12 in wide: wide, short grids stack
-    nrow = math.ceil(P / ncol)
+    want_ann = (L <= 24 and K <= 12) if annotate is None else annotate
+    cell = (0.62, 0.3) if want_ann else (0.42, min(0.3, max(0.1, 7.0 / L)))
+    label_w = max(len(_col_label(c)) for c in cols) * 7 * 0.6 / 72  # module names run upwards: their height
+    pad = (0.45, 0.55 + label_w)  # per panel: layer labels; title, component names and module names
+    frame = (1.5, 1.2 + 0.16 * len(notes))  # colour bar; suptitle, subtitle and notes
+    # upright names need a column at least one line of 8 pt wide, or they would touch
+    ncol, nrow, cw, ch = C.facet_grid(P, K, L, cell, pad, frame, min_cell=(0.15, 0.0))
+    if annotate is None and want_ann and (cw < 0.5 or ch < 0.22):
+        want_ann = False  # cells too small to print in
     note = "\n".join(notes) if notes else None
-    width = max(5.0, ncol * panel_w + 1.6)
-    height = nrow * panel_h + 1.0 + (0.18 * len(notes) if notes else 0)
+    width = max(5.0, ncol * (K * cw + pad[0]) + frame[0])
+    height = nrow * (L * ch + pad[1]) + frame[1]
+    width, height = C.capped(width, height)
+    grid_h = nrow * (L * ch + pad[1])
     with C.style():
         fig = C.new_figure(width, height)
-        axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
-        step = C.thin_ticks(L, cell_h * L)
+        axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True)
+        step = C.thin_ticks(L, ch * L, fontsize=7 if ch * 72 < 8 else 8)
+        xfont = 8 if cw >= 0.2 else 7
         im = None
         for k, ax in enumerate(axes.flat):
             if k >= P:
@@ -177,28 +198,32 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
             for s in ax.spines.values():
                 s.set_visible(False)
             ax.set_yticks(range(0, L, step), [str(layers[i]) for i in range(0, L, step)])
-            ax.set_xticks(range(K), [_col_label(c) for c in cols], rotation=45, ha="right", rotation_mode="anchor")
-            ax.tick_params(length=2)
+            ax.set_xticks(range(K), [_col_label(c) for c in cols], rotation=90, ha="center", fontsize=xfont)
+            ax.tick_params(length=2, labelbottom=True)  # module names under every panel
+            if step > 1 or ch * 72 < 8:
+                ax.tick_params(axis="y", labelsize=7)
             bounds = [j for j in range(1, K) if cols[j][0] != cols[j - 1][0]]
             for b in bounds:
-                ax.axvline(b - 0.5, color="white", lw=2.5)
+                ax.axvline(b - 0.5, color="white", lw=2.5 if cw >= 0.2 else 1.2)
             starts = [0] + bounds
             ends = bounds + [K]
             top = ax.secondary_xaxis("top")
-            top.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)], [cols[s][0] for s in starts])
-            top.tick_params(length=0, labelsize=8, labelcolor="#555555")
+            labels = []
+            for s_, e_ in zip(starts, ends):  # component names over their columns; shortened where narrow
+                name = str(cols[s_][0])
+                room = (e_ - s_) * cw * 72 / (7 * 0.6)
+                labels.append(name if len(name) <= room else name[: max(1, int(room))])
+            top.set_xticks([(s_ + e_ - 1) / 2 for s_, e_ in zip(starts, ends)], labels)
+            top.tick_params(length=0, labelsize=7, labelcolor="#555555")
             top.spines["top"].set_visible(False)
-            if annotate:
+            if want_ann:
                 _annotate(ax, arr[k], norm, cmap, fontsize=7)
             if k % ncol == 0:
                 ax.set_ylabel("layer")
-            if k + ncol >= P:  # lowest panel of its column: module names below it
-                ax.tick_params(labelbottom=True)
-        fig.colorbar(im, ax=[a for a in axes.flat if a.get_visible()], aspect=min(40, 8 + 6 * nrow * panel_h),
+        shrink = min(1.0, 4.0 / max(grid_h, 1e-6))  # a colour bar of normal height, whatever the grid
+        fig.colorbar(im, ax=[a for a in axes.flat if a.get_visible()], shrink=shrink, aspect=20, fraction=0.05,
                      label=C.metric_label(metric, meta) + (", log scale" if is_log else ""))
-        what = C.metric_label(metric, meta, long=True)
-        kinds = ", ".join(params) if params else "all parameters"
-        C.titles(fig, f"{metric} ({what}) per layer and module; {kinds}", meta, runs=C.runs_in(df, meta), note=note)
+        C.titles(fig, title, meta, runs=C.runs_in(df, meta) + same, note=note)
     return fig
 
 
@@ -212,6 +237,19 @@ def _sim_column(kind: str, conv: str | None) -> tuple[str, str]:
                 return fam, c
     raise UpdeltaError(f"run_similarity kind {kind!r}: choose delta_cos, sign_agree, jaccard, overlap "
                        f"(optionally with _exact, _atol or _rtol, e.g. jaccard_atol)")
+
+
+def _unchanged_pair_runs(data, df: pd.DataFrame, runs: list[str]) -> list[str]:
+    """Runs without any update: from the Result's per-tensor table, else from a pair table's mask counts."""
+    if hasattr(data, "tensors") and hasattr(data, "meta"):
+        same = set(C.unchanged_in(data, data.tensors))
+        return [r for r in runs if r in same]
+    if not {"n_changed_a_exact", "n_changed_b_exact"} <= set(df.columns):
+        return []
+    counts = pd.concat([df[["run_a", "n_changed_a_exact"]].set_axis(["run", "n"], axis=1),
+                        df[["run_b", "n_changed_b_exact"]].set_axis(["run", "n"], axis=1)])
+    zero = counts.groupby("run")["n"].sum() == 0
+    return [r for r in runs if bool(zero.get(r, False))]
 
 
 def run_similarity(data, kind: str = "delta_cos", *, meta: dict | None = None, conv: str | None = None) -> Figure:
@@ -241,6 +279,12 @@ def run_similarity(data, kind: str = "delta_cos", *, meta: dict | None = None, c
         scope = f"{n} selected tensors" if n else "selected rows"
     runs = [r for r in C.run_info(meta).run_order if r in set(df["run_a"]) | set(df["run_b"])]
     runs += [r for r in dict.fromkeys(list(df["run_a"]) + list(df["run_b"])) if r not in runs]
+    same = [r for r in _unchanged_pair_runs(data, df, runs)]
+    if same and len(same) < len(runs):  # an unchanged run has no update: no cosine, no mask; said once
+        df = df[~df["run_a"].isin(same) & ~df["run_b"].isin(same)]
+        runs = [r for r in runs if r not in same]
+    else:
+        same = []
     n = len(runs)
     idx = {r: i for i, r in enumerate(runs)}
     val = np.full((n, n), np.nan)
@@ -273,22 +317,32 @@ def run_similarity(data, kind: str = "delta_cos", *, meta: dict | None = None, c
                     "in cells: value / random baseline (= density of the column run's mask)"),
     }[fam]
     title, metric, fixed, base_note = info
+    constant = fam in ("delta_cos", "sign_agree")  # one baseline for every cell: stated once, in the note
     text = np.empty((n, n), dtype=object)
     for i in range(n):
         for j in range(n):
             if i == j:
                 text[i, j] = "—"
             elif np.isfinite(val[i, j]):
-                text[i, j] = f"{val[i, j]:.3f}\nrand {rnd[i, j]:.3f}" if np.isfinite(rnd[i, j]) else f"{val[i, j]:.3f}"
+                two = not constant and np.isfinite(rnd[i, j]) and n <= 8
+                text[i, j] = f"{val[i, j]:.3f}\n({rnd[i, j]:.3f})" if two else f"{val[i, j]:.3f}"
             else:
                 text[i, j] = "n/a"
+    if not constant:
+        col = f"jaccard_random_{conv}" if fam == "jaccard" else f"overlap_a_random_{conv}, overlap_b_random_{conv}"
+        base_note = ("in cells: value (random baseline for independent masks of the same densities)" if n <= 8 else
+                     f"random baselines (independent masks of the same densities): Result.pairs_summary, {col}")
+        if fam == "overlap" and n <= 8:
+            base_note = "in cells: value (random baseline = density of the column run's mask)"
+    if same:
+        base_note += "\n" + C.unchanged_note(same)
     norm, cmap, _, _ = _norm(val, "delta_cos" if fam == "delta_cos" else "sparsity_exact", False, fixed)
     if fam == "sign_agree":
         cmap = mpl.colormaps["PuOr"].with_extremes(bad=C.NAN_COLOR)
-    side = max(3.2, 0.95 * n + 1.6)
+    side = min(max(3.2, 0.95 * n + 1.6), C.MAX_IN - 1.8)
     fs = 8 if n <= 6 else 6.5
     with C.style():
-        fig = C.new_figure(side + 1.6, side + 0.8)
+        fig = C.new_figure(*C.capped(side + 1.6, side + 0.8 + 0.15 * base_note.count("\n")))
         ax = fig.subplots()
         im = ax.imshow(np.ma.masked_invalid(val), cmap=cmap, norm=norm, interpolation="nearest")
         if n <= 14:

@@ -53,13 +53,13 @@ def heads_heatmap(data, metric: str = "energy_share", *, meta: dict | None = Non
     norm, cmap, is_log, scale_note = _norm(allv, metric, log)
     R, K, L = len(runs_), len(cols), len(layers)
     widths = [max(1.2, 0.18 * nheads[c]) for c in cols]
-    panel_h = min(0.25 * L, 4.0) + 0.6
+    panel_h = min(min(0.25 * L, 4.0) + 0.6, (C.MAX_IN - 1.4) / max(R, 1))  # every run's row within MAX_PX
     notes = [n for n in (scale_note, "grey: undefined (the module did not change)" if np.isnan(allv).any() else None) if n]
     with C.style():
-        fig = C.new_figure(max(5.0, sum(widths) + 2.0), R * panel_h + 1.2 + 0.18 * len(notes))
+        fig = C.new_figure(*C.capped(max(5.0, sum(widths) + 2.0), R * panel_h + 1.2 + 0.18 * len(notes)))
         axes = fig.subplots(R, K, squeeze=False, gridspec_kw={"width_ratios": widths}, sharey=True)
         im = None
-        ystep = C.thin_ticks(L, panel_h - 0.6)
+        ystep = C.thin_ticks(L, max(panel_h - 0.6, 0.3))
         for i, r in enumerate(runs_):
             for j, c in enumerate(cols):
                 ax = axes[i][j]

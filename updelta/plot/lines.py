@@ -17,6 +17,7 @@ from .. import schema
 from ..errors import UpdeltaError
 from . import _common as C
 from .grids import _col_key, _col_label
+from .labels import fix_layout, place_labels
 
 
 def _profile_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, dict]:
@@ -40,7 +41,7 @@ def _profile_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, 
 
 def _series_style(keys: list[str], meta: dict) -> dict[str, dict]:
     colors = C.run_colors(meta, keys)
-    return {k: {"color": colors[k], "marker": C.MARKERS[i % len(C.MARKERS)]} for i, k in enumerate(keys)}
+    return {k: {"color": colors[k], "marker": C.marker_of(i)} for i, k in enumerate(keys)}
 
 
 def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=None,
@@ -57,7 +58,15 @@ def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, 
     df = C.with_run(C.select_runs(df, runs))
     pair = "run" not in df.columns
     keys = (list(C.PAIR_KEYS) if pair else ["run"]) + ["layer", "component"]
+    present_runs = set(C.runs_in(df, meta))
+    same = [r for r in C.unchanged_in(data, df) if r in present_runs]
+    if same:  # nothing to draw (zero on a log scale): said once instead of an empty legend entry
+        df = df[~df["run"].astype(str).isin(same)] if not pair else \
+            df[~df["run_a"].astype(str).isin(same) & ~df["run_b"].astype(str).isin(same)]
     df = df[df["layer"].notna()]
+    title = f"{metric} ({C.metric_label(metric, meta, long=True)}) per layer, one panel per component"
+    if df.empty and same:
+        return C.note_figure(title, C.unchanged_note(same).replace(", not drawn", ""), meta, runs=same)
     if df.empty:
         raise UpdeltaError(f"layer_profile of {metric}: no per-layer rows in the table")
     df, agg_note = C.aggregate_cells(df, keys, metric)
@@ -86,13 +95,20 @@ def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, 
     if is_log and not (vals[np.isfinite(vals)] > 0).any():
         is_log = False
         notes.append(f"log scale not possible for {metric} (no positive values)")
+    if is_log:
+        v = vals[np.isfinite(vals)]
+        if (v <= 0).any():
+            notes.append("values of 0 are not drawn on the log scale (gaps in the lines)")
+    if same:
+        notes.append(C.unchanged_note(same))
     nl = df["layer"].nunique()
     ncol = min(len(present), 4 if nl <= 40 else 2)
     nrow = math.ceil(len(present) / ncol)
     w = 3.1 if nl <= 40 else 4.4
     ms = 4 if nl <= 24 else (2.5 if nl <= 60 else 0)
     with C.style():
-        fig = C.new_figure(max(5.5, ncol * w + 1.6), nrow * 2.5 + 1.3 + 0.18 * len(notes))
+        legend_w = 0.3 + 0.07 * max(len(str(x)) for x in series) if series else 0.5
+        fig = C.new_figure(*C.capped(max(5.5, ncol * w + 0.6 + legend_w), nrow * 2.5 + 1.3 + 0.18 * len(notes)))
         axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
         for k, ax in enumerate(axes.flat):
             if k >= len(present):
@@ -122,8 +138,7 @@ def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, 
         handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=1.4, label=s) for s in series]
         fig.legend(handles=handles, loc="outside right upper", frameon=False,
                    title="pair of runs" if pair else "run")
-        C.titles(fig, f"{metric} ({C.metric_label(metric, meta, long=True)}) per layer, one panel per component",
-                 meta, runs=C.runs_in(df, meta), note="\n".join(notes) if notes else None)
+        C.titles(fig, title, meta, runs=C.runs_in(df, meta) + same, note="\n".join(notes) if notes else None)
     return fig
 
 
@@ -159,7 +174,13 @@ def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
     if not any(r[3] == "index" for r in rows):
         raise UpdeltaError("spectrum: the table has no singular values (column topk_sv); "
                            "rerun diff/compare with --spectral fast or --spectral full")
-    df = C.select_runs(df, runs)
+    df = C.with_run(C.select_runs(df, runs))
+    present = set(C.runs_in(df, meta))
+    same = [r for r in C.unchanged_in(data, df) if r in present]
+    df = df[~df["run"].astype(str).isin(same)]
+    title = "spectrum of the update ΔW = W1 − W0" + (" and principal angles" if len(rows) > 1 else "")
+    if df.empty and same:
+        return C.note_figure(title, C.unchanged_note(same).replace(", not drawn", ""), meta, runs=same)
     if params is not None and "param" in df.columns:
         df = df[df["param"].isin((params,) if isinstance(params, str) else tuple(params))]
     if "param" not in df.columns:
@@ -179,9 +200,11 @@ def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
     lmin, lmax = (int(layer_vals.min()), int(layer_vals.max())) if len(layer_vals) else (0, 0)
     lnorm = Normalize(lmin, max(lmax, lmin + 1))
     cmap = mpl.colormaps[C.SEQ_CMAP]
+    if len(series) > SPECTRUM_PER_TENSOR_RUNS:
+        return _spectrum_by_run(df, meta, series, rows, groups, by, eps, title, same)
     nr, ng = len(series) * len(rows), len(groups)
     with C.style():
-        fig = C.new_figure(max(6.0, 1.9 * ng + 1.6), 1.9 * nr + 1.4)
+        fig = C.new_figure(*C.capped(max(6.0, 1.9 * ng + 1.6), 1.9 * nr + 1.4 + 0.15 * bool(same)))
         axes = fig.subplots(nr, ng, squeeze=False, sharey="row")
         k_max = 1
         for si, s in enumerate(series):
@@ -249,10 +272,98 @@ def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
                          shrink=min(1.0, 3.5 / (2.0 * nr)) if nr > 1 else 1.0, aspect=25)
         note = "one curve per tensor, coloured by layer (grey: no layer); black dashed: median over tensors"
         if any(r[3] == "eps" for r in rows):
-            note += ("\nintruder dimensions: top singular vectors of W1 whose largest |cos| with every singular "
-                     "vector of W0 is below ε (Shuttleworth et al. 2024)")
-        C.titles(fig, "spectrum of the update ΔW = W1 − W0" + (" and principal angles" if len(rows) > 1 else ""),
-                 meta, runs=series, note=note)
+            note += "\n" + INTRUDER_NOTE
+        if same:
+            note += "\n" + C.unchanged_note(same)
+        C.titles(fig, title, meta, runs=series + same, note=note)
+    return fig
+
+
+SPECTRUM_PER_TENSOR_RUNS = 2  # more runs than this: one median curve per run (rows per run would not fit)
+INTRUDER_NOTE = ("intruder dimensions: top singular vectors of W1 whose largest |cos| with every singular vector of "
+                 "W0 is below ε (Shuttleworth et al. 2024)")
+
+
+def _median_curve(d: pd.DataFrame, col: str, xkind: str, eps: np.ndarray) -> np.ndarray | None:
+    curves = [a for a in (C.as_array(v) for v in d[col]) if a is not None and (xkind != "eps" or a.size == eps.size)]
+    if not curves:
+        return None
+    m = max(c.size for c in curves)
+    stack = np.full((len(curves), m), np.nan)
+    for i, c in enumerate(curves):
+        stack[i, : c.size] = np.where(c > 0, c, np.nan) if xkind == "index" and col == "topk_sv" else c
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stack, axis=0)
+
+
+def _spectrum_by_run(df, meta, series, rows, groups, by, eps, title, same) -> Figure:
+    """Many runs: one row per quantity, one panel per module/component, one curve per run (the median over its
+    tensors, every layer), so the figure keeps its size whatever the number of runs."""
+    sty = _series_style(series, meta)
+    nr, ng = len(rows), len(groups)
+    legend_w = 0.4 + 0.07 * max(len(s) for s in series)
+    with C.style():
+        fig = C.new_figure(*C.capped(max(6.0, 1.9 * ng + 0.8 + legend_w), 2.0 * nr + 1.5 + 0.15 * bool(same)))
+        axes = fig.subplots(nr, ng, squeeze=False, sharey="row")
+        k_max, note_floor = 1, False
+        for ri, (col, label, yscale, xkind) in enumerate(rows):
+            for gi, g in enumerate(groups):
+                ax = axes[ri, gi]
+                drawn = 0
+                for s in series:
+                    d = df[(df["_s"] == s) & (df["_g"] == g)]
+                    med = _median_curve(d, col, xkind, eps) if len(d) else None
+                    if med is None or not np.isfinite(med).any():
+                        continue
+                    x = np.arange(1, med.size + 1) if xkind == "index" else eps
+                    if xkind == "index":
+                        k_max = max(k_max, med.size)
+                    ax.plot(x, med, color=sty[s]["color"], marker=sty[s]["marker"], markersize=2.5, lw=1.2)
+                    drawn += 1
+                if yscale == "log" and drawn:
+                    ax.set_yscale("log")
+                elif yscale == "unit":
+                    ax.set_ylim(0, 1.03)
+                elif yscale == "count":
+                    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                ax.grid(True, axis="y", which="major")
+                if ri == 0:
+                    ax.set_title(_col_label(g) if by == "module" else str(g[0]) + (
+                        "" if g[2] == "weight" else f" {g[2]}"))
+                if gi == 0:
+                    ax.set_ylabel(label, fontsize=8)
+                if xkind == "eps":
+                    ax.set_xlim(0, 1)
+                    ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
+                    ax.set_xlabel("threshold ε")
+                else:
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                    if ri == nr - 1 or rows[ri + 1][3] != "index":
+                        ax.set_xlabel("index i")
+                if not drawn:
+                    ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center",
+                            color="#777777", fontsize=8)
+        for ri, r in enumerate(rows):
+            if r[3] == "index":
+                for ax in axes[ri]:
+                    ax.set_xlim(0.5, k_max + 0.5)
+            if r[2] == "log":  # singular values at round-off (rank below k) would stretch the axis over 20 decades
+                ys = [y for ax in axes[ri] for ln in ax.get_lines() for y in np.asarray(ln.get_ydata(), float)
+                      if np.isfinite(y) and y > 0]
+                if ys and max(ys) / min(ys) > 1e8:
+                    axes[ri, 0].set_ylim(max(ys) * 1e-8, max(ys) * 2)
+                    note_floor = True
+        handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=1.2, label=s) for s in series]
+        fig.legend(handles=handles, loc="outside right upper", frameon=False, title="run")
+        note = "one curve per run: the median over its tensors (every layer) of each quantity"
+        if note_floor:
+            note += "; σ below 1e-8 of the largest (round-off: rank below k) not shown"
+        if any(r[3] == "eps" for r in rows):
+            note += "\n" + INTRUDER_NOTE
+        if same:
+            note += "\n" + C.unchanged_note(same)
+        C.titles(fig, title, meta, runs=series + same, note=note)
     return fig
 
 
@@ -328,6 +439,9 @@ def distribution(data, *, meta: dict | None = None, runs=None, components=None) 
         lo, hi = atol / 16, atol * 16
     lo, hi = min([lo] + [m / 2 for m in marks]), max([hi] + [m * 2 for m in marks])
     ymax = max(float(np.max(shares[s])) for s in series)
+    if len(series) > DISTRIBUTION_OVERLAY_RUNS:
+        return _distribution_panels(series, sty, shares, sp, edges, (lo, hi), ymax, (atol, eta, rt, band), meta,
+                                    components)
     with C.style():
         fig = C.new_figure(8.0, 4.6)
         ax0, ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 7]})
@@ -372,6 +486,71 @@ def distribution(data, *, meta: dict | None = None, runs=None, components=None) 
     return fig
 
 
+DISTRIBUTION_OVERLAY_RUNS = 2  # more runs than this: one panel per run (overlaid steps would hide each other)
+
+
+def _distribution_panels(series, sty, shares, sp, edges, xlim, ymax, tol, meta, components) -> Figure:
+    """Small multiples of the |ΔW| distribution: one panel per run (same axes), the exact zeros of every run as
+    one bar chart beside them. Runs with no changed element get no panel (said once)."""
+    atol, eta, rt, band = tol
+    same = [s for s in series if not np.any(shares[s][:-1] > 0)]
+    shown = [s for s in series if s not in same]
+    ncol = 3 if len(shown) <= 9 else (4 if len(shown) <= 16 else 6)
+    ncol = max(1, min(ncol, len(shown)))
+    nrow = max(1, math.ceil(len(shown) / ncol))
+    pw, ph = 2.7 if ncol <= 4 else 2.3, 1.75
+    bar_h = 0.22 * len(series) + 0.8
+
+    def pct(v):
+        return "–" if not np.isfinite(v) else f"{100 * v:.1f}%"
+    with C.style():
+        w, h = C.capped(2.4 + ncol * pw + 0.4, max(nrow * ph, bar_h) + 2.0 + 0.15 * bool(same))
+        fig = C.new_figure(w, h)
+        left, right = fig.subfigures(1, 2, width_ratios=[2.4, w - 2.4], wspace=0.02)
+        ax0 = left.subplots()
+        y = np.arange(len(series))
+        ax0.barh(y, [shares[s][-1] for s in series], color=[sty[s]["color"] for s in series], height=0.7)
+        ax0.set_yticks(y, series, fontsize=7.5 if len(series) <= 12 else 6.5)
+        ax0.invert_yaxis()
+        ax0.set_xlabel("share of elements with ΔW = 0 (%)", fontsize=8)
+        ax0.set_title("exact zeros", fontsize=8.5)
+        ax0.grid(True, axis="x")
+        axes = right.subplots(nrow, ncol, squeeze=False, sharex=True)  # y per panel: each run's shape readable
+        for k, ax in enumerate(axes.flat):
+            if k >= len(shown):
+                ax.set_visible(False)
+                continue
+            s = shown[k]
+            ax.stairs(shares[s][:-1], edges, color=sty[s]["color"], lw=1.4, fill=False, baseline=None)
+            ax.stairs(shares[s][:-1], edges, color=sty[s]["color"], alpha=0.15, fill=True)
+            ax.set_xscale("log")
+            ax.set_xlim(*xlim)
+            top = float(np.max(shares[s][:-1]))
+            ax.set_ylim(0, top * 1.15 if top > 0 else 1)
+            ax.axvline(atol, color="#333333", ls="--", lw=1.0)
+            if band and band[1] > band[0]:
+                ax.axvspan(band[0], band[1], color="#999999", alpha=0.15, lw=0)
+            if rt:
+                ax.axvline(rt, color="#333333", ls=":", lw=1.2)
+            ax.set_title(f"{s}\nunchanged: exact {pct(sp[s]['exact'])}, atol {pct(sp[s]['atol'])}, "
+                         f"rtol {pct(sp[s]['rtol'])}", fontsize=7.5)
+            ax.grid(True, axis="y")
+            if k % ncol == 0:
+                ax.set_ylabel("share per bin (%)", fontsize=7.5)
+            if k + ncol >= len(shown):
+                ax.set_xlabel("|ΔW| (bins of ×2)", fontsize=7.5)
+                ax.tick_params(labelbottom=True)
+        handles = [Line2D([], [], color="#333333", ls="--", label=f"atol: |ΔW| ≤ {atol:g} counts as unchanged"),
+                   Line2D([], [], color="#333333", ls=":",
+                          label=f"rtol: η·rms(W0) with η = {eta:g} (grey band: η·rms(W0) per tensor, min to max)")]
+        right.legend(handles=handles, loc="outside lower center", ncols=1, frameon=False, fontsize=7.5)
+        scope = f"components: {', '.join(components)}" if components else "all tensors"
+        note = "y axes differ per panel: the share of the run's compared elements in each bin"
+        note += ("\n" + C.unchanged_note(same).replace("not drawn", "no panel")) if same else ""
+        C.titles(fig, f"distribution of |ΔW| per run, power-of-two bins ({scope})", meta, runs=series, note=note)
+    return fig
+
+
 # ---- tradeoff ---------------------------------------------------------------------------------------
 GAIN_ORDER = ["gain_target_id", "gain_target_ood", "gain_knowledge", "gain_retention"]
 GAIN_LABEL = {"gain_target_id": "target task, in distribution", "gain_target_ood": "target task, out of distribution",
@@ -406,7 +585,8 @@ def tradeoff(summary, *, x: str = "rel_delta", meta: dict | None = None) -> Figu
     ncol = min(len(gains), 2)
     nrow = math.ceil(len(gains) / ncol)
     with C.style():
-        fig = C.new_figure(3.6 * ncol + 0.8, 2.9 * nrow + 1.4)
+        legend_w = 0.4 + 0.07 * max(len(r) for r in series)
+        fig = C.new_figure(*C.capped(3.6 * ncol + 0.8 + legend_w, 2.9 * nrow + 1.4))
         axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True)
         for k, ax in enumerate(axes.flat):
             if k >= len(gains):
@@ -419,9 +599,6 @@ def tradeoff(summary, *, x: str = "rel_delta", meta: dict | None = None) -> Figu
                 m = (df["run"] == s).to_numpy()
                 xv, yv = df["_x"].to_numpy()[m], ys.to_numpy()[m]
                 ax.scatter(xv, yv, color=sty[s]["color"], marker=sty[s]["marker"], s=36, zorder=3, label=s)
-                for a, b in zip(xv, yv):
-                    if np.isfinite(a) and np.isfinite(b):
-                        ax.annotate(s, (a, b), xytext=(4, 3), textcoords="offset points", fontsize=7.5)
             if logx:
                 ax.set_xscale("log")
             else:
@@ -430,10 +607,22 @@ def tradeoff(summary, *, x: str = "rel_delta", meta: dict | None = None) -> Figu
             ax.set_ylabel("change in score (after − before)", fontsize=8)
             ax.grid(True)
             ax.margins(x=0.15, y=0.2)
-            if not logx and np.nanmin(xs) >= 0:
-                ax.set_xlim(0, np.nanmax(xs) * 1.2 or 1.0)
+            if not logx and np.nanmin(xs) >= 0:  # from just below 0: a run at 0 is drawn whole, ticks clear the corner
+                hi = np.nanmax(xs) * 1.2 or 1.0
+                ax.set_xlim(-0.06 * hi, hi)
+                ticks = MaxNLocator(nbins=5).tick_values(0, hi)
+                ax.set_xticks([t for t in ticks if 0 <= t <= hi])
             if k // ncol == nrow - 1 or k + ncol >= len(gains):
                 ax.set_xlabel(C.metric_label(x, meta), fontsize=8)
                 ax.tick_params(labelbottom=True)
+        handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=0, label=s) for s in series]
+        fig.legend(handles=handles, loc="outside right upper", frameon=False, title="run")
         C.titles(fig, f"update size ({x}) against evaluation change, one point per run", meta, runs=series)
+        fig.get_layout_engine().set(w_pad=0.08, wspace=0.06)
+        renderer = fix_layout(fig)  # labels are placed in the final layout, measured with the renderer
+        for k, g in enumerate(gains):
+            ax = axes.flat[k]
+            ys = C.numeric(df[g]).to_numpy()
+            place_labels(fig, ax, np.column_stack([df["_x"].to_numpy(), ys]), list(df["run"]), renderer,
+                         marker_pt=3.5)
     return fig

@@ -1,4 +1,9 @@
-"""Build the report's `Document` from a `Result`, evaluations, gate results, findings and figures."""
+"""Build the report's `Document` from a `Result`, evaluations, gate results, findings and figures.
+
+Reading order, top-down: what is compared, a table of contents, the summary (one row per run, unchanged runs
+flagged, the gates column last), gates, findings, evaluations and spectral medians, where the update sits
+(components, layers, heads and neurons, the logit lens), across runs, figures, provenance. Tables longer than
+`LONG` rows are folded into <details> blocks so that the page stays short at many runs and layers."""
 from __future__ import annotations
 
 import math
@@ -6,12 +11,12 @@ import math
 import pandas as pd
 
 from .. import schema
-from ..aggregate import aggregate_tensors
+from ..aggregate import aggregate_tensors, towers_included, unchanged_runs
 from ..evals import SPLIT_LABELS
 from ..gates import GRAMMAR
 from ..meta import info as run_info
 from ..text import fmt
-from .document import Bullets, Details, Document, Heading, Image, Para, Table
+from .document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
 from .lens import lens_blocks
 from .where import where_blocks
 
@@ -34,13 +39,15 @@ def _v(x, kind="g") -> str:
     return fmt(x, kind)
 
 
-def _metric_table(df: pd.DataFrame, keys: list[str], extra_cols=(), flags=None, extra_vals=None) -> Table:
+def _metric_table(df: pd.DataFrame, keys: list[str], extra_cols=(), flags=None, extra_vals=None,
+                  numel: bool = True, labels: dict | None = None) -> Table:
     cols = [(c, k) for c, k in RUN_COLS if c in df.columns]
-    header = keys + ["tensors", "numel"] + [c for c, _ in cols] + list(extra_cols)
+    header = keys + ["tensors"] + (["numel"] if numel else []) + [c for c, _ in cols] + list(extra_cols)
     rows = []
     for i, (_, r) in enumerate(df.iterrows()):
-        row = [fmt(r[k]) if k != "layer" else _layer(r[k]) for k in keys]
-        row += [fmt(r["n_tensors"], "int"), fmt(r["numel"], "int")] + [_v(r[c], k) for c, k in cols]
+        row = [(labels or {}).get(r[k], fmt(r[k])) if k != "layer" else _layer(r[k]) for k in keys]
+        row += [fmt(r["n_tensors"], "int")] + ([fmt(r["numel"], "int")] if numel else []) + \
+            [_v(r[c], k) for c, k in cols]
         if extra_vals is not None:
             row += extra_vals[i]
         rows.append(row)
@@ -54,6 +61,23 @@ def _layer(v) -> str:
 
 def _maybe_details(summary: str, table: Table, limit: int = LONG) -> list:
     return [Details(summary, [table])] if len(table.rows) > limit else [table]
+
+
+def fold_long(blocks: list, limit: int = LONG) -> list:
+    """Every table longer than `limit` rows that is not already folded goes into a <details> block."""
+    out = []
+    for b in blocks:
+        if isinstance(b, Table) and len(b.rows) > limit:
+            what = (b.caption or "").split(":")[0].strip("`* ") or ", ".join(b.header[:4]) + ", ..."
+            out.append(Details(f"{what} ({len(b.rows)} rows)", [b]))
+        else:
+            out.append(b)
+    return out
+
+
+def unchanged(result) -> list[str]:
+    """The runs whose every tensor is bit-identical to the base (docs/metrics.md, Aggregates)."""
+    return [r for r in unchanged_runs(result.tensors, towers_included(result.meta)) if r in result.runs]
 
 
 # ---- sections ------------------------------------------------------------------------------------
@@ -153,6 +177,7 @@ def summary_blocks(result, evals: dict, gate_results) -> list:
     marks = _gate_marks(gate_results, pair=False)
     if marks:
         extra_cols.append("gates")
+    same = unchanged(result)
     extra, flags = [], []
     for _, r in s.iterrows():
         e = evals.get(r["run"])
@@ -160,10 +185,16 @@ def summary_blocks(result, evals: dict, gate_results) -> list:
         if marks:
             row.append(marks.get(r["run"], "-"))
         extra.append(row)
-        flags.append("fail" if "FAIL" in marks.get(r["run"], "") else None)
-    t = _metric_table(s, ["run"], extra_cols, flags, extra)
+        flags.append("fail" if "FAIL" in marks.get(r["run"], "") else ("unchanged" if r["run"] in same else None))
+    labels = {r: f"{r} (unchanged)" for r in same}
+    t = _metric_table(s, ["run"], extra_cols, flags, extra, numel=False, labels=labels)
     t.align = t.aligns()[: len(t.header) - len(extra_cols)] + ["r"] * len(splits) + (["l"] if marks else [])
+    t.fit = True
     blocks = [Heading("Summary (whole model)"), t]
+    if same:
+        blocks.append(Para(f"**Unchanged**: {', '.join(same)}: every tensor is bit-identical to the base (W1 == W0 "
+                           f"for every compared element). Their zeros are not repeated below: the figures say so "
+                           f"once, and no median counts them (docs/metrics.md, Aggregates)."))
     if splits:
         blocks.append(Para("Gains are `after - before` accuracy per split from each run's evaluation file, shown "
                            "beside the geometry; neither is derived from the other."))
@@ -182,13 +213,18 @@ def spectral_blocks(result) -> list:
         return []
     o = result.info.options
     k = o.topk
-    rows = [[r["run"], fmt(r.get("n_spectral"), "int")] + [_v(r[c], kind) for c, kind in cols]
-            for _, r in s.iterrows()]
-    return [Heading("Spectral (medians over 2-D updates)"),
-            Para(f"Per run, the median over its 2-D tensors of each spectral figure of the update D "
-                 f"(`--spectral {o.spectral}`, top {k} singular values); "
-                 f"an energy rank of '-' means it was not reached within the top {k}."),
-            Table(["run", "2-D tensors"] + [c for c, _ in cols], rows)]
+    same = set(unchanged(result))
+    s = s[~s["run"].isin(same)]
+    if s.empty:
+        return []
+    rows = [[r["run"], fmt(r.get("n_spectral"), "int"), fmt(r.get("n_spectral_unchanged"), "int")]
+            + [_v(r[c], kind) for c, kind in cols] for _, r in s.iterrows()]
+    return [Heading("Spectral (medians over changed 2-D updates)"),
+            Para(f"Per run, the median over its changed 2-D tensors of each spectral figure of the update D "
+                 f"(`--spectral {o.spectral}`, top {k} singular values); unchanged tensors (W1 == W0) have no "
+                 f"spectrum and are left out, counted in `n_spectral_unchanged`. An energy rank of '-' means it "
+                 f"was not reached within the top {k}."),
+            Table(["run", "n_spectral", "n_spectral_unchanged"] + [c for c, _ in cols], rows)]
 
 
 def eval_blocks(result, evals: dict) -> list:
@@ -233,21 +269,27 @@ def layer_blocks(result) -> list:
            Para("Each layer's tensors together (norms from sums of squares, sparsity element-weighted); "
                 "embeddings, the final norm and the head belong to no layer and are in the component table.")]
     layers = sorted(int(x) for x in lay["layer"].dropna().unique())
+    same = unchanged(result)
+    runs = [r for r in result.runs if r not in same]
+    if not runs:
+        return []
+    if same:
+        out.append(Para(f"Not listed: {', '.join(same)} (unchanged: bit-identical to the base)."))
     for metric, kind in (("rel_delta", "g"), ("sparsity_atol", "pct"), ("sparsity_exact", "pct")):
         rows = []
         for L in layers:
             row = [str(L)]
-            for r in result.runs:
+            for r in runs:
                 v = lay[(lay["run"] == r) & (lay["layer"] == L)][metric]
                 row.append(_v(float(v.iloc[0]), kind) if len(v) else "-")
             rows.append(row)
-        tab = Table(["layer"] + result.runs, rows, caption=f"`{metric}` per layer")
+        tab = Table(["layer"] + runs, rows, caption=f"`{metric}` per layer")
         out += [Details(f"{metric} per layer ({len(rows)} layers)", [tab])] if len(rows) > LONG else [tab]
     return out
 
 
-def _matrix(result, fn, caption: str) -> Table:
-    runs = result.runs
+def _matrix(result, fn, caption: str, runs: list[str] | None = None) -> Table:
+    runs = result.runs if runs is None else runs
     ps = result.pairs_summary
     rows = []
     for a in runs:
@@ -269,6 +311,11 @@ def pair_blocks(result, gate_results) -> list:
     ps = result.pairs_summary
     if ps is None or ps.empty:
         return []
+    same = unchanged(result)
+    runs = [r for r in result.runs if r not in same]
+    if len(runs) < 2:
+        return []
+    ps = ps[~ps["run_a"].isin(same) & ~ps["run_b"].isin(same)]
     atol = result.info.options.atol
 
     def side(p, flip, what):
@@ -279,14 +326,18 @@ def pair_blocks(result, gate_results) -> list:
            Para("Cosines are between the updates D = W1 - W0 (whole model: flattened over every tensor, the "
                 "task-vector convention), never between the weights themselves. Masks are the changed elements; "
                 "the value in parentheses is the baseline for independent masks of the same densities."),
-           _matrix(result, lambda p, f: _v(p["delta_cos"]), "`delta_cos` (whole model)"),
+           _matrix(result, lambda p, f: _v(p["delta_cos"]), "`delta_cos` (whole model; random baseline 0)", runs),
            _matrix(result, lambda p, f: f"{_v(p['jaccard_atol'])} ({_v(p['jaccard_random_atol'])})",
-                   f"`jaccard_atol` (|D| <= {atol:g}) with the random baseline"),
+                   f"`jaccard_atol` (|D| <= {atol:g}) with the random baseline", runs),
            _matrix(result, lambda p, f: side(p, f, "atol"),
                    "`overlap_atol`: share of the row run's changed elements also changed in the column run "
-                   "(random baseline)"),
+                   "(random baseline)", runs),
            _matrix(result, lambda p, f: _v(p["sign_agree"], "pct"),
-                   "`sign_agree`: same sign among elements changed in both runs (exact)")]
+                   "`sign_agree`: same sign among elements changed in both runs (exact; random baseline 50%)",
+                   runs)]
+    if same:
+        out.insert(2, Para(f"Not compared: {', '.join(same)} (unchanged: bit-identical to the base, so there is no "
+                           f"update to compare)."))
     pc = result.pairs_components
     if pc is not None and not pc.empty:
         comps = list(dict.fromkeys(pc["component"].astype(str)))
@@ -348,15 +399,16 @@ def provenance_blocks(result) -> list:
 def build(result, evals: dict, gate_results, findings, figures, missing) -> Document:
     doc = Document("updelta report")
     doc.add(*header_blocks(result))
+    doc.add(Contents())
+    doc.add(*summary_blocks(result, evals, gate_results))
     doc.add(*gate_blocks(gate_results))
     doc.add(*finding_blocks(findings))
-    doc.add(*summary_blocks(result, evals, gate_results))
-    doc.add(*spectral_blocks(result))
-    doc.add(*where_blocks(result))  # docs/metrics.md, Where an update sits
-    doc.add(*lens_blocks(result))  # docs/metrics.md, Logit lens of the update
     doc.add(*eval_blocks(result, evals))
+    doc.add(*spectral_blocks(result))
     doc.add(*component_blocks(result))
     doc.add(*layer_blocks(result))
+    doc.add(*fold_long(where_blocks(result)))  # docs/metrics.md, Where an update sits
+    doc.add(*fold_long(lens_blocks(result)))  # docs/metrics.md, Logit lens of the update
     doc.add(*pair_blocks(result, gate_results))
     doc.add(*figure_blocks(figures, missing))
     doc.add(*provenance_blocks(result))

@@ -1,8 +1,9 @@
 """A small document model shared by the Markdown and HTML renderers.
 
 Text uses two inline marks only: `code` and **bold**. Tables hold strings (already
-formatted) with a per-column alignment and an optional per-row flag ("fail") that the
-renderers mark.
+formatted) with a per-column alignment and an optional per-row flag ("fail", "unchanged") that the
+renderers mark. `Contents` stands for the table of contents, which each renderer builds from the
+document's level-2 headings.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     align: list[str] | None = None  # "l" | "r" per column; default: first left, rest right
-    flags: list[str | None] | None = None  # per row: None or "fail"
+    flags: list[str | None] | None = None  # per row: None, "fail" or "unchanged"
     caption: str | None = None
+    fit: bool = False  # the HTML page shows it whole, wrapping cells, never scrolled sideways (the summary)
 
     def aligns(self) -> list[str]:
         return self.align or (["l"] + ["r"] * (len(self.header) - 1))
@@ -43,6 +45,11 @@ class Image:
     alt: str
     caption: str | None = None
     data: bytes | None = None  # PNG bytes, embedded by the HTML renderer
+
+
+@dataclass
+class Contents:
+    """The table of contents: links to every level-2 heading of the document, in order."""
 
 
 @dataclass
@@ -59,3 +66,7 @@ class Document:
     def add(self, *blocks) -> "Document":
         self.blocks.extend(blocks)
         return self
+
+    def sections(self) -> list[str]:
+        """The text of every level-2 heading, in order (what `Contents` lists)."""
+        return [b.text for b in self.blocks if isinstance(b, Heading) and b.level == 2]

@@ -5,9 +5,10 @@ relative to the report folder; long tables sit in <details> blocks.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 
-from .document import Bullets, Details, Document, Heading, Image, Para, Table
+from .document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
 
 
 def _width(s: str) -> int:
@@ -38,9 +39,17 @@ def table(t: Table) -> str:
     return out
 
 
-def _block(b) -> str:
+def anchor(text: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+
+
+def _block(b, doc: Document | None = None) -> str:
     if isinstance(b, Heading):
         return f"{'#' * b.level} {b.text}"
+    if isinstance(b, Contents):
+        secs = doc.sections() if doc is not None else []
+        return "**Contents:** " + " · ".join(f"[{t}](#{anchor(t)})" for t in secs) if secs else ""
     if isinstance(b, Para):
         return b.text
     if isinstance(b, Bullets):
@@ -62,5 +71,5 @@ def _block(b) -> str:
 
 
 def render(doc: Document) -> str:
-    parts = [f"# {doc.title}"] + [_block(b) for b in doc.blocks]
+    parts = [f"# {doc.title}"] + [x for x in (_block(b, doc) for b in doc.blocks) if x]
     return "\n\n".join(parts).rstrip() + "\n"
