@@ -67,7 +67,10 @@ def drive(kind: str, base: Path, args, opts: dict) -> dict:
     t0 = time.perf_counter()
     p = subprocess.run([PY, "-c", DRIVER, kind, str(base), json.dumps(args, default=str), json.dumps(opts)],
                        capture_output=True, text=True, env={"UPDELTA_PROGRESS": "0", "OMP_WAIT_POLICY": "PASSIVE",
-                                                            "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+                                                            "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                                                            # Ray runs its workers at nice 15 by default: on a
+                                                            # shared machine they would get the leftovers
+                                                            "RAY_worker_niceness": "0"})
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-3000:])
     out = json.loads(p.stdout.strip().splitlines()[-1])
