@@ -608,3 +608,27 @@ def test_full_columns_same_with_iterated_or_exact_vectors(monkeypatch):
     assert got["intruders_sweep"] == want["intruders_sweep"]
     # sigma(W1) by svdvals instead of the SVD with vectors: both float32, within 1e-4 of the float64 definition
     assert got["nss"] == pytest.approx(sp.nss(w0, w1), rel=1e-4) and want["nss"] == pytest.approx(sp.nss(w0, w1), rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(9000, 96), (96, 9000)])
+def test_long_update_values_by_row_blocks(shape, monkeypatch):
+    """A long D's singular values from R built over row blocks of W1 - W0 (TSQR, D never formed whole) equal the
+    float64 definition to float32 accuracy; the blocked R has the singular values of the one-shot QR's R."""
+    from updelta.metrics import linalg as la
+
+    monkeypatch.setattr(la, "TSQR_ROWS", 1000)  # 9000 rows: 9 blocks
+    g = torch.Generator().manual_seed(3)
+    w0 = torch.randn(*shape, generator=g) * 0.02
+    w1 = w0 + torch.randn(*shape, generator=g) * 1e-3
+    exact = torch.linalg.svdvals((w1.double() - w0.double())).numpy()
+    got = sp._update_values(w0, w1).double().numpy()
+    np.testing.assert_allclose(got, exact, rtol=2e-5)
+    T = w1 - w0 if shape[0] > shape[1] else (w1 - w0).T
+    blocked = torch.linalg.svdvals(la.tall_r(T)).double().numpy()
+    one = torch.linalg.svdvals(torch.linalg.qr(T, mode="r").R).double().numpy()
+    np.testing.assert_allclose(blocked, one, rtol=2e-5)
+    ok, fro2 = sp._update_sums(w0, w1)
+    assert ok and fro2 == pytest.approx(float(((w1 - w0).double() ** 2).sum()), rel=1e-12)  # float32 D, float64 sum
+    bad = w1.clone()
+    bad[5, 7] = float("nan")
+    assert sp._update_sums(w0, bad)[0] is False
