@@ -157,10 +157,11 @@ def main() -> None:
         print(f"| {w} | {_hm(cheap)} | {_hm(cheap + fast)} | {_hm(cheap + full)} | {bound} |")
     big = V * H
     print(f"\nlargest job: the {V} x {H} embedding/head, full SVD: {c_full * big * H / 3600:.2f} h on one core "
-          f"(no worker count makes `full` faster than that); memory ~ 8 float32 copies = {8 * 4 * big / 2**30:.1f} GiB "
-          f"(W0, W1, D, U of W0 and W1 at {4 * big / 2**30:.1f} GiB each, plus the QR's R {4 * H * H / 2**30:.2f} GiB); "
-          "a worker needs that much memory (Ray's `memory` resource keeps two such jobs off one node).")
-
+          f"(no worker count makes `full` faster than that); memory ~ {2 * 4 * big / 2**30 + 3 * 4 * H * H / 2**30:.1f}"
+          f" GiB: W0 and W1 in float32 ({4 * big / 2**30:.1f} GiB each); a tall matrix's QR goes by row blocks and "
+          f"D is never formed whole (docs/metrics.md), so the rest is the R factor, V0 and V1 "
+          f"({4 * H * H / 2**30:.2f} GiB each) and a few {4096} x {H} blocks; a worker needs that much memory "
+          "(Ray's `memory` resource keeps two such jobs off one node).")
 
 if __name__ == "__main__":
     main()
