@@ -29,3 +29,30 @@ def test_heads_heatmap_from_a_saved_folder(tmp_path):
     assert "## Where the update sits" in text and "attention heads" in text and "MLP neurons" in text
     with pytest.raises(UpdeltaError, match="no per-head rows"):
         make_figure(updelta.diff(b / "model.safetensors", runs["a"] / "model.safetensors", spectral="off"), "heads")
+
+
+def test_heads_heatmap_even_share_scale_and_unchanged_runs(tmp_path):
+    """energy_vs_even = share x the part's heads (an even spread is 1 whatever the head count); a run whose
+    attention did not move is named in a note, not drawn; a grid of normal colour-bar height."""
+    import numpy as np
+    from updelta.plot import heads_heatmap
+
+    base = ckpt.llama_state()
+    cfg = CONFIG
+    b = ckpt.save(base, tmp_path / "base", config=cfg)
+    moved = ckpt.save(ckpt.perturb(base, seed=1), tmp_path / "moved", config=cfg)
+    same = ckpt.save(base, tmp_path / "same", config=cfg)
+    res = updelta.compare(b, {"moved": moved, "same": same}, spectral="off")
+    fig = heads_heatmap(res)  # default metric: energy_vs_even
+    panels = [a for a in fig.axes if a.get_visible() and a.images]
+    assert len(panels) == 4  # one run drawn: q, k, v, o
+    h = res.heads[res.heads["run"] == "moved"]
+    for part, n in (("q", 4), ("k", 4)):
+        g = h[(h["part"] == part) & (h["layer"] == 0)]
+        vals = panels["qkvo".index(part)].images[0].get_array()[0]
+        np.testing.assert_allclose(np.asarray(vals)[:n], g.sort_values("head")["energy_share"].to_numpy() * n)
+    texts = " ".join(t.get_text() for t in fig.texts)
+    assert "same: no attention weight changed, not drawn" in texts
+    only_same = heads_heatmap(updelta.compare(b, {"same": same}, spectral="off"))
+    assert not any(a.images for a in only_same.axes)
+    assert "no attention weight changed" in " ".join(t.get_text() for a in only_same.axes for t in a.texts)

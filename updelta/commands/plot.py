@@ -14,7 +14,7 @@ import typer
 from ..errors import UpdeltaError
 
 KINDS = ("heatmap", "experts", "heads", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff")
-DEFAULT_METRIC = {"heatmap": "rel_delta", "experts": "rel_delta", "heads": "energy_share", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
+DEFAULT_METRIC = {"heatmap": "rel_delta", "experts": "rel_delta", "heads": "energy_vs_even", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
                   "tradeoff": "rel_delta"}
 
 

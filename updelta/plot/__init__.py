@@ -6,7 +6,7 @@ state; the caller saves (`savefig(fig, "out.png")`, 150 dpi) or displays the fig
     r = updelta.load("runs.cmp/")                 # or updelta.compare(...)
     up.heatmap(r, "rel_delta")                    # layers x modules, one panel per run
     up.experts_heatmap(r, "rel_delta")            # layers x routed experts (mixture-of-experts models)
-    up.heads_heatmap(r, "energy_share")           # layers x attention heads per module (Result.heads)
+    up.heads_heatmap(r)                           # layers x attention heads, share vs an even one (Result.heads)
     up.layer_profile(r, "sparsity_atol")          # metric per layer, one line per run
     up.run_similarity(r, "jaccard_atol")          # cross-run matrix with random baselines
     up.spectrum(r)                                # needs spectral="fast"/"full"

@@ -9,17 +9,22 @@ from ..errors import UpdeltaError
 from . import _common as C
 from .grids import _norm
 
-METRICS = ("energy_share", "delta_fro", "base_fro", "rel_delta", "sparsity_exact", "sparsity_atol", "sparsity_rtol")
-LABELS = {"energy_share": "share of the module's update energy", "delta_fro": "||D_h||_F (weight units)",
+METRICS = ("energy_vs_even", "energy_share", "delta_fro", "base_fro", "rel_delta", "sparsity_exact", "sparsity_atol",
+           "sparsity_rtol")
+LABELS = {"energy_share": "share of the module's update energy",
+          "energy_vs_even": "share of the module's update energy x heads (1 = an even share)",
+          "delta_fro": "||D_h||_F (weight units)",
           "base_fro": "||W0_h||_F (weight units)", "rel_delta": "||D_h||_F / ||W0_h||_F (ratio)"}
 PART_ORDER = {"q": 0, "k": 1, "v": 2, "o": 3}
 
 
-def heads_heatmap(data, metric: str = "energy_share", *, meta: dict | None = None, runs=None,
+def heads_heatmap(data, metric: str = "energy_vs_even", *, meta: dict | None = None, runs=None,
                   log: bool | None = None) -> Figure:
     """One panel per run (rows) and attention module part (columns: q, k, v of each projection, then o): layers
     down, heads across (KV heads for k and v under grouped-query attention), one colour scale shared by every
-    panel. `data`: a `Result` or its `heads` table (then pass `meta`)."""
+    panel. `data`: a `Result` or its `heads` table (then pass `meta`). `energy_vs_even` is `energy_share` times the
+    part's number of heads, so that q (many heads) and k, v (few KV heads) share one scale: 1 is an even spread.
+    Runs whose attention weights did not change at all are named once in a note instead of drawn."""
     if isinstance(data, pd.DataFrame):
         df, meta = data, dict(meta or {})
     elif hasattr(data, "heads"):
@@ -36,8 +41,20 @@ def heads_heatmap(data, metric: str = "energy_share", *, meta: dict | None = Non
     df = df[df["layer"].notna()]
     if df.empty:
         raise UpdeltaError("heads heatmap: no head rows for the runs chosen")
-    df = df.assign(_v=C.numeric(df[metric]), layer=df["layer"].astype("int64"), head=df["head"].astype("int64"),
+    df = df.assign(layer=df["layer"].astype("int64"), head=df["head"].astype("int64"),
                    _col=df["module"].astype(str) + " " + df["part"].astype(str))
+    if metric == "energy_vs_even":
+        n = df.groupby(["run", "name", "part"])["head"].transform("nunique")
+        df = df.assign(_v=C.numeric(df["energy_share"]) * n)
+    else:
+        df = df.assign(_v=C.numeric(df[metric]))
+    moved = C.numeric(df["delta_fro"]).fillna(0).gt(0).groupby(df["run"].astype(str)).any()
+    still = [r for r in C.run_order(df, meta) if not moved.get(r, False)]
+    df = df[~df["run"].astype(str).isin(still)]
+    title = f"{metric} per layer and attention head (one colour scale for every run)"
+    if df.empty:
+        return C.note_figure(title, f"{', '.join(still)}: no attention weight changed (every head's update is 0)",
+                             meta, runs=still)
     runs_ = C.run_order(df, meta)
     cols = sorted(df["_col"].unique(), key=lambda c: (PART_ORDER.get(c.split(" ")[1], 9), c))
     layers = sorted(df["layer"].unique())
@@ -54,7 +71,8 @@ def heads_heatmap(data, metric: str = "energy_share", *, meta: dict | None = Non
     R, K, L = len(runs_), len(cols), len(layers)
     widths = [max(1.2, 0.18 * nheads[c]) for c in cols]
     panel_h = min(min(0.25 * L, 4.0) + 0.6, (C.MAX_IN - 1.4) / max(R, 1))  # every run's row within MAX_PX
-    notes = [n for n in (scale_note, "grey: undefined (the module did not change)" if np.isnan(allv).any() else None) if n]
+    notes = [n for n in (scale_note, "grey: undefined (the module did not change)" if np.isnan(allv).any() else None,
+                         f"{', '.join(still)}: no attention weight changed, not drawn" if still else None) if n]
     with C.style():
         fig = C.new_figure(*C.capped(max(5.0, sum(widths) + 2.0), R * panel_h + 1.2 + 0.18 * len(notes)))
         axes = fig.subplots(R, K, squeeze=False, gridspec_kw={"width_ratios": widths}, sharey=True)
@@ -80,8 +98,8 @@ def heads_heatmap(data, metric: str = "energy_share", *, meta: dict | None = Non
                     ax.set_ylabel(f"{r}\nlayer", fontsize=8.5)
                 if i == R - 1:
                     ax.set_xlabel("KV head" if c.endswith((" k", " v")) else "head", fontsize=8)
-        fig.colorbar(im, ax=[a for a in axes.flat if a.get_visible()],
+        grid_h = R * panel_h
+        fig.colorbar(im, ax=[a for a in axes.flat if a.get_visible()], shrink=min(1.0, 4.0 / max(grid_h, 1e-6)),
                      label=LABELS.get(metric, C.metric_label(metric, meta)) + (", log scale" if is_log else ""))
-        C.titles(fig, f"{metric} per layer and attention head (one colour scale for every run)", meta,
-                 runs=runs_, note="\n".join(notes) or None)
+        C.titles(fig, title, meta, runs=runs_, note="\n".join(notes) or None)
     return fig

@@ -63,9 +63,10 @@ def _specs(result, evals: dict):
          None if multi else "needs at least two runs", lambda f: f(result, "delta_cos")),
         ("run_similarity_jaccard_atol", "Jaccard of changed-element masks (atol) between runs", "run_similarity",
          None if multi else "needs at least two runs", lambda f: f(result, "jaccard_atol")),
-        ("heads_energy_share", "Share of each attention module's update energy per head and layer", "heads_heatmap",
+        ("heads_energy_share", "Each attention head's share of its module's update energy, relative to an even "
+         "share (1 = even)", "heads_heatmap",
          None if has_heads else f"no per-head rows ({heads_skip or 'no attention heads'})",
-         lambda f: f(result, "energy_share")),
+         lambda f: f(result, "energy_vs_even")),
         ("spectrum", "Singular values of the updates", "spectrum",
          None if spectral else "no spectral columns (computed with --spectral off)", lambda f: f(result)),
         ("distribution", "Distribution of |D|", "distribution",
