@@ -48,6 +48,8 @@ def test_sft_quick_trains_saves_reloads_and_lowers_the_loss(tmp_path):
     run = result.out
     record = _check_eval(run, "sft", "target")
     assert record["weight_decay"] == 0.01 and record["base"] == str(default_base_path().resolve())
+    from updelta.io import open_checkpoint
+    assert record["base_fingerprint"] == open_checkpoint(default_base_path()).identity()["fingerprint"]
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and len(log) == 8
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= log[0].keys()

@@ -8,6 +8,7 @@
       trajectory.parquet                                    with --track-every N: the update against the start every
                                                             N steps (updelta.integrations; also updelta/* in the log)
       eval.json                                             method, task, seed, save_dtype, weight_decay, base,
+                                                            base_fingerprint (what `report --eval` checks),
                                                             before/after accuracies per split (fractions in
                                                             [0, 1]), options, seconds, cpu_seconds, torch_threads
 
@@ -45,6 +46,13 @@ class RunResult:
     after: dict[str, float]
     seconds: float
 
+
+def fingerprint(folder: Path) -> str:
+    """`Checkpoint.identity()["fingerprint"]` of the folder a run started from (eval.json `base_fingerprint`: what
+    the report checks a run's base against)."""
+    from ..io import open_checkpoint
+
+    return open_checkpoint(folder).identity()["fingerprint"]
 
 def check_out(out: Path) -> None:
     """Refuse to replace a non-empty folder that is not a previous output (no eval.json, no config.json)."""
@@ -171,6 +179,7 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
         record = {
             "method": method, "task": task, "seed": options.seed, "save_dtype": options.save_dtype,
             "weight_decay": options.weight_decay, "base": None if base is None else str(base.resolve()),
+            "base_fingerprint": None if base is None else fingerprint(base),
             "before": before, "after": after, "options": as_record(options),
             "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
             "torch_threads": torch.get_num_threads()}
