@@ -2,20 +2,22 @@
 
     evaluate("runs/sft-0")  # {"target_id": 0.61, "target_ood": 0.02, "knowledge": 0.13, "retention": 0.97}
 
-A prediction is right when the answer part of the generated text (after its last ">", see `tasks.extract_answer`)
-equals the example's answer exactly. Generation stops at the end token or after the longest reference completion
-of the split plus a small margin.
+A prediction is right when the suite says so (`suites.py`): on the toy base, the answer part of the generated text
+(after its last ">", see `tasks.extract_answer`) equals the example's answer exactly; on a real base, the answer
+rule of `chat_tasks.is_correct`. Generation uses the model's own tokenizer, left-padded batches and stops at the
+end token or after the longest reference completion of the split plus the suite's margin.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .model import load_model
-from .tasks import EVAL_SPLITS, Example, eval_examples, extract_answer
+from .suites import Suite, build_suite
+from .tasks import EVAL_SPLITS, Example, extract_answer
 
 MARGIN_TOKENS = 4
 
@@ -34,27 +36,52 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def _toy_correct(text: str, example: Example) -> bool:
+    return extract_answer(text) == example.answer
+
+
+def judge(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
+          correct: Callable[[str, Example], bool] = _toy_correct, margin_tokens: int = MARGIN_TOKENS,
+          batch_size: int | None = None) -> list[bool]:
+    """Per example, whether the greedy answer is right (`correct`); batches of `batch_size` (default: 256 on the
+    toy base, 32 on a real vocabulary, to bound the memory of the batch's cache)."""
+    if not examples:
+        return []
+    if batch_size is None:
+        batch_size = 256 if len(tokenizer) <= 256 else 32
+    longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in examples)
+    out: list[bool] = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        texts = generate(model, tokenizer, [x.prompt for x in chunk], longest + margin_tokens)
+        out += [bool(correct(t, x)) for t, x in zip(texts, chunk)]
+    return out
+
+
 def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
-             batch_size: int = 256) -> float:
+             batch_size: int | None = None, correct: Callable[[str, Example], bool] = _toy_correct,
+             margin_tokens: int = MARGIN_TOKENS) -> float:
     """Exact-match fraction of greedy answers on `examples`."""
     if not examples:
         return 0.0
-    longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in examples)
-    correct = 0
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        texts = generate(model, tokenizer, [x.prompt for x in chunk], longest + MARGIN_TOKENS)
-        correct += sum(extract_answer(t) == x.answer for t, x in zip(texts, chunk))
-    return correct / len(examples)
+    hits = judge(model, tokenizer, examples, correct, margin_tokens, batch_size)
+    return sum(hits) / len(examples)
+
+
+def suite_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite,
+                   examples: Sequence[Example]) -> float:
+    return accuracy(model, tokenizer, examples, correct=suite.correct, margin_tokens=suite.margin_tokens)
 
 
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   limit: int | None = None) -> dict[str, float]:
-    """Accuracy on each split of EVAL_SPLITS (the first `limit` items of each; all if None)."""
-    return {split: accuracy(model, tokenizer, eval_examples(split, limit)) for split in EVAL_SPLITS}
+                   limit: int | None = None, suite: Suite | None = None) -> dict[str, float]:
+    """Accuracy on each split of EVAL_SPLITS (the first `limit` items of each; all if None), on `suite` (default:
+    the suite of this tokenizer, `suites.build_suite`)."""
+    suite = suite or build_suite(tokenizer)
+    return {split: suite_accuracy(model, tokenizer, suite, suite.eval_items(split, limit)) for split in EVAL_SPLITS}
 
 
-def evaluate(model_dir: str | Path, limit: int | None = None) -> dict[str, float]:
+def evaluate(model_dir: str | Path, limit: int | None = None, suite: Suite | None = None) -> dict[str, float]:
     """Load a checkpoint folder and return its accuracy per split: target_id, target_ood, knowledge, retention."""
     model, tokenizer = load_model(model_dir)
-    return evaluate_model(model, tokenizer, limit)
+    return evaluate_model(model, tokenizer, limit, suite)

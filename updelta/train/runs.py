@@ -6,8 +6,11 @@
       train_log.jsonl                                       one object per logged step: step, loss, lr, grad_norm,
                                                             tokens_per_s, plus the method's own metrics
       eval.json                                             method, task, seed, save_dtype, weight_decay, base,
-                                                            before/after accuracies per split (fractions in
-                                                            [0, 1]), options, seconds, cpu_seconds, torch_threads
+                                                            preset (toy|real), start (base, or the method of the
+                                                            run folder it started from), suite, no_update,
+                                                            no_signal (RL), before/after accuracies per split
+                                                            (fractions in [0, 1]), eval_items, budget, options,
+                                                            seconds, cpu_seconds, torch_threads
 
 The folder is built under a temporary name beside `out` and renamed into place when the run succeeds, so a failed run
 leaves nothing half-written and a finished one replaces an earlier run of the same name. Before any training step,
@@ -22,7 +25,9 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+import contextlib
+import hashlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,9 +36,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..atomic import atomic_dir, write_text
 from ..progress import Progress
-from .evaluate import evaluate, evaluate_model
-from .model import default_base_path, load_model, save_checkpoint
-from .options import OptionsError, RunOptions, as_record
+from . import chat_tasks
+from .bases import resolve_base, start_of
+from .checks import bit_identical, no_signal, update_budget
+from .evaluate import evaluate, evaluate_model, judge
+from .model import load_model, save_checkpoint
+from .options import OptionsError, RunOptions, as_record, resolve
+from .suites import Suite, build_suite, filter_retention, profile
+from .tasks import Example
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class RunResult:
     before: dict[str, float]
     after: dict[str, float]
     seconds: float
+    warnings: dict[str, bool] = field(default_factory=dict)  # the no-op checks that fired (checks.py)
 
 
 def check_out(out: Path) -> None:
@@ -137,16 +148,68 @@ class RunWriter:
 Train = Callable[[PreTrainedModel, PreTrainedTokenizerBase, RunWriter], None]
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a fine-tuning method gets beside the model: its resolved options, the suite and its training set."""
+    options: Any
+    suite: Suite
+    examples: list[Example]
+    profile: str
+
+
+FineTune = Callable[[PreTrainedModel, PreTrainedTokenizerBase, RunWriter, Setup], None]
+
+
+def _retention_cache_key(base: Path, suite: Suite, limit: int | None) -> str:
+    parts = [str(base.resolve()), suite.name, str(limit), str(chat_tasks.CHAT_TASK_SEED)]
+    for f in sorted(base.glob("*.safetensors")) + [base / "config.json"]:
+        st = f.stat()
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def prepare_suite(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path | None,
+                  limit: int | None) -> Suite:
+    """Narrow a real base's retention pool to the items the start model answers right (`suites.filter_retention`),
+    cached per base folder content in the updelta cache (`evals/`) since greedy decoding is deterministic."""
+    if suite.name == "toy":
+        return suite
+    cache = None
+    if base is not None:
+        from ..models.smollm2 import cache_dir
+
+        cache = cache_dir() / "evals" / f"retention-{_retention_cache_key(base, suite, limit)}.json"
+        try:
+            kept = set(json.loads(cache.read_text())["prompts"])
+            pool = suite.evals["retention"]
+            items = tuple(x for x in pool if x.prompt in kept)
+            return replace(suite, evals={**suite.evals, "retention": items}, retention_filtered=True,
+                           notes={**suite.notes, "retention_pool": len(pool), "retention_kept": len(items),
+                                  "retention_cached": True})
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    out = filter_retention(suite, lambda xs: judge(model, tokenizer, xs, suite.correct, suite.margin_tokens), limit)
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            write_text(cache, json.dumps({"prompts": [x.prompt for x in out.evals["retention"]]}) + "\n")
+    return out
+
+
 def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Train, *,
-               method: str, task: str, base: Path | None, options: Any, steps: int, log_every: int = 1) -> RunResult:
+               method: str, task: str, base: Path | None, options: Any, steps: int, log_every: int = 1,
+               suite: Suite | None = None, extra: dict[str, Any] | None = None,
+               budget: tuple[int, float] | None = None) -> RunResult:
     """Evaluate `model`, run `train(model, tokenizer, writer)`, save, evaluate the saved checkpoint, and write the
     run folder `out` (atomically). `options` is the resolved options dataclass of the command: its seed, eval_items,
-    save_dtype, save_every and weight_decay fields are used, and all of it is recorded in eval.json."""
+    save_dtype, save_every and weight_decay fields are used, and all of it is recorded in eval.json, with `extra`.
+    With a `base`, the run is checked against it (`checks.py`: no_update, no_signal, and with `budget` = (optimizer
+    steps, peak lr) the update budget)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     check_out(out)
     preflight(out, model, tokenizer, options.save_dtype, base)
     torch.manual_seed(options.seed)
-    before = evaluate_model(model, tokenizer, options.eval_items)
+    suite = prepare_suite(model, tokenizer, suite or build_suite(tokenizer), base, options.eval_items)
+    before = evaluate_model(model, tokenizer, options.eval_items, suite)
     with atomic_dir(out) as tmp:
         writer = RunWriter(tmp, model, tokenizer, save_dtype=options.save_dtype, save_every=options.save_every,
                            total_steps=steps, desc=f"{method} {task}", log_every=log_every)
@@ -157,22 +220,47 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
             keep_interrupted(tmp, out, writer.records, writer.saved)
             raise
         writer.finish()
-        after = evaluate(tmp, options.eval_items)
+        flags: dict[str, Any] = {}
+        if base is not None:
+            flags["no_update"] = bit_identical(base, tmp)
+            signal = no_signal(writer.records)
+            if signal is not None:
+                flags["no_signal"] = signal
+        record_budget = update_budget(model, base, *budget) if base is not None and budget else None
+        after = evaluate(tmp, options.eval_items, suite)
         seconds = time.perf_counter() - t0
         record = {
             "method": method, "task": task, "seed": options.seed, "save_dtype": options.save_dtype,
             "weight_decay": options.weight_decay, "base": None if base is None else str(base.resolve()),
-            "before": before, "after": after, "options": as_record(options),
+            **(extra or {}), "suite": suite.name, **flags, "before": before, "after": after,
+            "eval_items": {s: len(suite.eval_items(s, options.eval_items)) for s in before},
+            **({"suite_notes": suite.notes} if suite.notes else {}),
+            **({"budget": record_budget} if record_budget else {}),
+            "options": as_record(options),
             "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
             "torch_threads": torch.get_num_threads()}
         write_text(tmp / "eval.json", json.dumps(record, indent=2) + "\n")
-    return RunResult(out, before, after, seconds)
+    return RunResult(out, before, after, seconds, {k: v for k, v in flags.items() if v})
 
 
-def finetune(method: str, options: RunOptions, steps: int, train: Train) -> RunResult:
-    """Load the base (options.base, or the committed one) and fine-tune it in a run folder (see `run_folder`)."""
-    base = Path(options.base) if options.base is not None else default_base_path()
+def steps_of(options: Any) -> int:
+    """The progress-bar steps of a resolved options object: rollout batches, optimizer steps or ES iterations."""
+    return int(getattr(options, "steps", None) or getattr(options, "iterations"))
+
+
+def finetune(method: str, options: RunOptions, train: FineTune, *, budget=None) -> RunResult:
+    """Load the base (`bases.resolve_base(options.base)`), resolve the options' presets for it (toy or real),
+    build its suite (with --data), and fine-tune it in a run folder (see `run_folder`). `budget(options)` gives
+    (optimizer steps, peak lr) for eval.json's update budget."""
+    base = resolve_base(options.base)
     check_out(Path(options.out))
     model, tokenizer = load_model(base)
-    return run_folder(Path(options.out), model, tokenizer, train, method=method, task=options.task, base=base,
-                      options=options, steps=steps)
+    prof = profile(tokenizer)
+    options = resolve(options, prof)
+    suite = build_suite(tokenizer, options.data)
+    examples = list(suite.train[options.task])
+    setup = Setup(options, suite, examples, prof)
+    extra = {"preset": prof, "start": start_of(base), **({"data": str(options.data)} if options.data else {})}
+    return run_folder(Path(options.out), model, tokenizer, lambda m, t, w: train(m, t, w, setup), method=method,
+                      task=options.task, base=base, options=options, steps=steps_of(options), suite=suite,
+                      extra=extra, budget=budget(options) if budget else None)
