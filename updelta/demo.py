@@ -1,9 +1,12 @@
-"""`updelta demo`: train a zoo of fine-tunes of the built-in base and compare them in one report.
+"""`updelta demo`: train a zoo of fine-tunes of one base and compare them in one report.
 
 Stages (each announced on stderr, each training run with its own progress bar):
-1. the base: the committed one (`updelta.train.default_base_path()`), or pretrained into DIR/base if absent;
+1. the base: `--base toy` (the committed one, `updelta.train.default_base_path()`, or pretrained into DIR/base if
+   absent), `smollm2` (SmolLM2-135M-Instruct from the updelta cache) or a local HF causal-LM folder;
 2. per seed: SFT, DFT, GRPO and ES on the target task, SFT and DFT on the knowledge task, each in
-   DIR/runs/METHOD-TASK-sSEED/ (a finished run with the same preset and seed is reused unless `force`);
+   DIR/runs/METHOD-TASK-sSEED/ (a finished run with the same preset, seed and base is reused unless `force`); on a
+   real base without --quick also GRPO started from that seed's SFT checkpoint (`grposft-target-sSEED`, eval.json
+   `start: sft`; compare measures it against the demo's base like every run);
 3. every run is evaluated on all splits by the trainer (before and after, in its eval.json);
 4. compare + report over all runs, every update measured against the base it started from, with the
    evaluations and the literature's claims (`updelta.claims`): DIR/report.md, report.html, summary.json,
@@ -26,6 +29,8 @@ from .errors import UpdeltaError
 
 ZOO = (("sft", "target"), ("dft", "target"), ("grpo", "target"), ("es", "target"),
        ("sft", "knowledge"), ("dft", "knowledge"))
+FROM_SFT = ("grposft", "target")  # GRPO started from the same seed's sft-target run (real base, full demo only)
+DEFAULT_SEEDS = {"toy": 2, "real": 1}  # the verdict rule needs two seeds; one real-base seed takes most of an hour
 REPORT_ENTRIES = ("report.md", "report.html", "summary.json", "figures", "tables")
 
 
@@ -34,15 +39,20 @@ class DemoOptions:
     """Options of `updelta demo` (help text shared with the CLI)."""
 
     out: Path = Path("updelta-demo")
+    base: str = "toy"
     quick: bool = False
-    seeds: int = 1
+    seeds: int | None = None
     force: bool = False
 
 
 DEMO_HELP = {
     "out": "Folder for the runs and the report (created; reused on a re-run).",
-    "quick": "Small preset for tests and CI: every run trains in seconds.",
-    "seeds": "Training seeds per method (claims need at least 2 to be more than inconclusive).",
+    "base": "The base: toy (the committed base), smollm2 (SmolLM2-135M-Instruct, from the updelta cache) or a "
+            "local HF causal-LM folder; presets and tasks follow it (toy vs real).",
+    "quick": "Small preset for tests and CI: every run trains in seconds on the toy base, in about a minute on "
+             "SmolLM2.",
+    "seeds": "Training seeds per method (claims need at least 2 to be more than inconclusive); default 2 on the "
+             "toy base, 1 on a real one.",
     "force": "Retrain runs that are already finished in --out.",
 }
 
@@ -60,18 +70,30 @@ def _stage(msg: str) -> None:
     print(f"updelta demo: {msg}", file=sys.stderr, flush=True)
 
 
-def _reusable(folder: Path, quick: bool, seed: int) -> bool:
-    """A finished run (eval.json written last) trained with the same preset and seed."""
+def _reusable(folder: Path, quick: bool, seed: int, base: Path | None = None) -> bool:
+    """A finished run (eval.json written last) trained with the same preset, seed and base."""
     try:
         ev = json.loads((folder / "eval.json").read_text())
     except (OSError, ValueError):
         return False
-    return bool(ev.get("options", {}).get("quick")) == quick and ev.get("seed") == seed
+    same_base = base is None or ev.get("base") is None or ev.get("start") not in (None, "base") or \
+        ev.get("base") == str(Path(base).resolve())
+    return bool(ev.get("options", {}).get("quick")) == quick and ev.get("seed") == seed and same_base
 
 
-def _base(out: Path, quick: bool) -> Path:
+def _base(out: Path, quick: bool, name: str = "toy") -> Path:
     from .train import PretrainOptions, default_base_path, pretrain
 
+    if name != "toy":
+        from .train.bases import resolve_base
+        from .train.options import OptionsError
+
+        try:
+            base = resolve_base(name)
+        except OptionsError as e:
+            raise UpdeltaError(str(e)) from None
+        _stage(f"1/4 base: {base}")
+        return base
     base = default_base_path()
     if (base / "config.json").exists():
         _stage(f"1/4 base: using the committed base {base}")
@@ -85,21 +107,39 @@ def _base(out: Path, quick: bool) -> Path:
     return mine
 
 
-def train_zoo(out: Path, base: Path, quick: bool, seeds: int, force: bool) -> dict[str, Path]:
+def _is_real(base: Path) -> bool:
+    """Whether `base` gets the real-model presets and tasks (`updelta.train.suites.profile` of its tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from .train.suites import profile
+
+    return profile(AutoTokenizer.from_pretrained(base)) == "real"
+
+
+def zoo_of(real: bool, quick: bool) -> tuple[tuple[str, str], ...]:
+    """The (method, task) runs of one seed: ZOO, plus GRPO from SFT on a real base without --quick."""
+    return ZOO + ((FROM_SFT,) if real and not quick else ())
+
+
+def train_zoo(out: Path, base: Path, quick: bool, seeds: int, force: bool, real: bool = False) -> dict[str, Path]:
     """Train (or reuse) every run of the zoo; returns {run name: folder} in a fixed order."""
     from .train import METHODS, run_method
 
     runs: dict[str, Path] = {}
-    todo = [(s, m, t) for s in range(seeds) for m, t in ZOO]
+    todo = [(s, m, t) for s in range(seeds) for m, t in zoo_of(real, quick)]
     for i, (seed, method, task) in enumerate(todo, 1):
         name = zoo_name(method, task, seed)
         folder = out / "runs" / name
-        if not force and _reusable(folder, quick, seed):
+        start = out / "runs" / zoo_name("sft", task, seed) if method == FROM_SFT[0] else base
+        if not force and _reusable(folder, quick, seed, start):
             _stage(f"2/4 run {i}/{len(todo)} {name}: reusing the finished run in {folder}")
         else:
             _stage(f"2/4 run {i}/{len(todo)} {name}: training")
-            opts = METHODS[method].options(out=folder, base=base, task=task, seed=seed, quick=quick)
-            run_method(method, opts)
+            trainer = "grpo" if method == FROM_SFT[0] else method
+            opts = METHODS[trainer].options(out=folder, base=str(start), task=task, seed=seed, quick=quick)
+            result = run_method(trainer, opts)
+            for flag in result.warnings:
+                _stage(f"warning: {name}: {flag} (see its eval.json)")
         runs[name] = folder
     return runs
 
@@ -115,6 +155,12 @@ def _install_report(tmp: Path, out: Path) -> None:
         elif dst.exists():
             dst.unlink()
         os.replace(src, dst)
+
+
+def _flags(e) -> str:
+    """The no-op checks that fired for a run (eval.json no_update / no_signal), as the table shows them."""
+    extra = getattr(e, "extra", None) or {}
+    return ",".join(name.replace("_", "-") for name in ("no_update", "no_signal") if extra.get(name)) or ""
 
 
 def summary_table(result, evals: dict) -> list[dict]:
@@ -136,6 +182,7 @@ def summary_table(result, evals: dict) -> list[dict]:
             "sparsity_atol": r["sparsity_atol"],
             "sparsity_rtol": r["sparsity_rtol"],
             "median_erank": r["erank"] if "erank" in r.index else math.nan,
+            "flags": _flags(e),
         })
     return rows
 
@@ -144,10 +191,11 @@ def format_table(rows: list[dict]) -> str:
     from .text import fmt, table
 
     header = ["run", "target gain", "OOD gain", "knowledge gain", "retention change", "rel update",
-              "sparse exact", "sparse atol", "sparse rtol", "median erank"]
+              "sparse exact", "sparse atol", "sparse rtol", "median erank", "flags"]
     body = [[r["run"], f"{r['target_gain']:+.3f}", f"{r['ood_gain']:+.3f}", f"{r['knowledge_gain']:+.3f}",
              f"{r['retention_change']:+.3f}", fmt(r["rel_delta"]), fmt(r["sparsity_exact"], "pct"),
-             fmt(r["sparsity_atol"], "pct"), fmt(r["sparsity_rtol"], "pct"), fmt(r["median_erank"])] for r in rows]
+             fmt(r["sparsity_atol"], "pct"), fmt(r["sparsity_rtol"], "pct"), fmt(r["median_erank"]),
+             r.get("flags") or "-"] for r in rows]
     return table(body, header)
 
 
@@ -157,15 +205,17 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
     from .evals import load_evals
     from .report import Finding, write_report
 
-    if opts.seeds < 1:
+    if opts.seeds is not None and opts.seeds < 1:
         raise UpdeltaError(f"--seeds must be at least 1, got {opts.seeds}")
     t0 = time.perf_counter()
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise UpdeltaError(f"{out}: exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    base = _base(out, opts.quick)
-    runs = train_zoo(out, base, opts.quick, opts.seeds, opts.force)
+    base = _base(out, opts.quick, opts.base)
+    real = _is_real(base)
+    seeds = opts.seeds if opts.seeds is not None else DEFAULT_SEEDS["real" if real else "toy"]
+    runs = train_zoo(out, base, opts.quick, seeds, opts.force, real)
     _stage(f"3/4 compare: {len(runs)} runs against {base}")
     result = compare(base, runs, spectral="full", histogram=True)
     evals = load_evals({name: folder / "eval.json" for name, folder in runs.items()})

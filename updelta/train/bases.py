@@ -40,8 +40,10 @@ def resolve_base(value: str | Path | None) -> Path:
 
 
 def start_of(base: Path) -> str:
-    """What a run starts from: the method of the run folder `base` (its eval.json), else "base"."""
+    """What a run starts from: the method of the fine-tuning run folder `base` (its eval.json), else "base" (a
+    pretrained base, including the committed one whose eval.json says "pretrain")."""
     try:
-        return str(json.loads((base / "eval.json").read_text())["method"])
+        method = str(json.loads((base / "eval.json").read_text())["method"])
     except (OSError, ValueError, KeyError, TypeError):
         return "base"
+    return "base" if method == "pretrain" else method
