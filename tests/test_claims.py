@@ -1,4 +1,6 @@
 """Claims tested on a zoo: verdict rule and the numbers each claim states (planted runs, hand-made evaluations)."""
+import math
+
 import pytest
 
 import updelta
@@ -67,3 +69,11 @@ def test_one_seed_is_always_inconclusive(zoo):
     for c in claims(sub, one):
         assert c.verdict == "inconclusive", c
     assert len(claims(sub, one)) >= 5
+
+
+def test_spearman_known_values():
+    from updelta.claims import spearman
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138)  # scipy.stats.spearmanr
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([1, 2], [1, 2]))

@@ -161,7 +161,67 @@ def claims(result, evals: dict) -> list[Claim]:
                          "Mukherjee et al. 2025 (arXiv 2505.11711)",
                          verdict([a - b for a, b in zip(g, f)]), text))
     out += direction_claims(result, idx)
+    razor = forgetting_claim(result, evals)
+    if razor is not None:
+        out.append(razor)
     return out
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Rank correlation (average ranks for ties); nan when either side is constant or shorter than 3."""
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return math.nan
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+
+
+GEOMETRY = (("rel_delta", "rel_delta"), ("sparsity_atol", "sparsity"), ("erank", "stable/effective rank"))
+
+
+def forgetting_claim(result, evals: dict) -> Claim | None:
+    """RL's Razor: across one seed's runs, forgetting (retention lost) ranks with the forward KL to the base on the
+    target prompts (eval.json `forgetting.kl_per_token`) better than with the update's geometry. Per seed the
+    difference is rho(forgetting, KL) - rho(forgetting, rel_delta), judged by the verdict rule."""
+    by_seed: dict[int, list[str]] = {}
+    for r in result.runs:
+        m = RUN_NAME.match(r)
+        e = evals.get(r)
+        kl = ((e.extra or {}).get("forgetting") or {}).get("kl_per_token") if e is not None else None
+        if m and isinstance(kl, (int, float)) and "retention" in e.gains:
+            by_seed.setdefault(int(m["seed"]), []).append(r)
+    if not by_seed:
+        return None
+    diffs, parts = [], []
+    for seed, runs in sorted(by_seed.items()):
+        lost = [-evals[r].gains["retention"] for r in runs]
+        rho_kl = spearman(lost, [evals[r].extra["forgetting"]["kl_per_token"] for r in runs])
+        rhos = {label: spearman(lost, [_geometry(result, r, col) for r in runs]) for col, label in GEOMETRY
+                if col in result.summary.columns}
+        parts.append(f"seed {seed} ({len(runs)} runs): rho(forgetting, KL) {rho_kl:.2f}, "
+                     + ", ".join(f"rho(forgetting, {k}) {v:.2f}" for k, v in rhos.items()))
+        base_rho = rhos.get("rel_delta", math.nan)
+        if not math.isnan(rho_kl) and not math.isnan(base_rho):
+            diffs.append(rho_kl - base_rho)
+    text = ("; ".join(parts) + ". Forgetting = retention lost (before - after); KL = E_x KL(pi_0 || pi) per token on "
+            "the target prompts, teacher-forced on the base's greedy answers; a constant side gives nan")
+    return Claim("Forgetting is predicted by the forward KL to the base on the new task, not by the size of the "
+                 "weight change", "Shenfeld et al. 2025, RL's Razor (arXiv 2509.04259)", verdict(diffs), text)
 
 
 def direction_claims(result, idx) -> list[Claim]:

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import IGNORE, shuffled_batches
+from .batching import IGNORE, shuffled_batches, until_end
 from .losses import (
     AGGREGATIONS,
     Aggregation,
@@ -90,12 +90,6 @@ def reward(text: str, example: Example, format_reward: float, correct: Callable[
     well_formed = ">" in text and extract_answer(text) != ""
     right = correct(text, example) if correct is not None else extract_answer(text) == example.answer
     return float(right) + (format_reward if well_formed else 0.0)
-
-
-def until_end(completion: torch.Tensor, end_id: int) -> torch.Tensor:
-    """[B, T] bool: the tokens up to and including each row's first end token (all of a row that has none)."""
-    is_end = (completion == end_id).long()
-    return (is_end.cumsum(-1) - is_end) == 0
 
 
 @torch.no_grad()

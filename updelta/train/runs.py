@@ -39,7 +39,8 @@ from ..progress import Progress
 from . import chat_tasks
 from .bases import resolve_base, start_of
 from .checks import bit_identical, no_signal, update_budget
-from .evaluate import evaluate, evaluate_model, judge
+from .evaluate import evaluate_model, judge
+from .forgetting import forward_kl
 from .model import load_model, save_checkpoint
 from .options import OptionsError, RunOptions, as_record, resolve
 from .suites import Suite, build_suite, filter_retention, profile
@@ -227,7 +228,18 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
             if signal is not None:
                 flags["no_signal"] = signal
         record_budget = update_budget(model, base, *budget) if base is not None and budget else None
-        after = evaluate(tmp, options.eval_items, suite)
+        after_model, after_tokenizer = load_model(tmp)
+        after = evaluate_model(after_model, after_tokenizer, options.eval_items, suite)
+        forgetting = None
+        if base is not None:
+            start_model, _ = load_model(base)
+            target = suite.eval_items("target_id", options.eval_items)
+            longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in target)
+            forgetting = {**forward_kl(start_model, after_model, tokenizer, [x.prompt for x in target],
+                                       longest + suite.margin_tokens),
+                          "on": "target_id prompts, teacher-forced on the start model's greedy answers"}
+            del start_model
+        del after_model
         seconds = time.perf_counter() - t0
         record = {
             "method": method, "task": task, "seed": options.seed, "save_dtype": options.save_dtype,
@@ -236,6 +248,7 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
             "eval_items": {s: len(suite.eval_items(s, options.eval_items)) for s in before},
             **({"suite_notes": suite.notes} if suite.notes else {}),
             **({"budget": record_budget} if record_budget else {}),
+            **({"forgetting": forgetting} if forgetting else {}),
             "options": as_record(options),
             "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
             "torch_threads": torch.get_num_threads()}
