@@ -6,7 +6,8 @@ fine-tuned one on the new task's inputs, E_x KL(pi_0 || pi) per token.
 For each prompt the start model writes its greedy answer (up to and including its end token); both models are then
 teacher-forced on prompt + that answer, and at every answer position the KL over the whole vocabulary,
 sum_v p_0(v) (log p_0(v) - log p(v)), is taken in float32 and averaged over all answer tokens of all prompts.
-Rows are scored a few at a time and only the answer's columns get logits (`supervised.logits_from`), so no
+On a real model the trainer holds the start model in bfloat16 (its stored weights, upcast logits), to keep
+three models within the memory of training. Rows are scored a few at a time and only the answer's columns get logits (`supervised.logits_from`), so no
 [batch x length x vocabulary] tensor of the whole batch exists.
 """
 from __future__ import annotations

@@ -49,13 +49,15 @@ def new_model(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
-def load_model(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load any local Hugging Face causal-LM folder with float32 weights, and its tokenizer (left padding)."""
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel,
+                                                                           PreTrainedTokenizerBase]:
+    """Load any local Hugging Face causal-LM folder with float32 weights (or `dtype`), and its tokenizer (left
+    padding)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise OptionsError(f"not a model folder (no config.json): {folder}")
     with _no_hf_progress_bars():
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

@@ -232,7 +232,8 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
         after = evaluate_model(after_model, after_tokenizer, options.eval_items, suite)
         forgetting = None
         if base is not None:
-            start_model, _ = load_model(base)
+            # On a real model the start is held in bfloat16 beside the two float32 models (its logits are upcast).
+            start_model, _ = load_model(base, torch.bfloat16 if suite.name != "toy" else torch.float32)
             target = suite.eval_items("target_id", options.eval_items)
             longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in target)
             forgetting = {**forward_kl(start_model, after_model, tokenizer, [x.prompt for x in target],
