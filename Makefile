@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/updelta demo
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_diff.py

@@ -3,7 +3,8 @@
 Creates, if absent, bf16 pairs with Qwen2-0.5B shapes (5 shards; fine-tune = base + noise on 30% of
 elements) with 24 layers and with 48 layers, and a tiny pair. Measures whole processes in one run:
 - a plain sequential read of both checkpoints' files (cat to /dev/null, page cache warm),
-- `updelta diff --spectral off`, and the naive way (load both state dicts, loop per tensor in torch),
+- `updelta diff --spectral off` with and without `--no-where` (the row/column energies and head sums,
+  alternated, ratio printed), and the naive way (load both state dicts, loop per tensor in torch),
 - `python -c "import torch"` and `updelta diff` of a tiny pair (start-up cost),
 and prints wall time, throughput as a ratio to the plain read with start-up taken off, and peak RSS.
 
@@ -46,8 +47,13 @@ def main() -> None:
     rows["python -c 'import torch'"] = measure([PY, "-c", "import torch"], args.repeat)
     rows["updelta diff, tiny pair"] = measure([UPDELTA, "diff", str(bt), str(ft), "--spectral", "off"], args.repeat)
     diff24 = [UPDELTA, "diff", str(b24), str(f24), "--spectral", "off"]
-    if args.baseline is None:
-        rows["updelta diff, 0.5B (24 layers)"] = measure(diff24, args.repeat)
+    if args.baseline is None:  # with and without the where figures (row/column energies, heads), alternated
+        on, off = [], []
+        for _ in range(args.repeat):
+            on.append(measure(diff24, 1))
+            off.append(measure([*diff24, "--no-where"], 1))
+        rows["updelta diff, 0.5B (24 layers)"] = min(on, key=lambda r: r["wall_s"])
+        rows["0.5B, --no-where"] = min(off, key=lambda r: r["wall_s"])
     else:  # alternate, best of `repeat` each
         env = {"PYTHONPATH": str(args.baseline.resolve())}
         new, old = [], []
@@ -80,6 +86,10 @@ def main() -> None:
             gbs, ratio = f"{g:.2f}", f"{g / read_gbs:.2f}"
         print(f"{k:34s} {r['wall_s']:8.2f} {gbs:>8s} {ratio:>7s} {r['rss_mb']:12.0f}")
     print("* throughput on the 0.5B pair with start-up (the tiny-pair diff) taken off; x read = ratio to the plain read")
+    if "0.5B, --no-where" in rows:
+        w, nw = rows["updelta diff, 0.5B (24 layers)"]["wall_s"], rows["0.5B, --no-where"]["wall_s"]
+        print(f"where figures (row/column energies, head sums, top neurons): {w:.2f} s vs {nw:.2f} s without, "
+              f"ratio {w / nw:.2f} (whole process; {(w - t_start) / max(nw - t_start, 1e-9):.2f} with start-up off)")
     t_torch = rows["python -c 'import torch'"]["wall_s"]
     print(f"start-up: whole `updelta diff` of the tiny pair {t_start:.2f} s vs bare `import torch` {t_torch:.2f} s "
           f"(+{t_start - t_torch:.2f} s)")

@@ -1,10 +1,18 @@
 """updelta against its published peers on one checkpoint pair: speed, memory and agreement.
 
 Peers: modeldelta 0.4.4 (its CLI; per 2-D tensor an effective rank and
-top singular values of the delta from a full SVD) and WeightWatcher 0.7.7 (`analyze(model=ft,
-base_model=base)`: ESD metrics such as `stable_rank` and `spectral_norm` = sigma_1^2 per layer).
-They are installed in their own virtual environment, `benchmarks/_venv_peers/` (git-ignored),
-torch==2.13.0 first so that their unpinned `torch` requirement does not pull a CUDA build.
+top singular values of the delta from a full SVD), afterburn 0.6.3 (`afterburn weight-diff --base A
+--trained B --device cpu -o out.json`: per-layer relative norms and cosines; it loads through
+transformers, so each folder needs a config.json with `model_type`) and WeightWatcher 0.7.7
+(`analyze(model=ft, base_model=base)`: ESD metrics such as `stable_rank` and `spectral_norm` =
+sigma_1^2 per layer). They are installed in their own virtual environment, `.peers/` at the
+repository root (git-ignored; `--venv` to move it), torch==2.13.0 first so that their unpinned
+`torch` requirement cannot pull a CUDA build or change the project's torch. updelta runs with
+`--no-cache` (the base-decomposition cache cold and off).
+
+Pairs (`--pair`): `llama125m` (below) or `smollm2`: SmolLM2-135M-Instruct (`updelta.models.smollm2`)
+against a fine-tune of it by 4 plain AdamW steps (lr 3e-4, batch 2 x 32 random tokens) with
+transformers, saved in bf16 (`make_smollm2_pair`).
 
 The pair (created when absent, under `benchmarks/_data/`, git-ignored): a 125M-parameter Llama-shaped
 model in bf16 safetensors (hidden 768, 12 layers, 12 heads, 4 KV heads, intermediate 2048, vocab
@@ -33,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 DATA = BENCH / "_data"
-VENV = BENCH / "_venv_peers"
-PEERS = ["modeldelta==0.4.4", "weightwatcher==0.7.7", "transformers>=4.45,<6", "safetensors"]
+VENV = ROOT / ".peers"
+PEERS = ["modeldelta==0.4.4", "afterburn==0.6.3", "weightwatcher==0.7.7", "transformers>=4.45,<6", "safetensors"]
 TORCH = "torch==2.13.0"
 PAIR = DATA / "llama125m"
 CFG = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
@@ -106,6 +114,35 @@ def make_pair(path: Path = PAIR) -> tuple[Path, Path]:
     return b, f
 
 
+def make_smollm2_pair(path: Path = DATA / "smollm2", steps: int = 4) -> tuple[Path, Path]:
+    """SmolLM2-135M-Instruct (bf16) and a fine-tune of it: `steps` plain AdamW steps on random tokens, bf16."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from updelta.models.smollm2 import smollm2_path
+
+    b, f = path / "base", path / "ft"
+    if (b / "model.safetensors").exists() and (f / "model.safetensors").exists():
+        return b, f
+    src = smollm2_path()
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.0)
+    for _ in range(steps):
+        x = torch.randint(0, m.config.vocab_size, (2, 32))
+        m(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    f.mkdir(parents=True, exist_ok=True)
+    m.to(torch.bfloat16).save_pretrained(f, safe_serialization=True)
+    if not b.exists():
+        shutil.copytree(src, b)
+    return b, f
+
+
 # ---------------------------------------------------------------------------------------------
 # runs: one whole process each, wall time and peak RSS from wait4
 # ---------------------------------------------------------------------------------------------
@@ -137,10 +174,10 @@ def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> dict:
     return {"wall_s": wall, "rss_gb": ru.ru_maxrss / 1024 ** 2, "rc": p.returncode, "log": str(log)}
 
 
-def run_all(out: Path, threads: int, which: list[str], rounds: int = 1) -> dict[str, dict]:
+def run_all(out: Path, threads: int, which: list[str], rounds: int = 1, pair: str = "llama125m") -> dict[str, dict]:
     """Each tool `rounds` times, in rotation (so that a burst of load from elsewhere hits every tool alike);
     the fastest round is kept (with its peak RSS; `walls` lists every round)."""
-    b, f = make_pair()
+    b, f = make_smollm2_pair() if pair == "smollm2" else make_pair()
     out.mkdir(parents=True, exist_ok=True)
     # the same threads for every tool; passive OpenMP waiting because spinning threads are many times
     # slower on a shared, loaded machine (svdvals 2048^2: 13-35 s spinning vs 1.6 s passive, load 2.6)
@@ -149,9 +186,11 @@ def run_all(out: Path, threads: int, which: list[str], rounds: int = 1) -> dict[
     updelta = str(ROOT / ".venv" / "bin" / "updelta")
     cmds = {
         "updelta fast": [updelta, "diff", str(b), str(f), "--spectral", "fast", "--out", str(out / "fast.parquet"),
-                         "--no-progress"],
+                         "--no-progress", "--no-cache"],
         "updelta full": [updelta, "diff", str(b), str(f), "--spectral", "full", "--out", str(out / "full.parquet"),
-                         "--no-progress"],
+                         "--no-progress", "--no-cache"],
+        "afterburn": [str(VENV / "bin" / "afterburn"), "weight-diff", "--base", str(b), "--trained", str(f),
+                      "--device", "cpu", "-o", str(out / "afterburn.json")],
         "modeldelta": [str(VENV / "bin" / "modeldelta"), str(b), str(f), "-o", str(out / "modeldelta.json"), "-q"],
         "weightwatcher": [str(venv_python()), "-c", WW_SCRIPT, str(b), str(f), str(out / "ww.csv"), str(threads)],
     }
@@ -214,6 +253,36 @@ def load_tables(out: Path):
     return tabs
 
 
+def norm_agreement(out: Path) -> list[dict]:
+    """afterburn's norms (its top-5 changed layers and the embedding: ||D||_F and ||D||_F / ||W0||_F) against
+    updelta's, from the same pair: per layer, sqrt(sum over the layer's tensors of delta_fro^2) (and base_fro)."""
+    import numpy as np
+    import pandas as pd
+
+    p, q = out / "afterburn.json", next((out / f"{m}.parquet" for m in ("fast", "full") if (out / f"{m}.parquet").exists()),
+                                          None)
+    if not p.exists() or q is None:
+        return []
+    ab = json.loads(p.read_text())["weight_diff"]
+    t = pd.read_parquet(q)
+    rows = []
+    for lay in ab.get("top_changed_layers", []):
+        name = lay["layer_name"]
+        if name == "embedding":
+            sel = t[t["name"].str.endswith("embed_tokens.weight")]
+        elif name.startswith("layer_"):
+            sel = t[t["layer"] == int(name.split("_")[1])]
+        else:
+            continue
+        d = float(np.sqrt((sel["delta_fro"] ** 2).sum()))
+        b = float(np.sqrt((sel["base_fro"] ** 2).sum()))
+        for col, mine, theirs in (("fro", d, lay["frobenius_norm"]), ("relative", d / b, lay["relative_change"])):
+            rows.append({"layer": name, "metric": col, "updelta": mine, "afterburn": float(theirs),
+                         "rel_diff": abs(float(theirs) - mine) / abs(mine) if mine else float("nan"),
+                         "afterburn_cosine": lay.get("cosine_similarity")})
+    return rows
+
+
 def agreement(tabs, ref: str = "updelta full"):
     import numpy as np
 
@@ -253,10 +322,13 @@ NOTES = """Where the definitions match and where they do not (from the peers' in
   ||D||_F^2 / sigma_1^2 (matches); `spectral_norm` = max(evals) = sigma_1^2 (compared as its square root).
   Its `entropy`/`matrix_rank` are not Roy-Vetterli's effective rank (not compared). Which layers it
   analyses is its choice (see the n column).
+- afterburn 0.6.3 (weight-diff): per layer (embedding, layer_i) the Frobenius norm of the update and
+  ||D||_F / ||W0||_F, for its top 5 changed layers only, and a cosine; no spectra, no per-tensor rows. Its
+  reductions run in float32 (seen: the embedding norm low, a cosine above 1), updelta's in float64.
 - updelta fast: top-16 from the Gram matrix (tall) or block Krylov, ||D||_F exact; no erank in fast mode."""
 
 
-def print_report(res: dict[str, dict], tabs, threads: int) -> None:
+def print_report(res: dict[str, dict], tabs, threads: int, out_dir: Path | None = None) -> None:
     import pandas as pd
 
     print(f"\nWhole process, {threads} thread(s) per tool (OMP/MKL/OpenBLAS), load average now "
@@ -291,15 +363,22 @@ def print_report(res: dict[str, dict], tabs, threads: int) -> None:
                     cells.append(f"{tool}: {x['sigma_1']:.6g} / {x['stable_rank']:.6g}"
                                  + (f" / {er:.6g}" if er is not None and er == er else ""))
             print(f"  {n}\n    " + "\n    ".join(cells))
+    nrows = norm_agreement(out_dir) if out_dir is not None else []
+    if nrows:
+        print("\nNorms: afterburn (its top-5 changed layers) vs updelta (float64 sums of the same tensors)")
+        for r in nrows:
+            print(f"  {r['layer']:<10} {r['metric']:<9} updelta {r['updelta']:.6g}  afterburn {r['afterburn']:.6g}  "
+                  f"rel diff {r['rel_diff']:.2e}  (afterburn cosine {r['afterburn_cosine']})")
     print("\n" + NOTES)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="updelta vs modeldelta and WeightWatcher")
     ap.add_argument("--setup", action="store_true", help="only create the pair and the peers' venv")
-    ap.add_argument("--out", default=str(DATA / "peers_out"))
+    ap.add_argument("--out", default=None, help="default benchmarks/_data/peers_out_<pair>")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="updelta fast,updelta full,modeldelta,weightwatcher",
+    ap.add_argument("--pair", default="llama125m", choices=["llama125m", "smollm2"])
+    ap.add_argument("--only", default="updelta fast,updelta full,modeldelta,afterburn,weightwatcher",
                     help="comma-separated subset of the runs")
     ap.add_argument("--rounds", type=int, default=2, help="runs per tool, in rotation; the fastest is kept")
     ap.add_argument("--report-only", action="store_true", help="compare the outputs already in --out")
@@ -308,14 +387,14 @@ def main(argv=None) -> None:
     setup_venv()
     if a.setup:
         return
-    out = Path(a.out)
+    out = Path(a.out or DATA / f"peers_out_{a.pair}")
     res = {}
     if not a.report_only:
-        res = run_all(out, a.threads, [x.strip() for x in a.only.split(",") if x.strip()], a.rounds)
+        res = run_all(out, a.threads, [x.strip() for x in a.only.split(",") if x.strip()], a.rounds, a.pair)
         (out / "runs.json").write_text(json.dumps(res, indent=1))
     elif (out / "runs.json").exists():
         res = json.loads((out / "runs.json").read_text())
-    print_report(res, load_tables(out), a.threads)
+    print_report(res, load_tables(out), a.threads, out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ os.environ.setdefault("UPDELTA_PROGRESS", "0")
 import ckpt  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _spectral_cache_in_tmp(tmp_path_factory):
+    """Base decompositions cached by `--spectral full` go to a session folder under pytest's tmp, never ~/.cache."""
+    os.environ["UPDELTA_SPECTRAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("spectral-cache"))
+
+
 @pytest.fixture
 def llama_pair(tmp_path):
     """(base_dir, ft_dir, base_sd, ft_sd): a bf16 Llama-shaped pair, 30% of elements perturbed."""

@@ -44,7 +44,7 @@ def _plan(base, runs: dict, opts: DiffOptions, env: Env = ENV):
 def test_serial_and_threads_identical_bit_for_bit(llama_runs, spectral):
     """Same plan (workers=2, so one BLAS thread per job either way): every column equal, spectral ones too."""
     b, runs = llama_runs
-    opts = dict(spectral=spectral, histogram=True, block_elems=37, workers=2)  # 37: large tensors split in parts
+    opts = dict(spectral=spectral, histogram=True, block_elems=37, workers=2, cache=False)  # 37: parts
     ser = _tables(updelta.compare(b, runs, executor="serial", **opts))
     thr = _tables(updelta.compare(b, runs, executor="threads", **opts))
     for s, t in zip(ser, thr):
@@ -243,3 +243,21 @@ def test_fds_closed_after_scan(llama_runs):
     n = len(os.listdir("/proc/self/fd"))
     updelta.compare(b, runs, spectral="off")
     assert len(os.listdir("/proc/self/fd")) == n and not _FILES.fds
+
+
+def test_a_warm_decomposition_cache_changes_spectral_columns_only_within_tolerance(llama_runs, tmp_path, monkeypatch):
+    """The base's cached decomposition (docs/metrics.md, Decompositions and the base cache) may be stored in a
+    different orientation than it was computed in (V0 on the tall route): a warm cache gives the same cheap columns
+    bit for bit and spectral columns within 1e-5."""
+    monkeypatch.setenv("UPDELTA_SPECTRAL_CACHE_DIR", str(tmp_path / "cache"))
+    b, runs = llama_runs
+    opts = dict(spectral="full", block_elems=37, workers=2)
+    cold = updelta.compare(b, runs, **opts).tensors
+    assert any((tmp_path / "cache").rglob("*.safetensors"))  # the second run is served from the cache
+    warm = updelta.compare(b, runs, **opts).tensors
+    cheap = ["delta_fro", "base_fro", "cos_delta_base", "sparsity_exact", "n_compared"]
+    pd.testing.assert_frame_equal(cold[cheap], warm[cheap], check_exact=True)
+    for col in ("principal_cos_u", "principal_cos_v"):
+        m = cold[col].notna()
+        assert m.sum() > 0
+        np.testing.assert_allclose(np.stack(cold[col][m]), np.stack(warm[col][m]), rtol=1e-5, atol=1e-6)

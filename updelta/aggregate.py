@@ -119,10 +119,38 @@ def aggregate_tensors(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for c in schema.RAW_SUMS:  # int64 / float64 (floats where rebuilt from ratios)
         if c not in out:
             out[c] = s[c].to_numpy()
+    out = _null_counts(df, by, out)
+    med = [c for c in schema.columns(schema.AGGREGATES, agg="median") if c in df.columns]
+    if med:  # concentration columns: medians over the tensors with a value (docs/metrics.md)
+        m = df.groupby(by, dropna=False, sort=False)[med].median() if by else df[med].median().to_frame().T
+        out = out.merge(m.reset_index(), on=by, how="left") if by else pd.concat(
+            [out.reset_index(drop=True), m.reset_index(drop=True)], axis=1)
     if "spectral_s" in df.columns:
         spec = summarize(df, by)
         if not spec.empty:
             out = out.merge(spec, on=by, how="left") if by else pd.concat([out, spec.reset_index(drop=True)], axis=1)
+    return out
+
+
+def _null_counts(df: pd.DataFrame, by: list[str], out: pd.DataFrame) -> pd.DataFrame:
+    """Rows without sparsity counts (null n_eq: adapter factors, docs/adapters.md) are left out of each sparsity
+    figure, numerator and denominator (the elements of the rows that have the count); `n_sparsity_null` says how many
+    tensors that was. Tables without such rows are returned unchanged."""
+    convs = [(c, s) for c, s in zip(schema.CONVS, ("n_eq", "n_le_atol", "n_le_rtol")) if s in df.columns]
+    if not any(df[s].isna().any() for _, s in convs):
+        return out
+    extra = {}
+    for c, s in convs:
+        extra[f"_den_{c}"] = df["n_compared"].where(df[s].notna(), 0)
+    w = df[by].assign(**extra, n_sparsity_null=df["n_eq"].isna().astype("int64"),
+                      **{s: df[s].astype("float64") for _, s in convs})
+    cols = list(extra) + ["n_sparsity_null"] + [s for _, s in convs]
+    g = _summed(w, by, cols)
+    for c, s in convs:
+        num, den = g[s].to_numpy(dtype="float64"), g[f"_den_{c}"].to_numpy(dtype="float64")
+        out[f"sparsity_{c}"] = schema.FORMULAS["ratio"](num, den)
+        out[s] = np.where(den > 0, num, np.nan)
+    out["n_sparsity_null"] = g["n_sparsity_null"].astype("int64").to_numpy()
     return out
 
 

@@ -18,16 +18,19 @@ import warnings
 import torch
 
 from ._version import __version__
+from .adapters import open_run
 from .errors import UpdeltaError, UpdeltaWarning
-from .executors import make_executor
+from .executors import default_memory_budget, make_executor
 from .io import Checkpoint, open_checkpoint
 from .io.hub import locate
 from .io.locations import reader_scope
+from . import jobs_lens
 from .jobs import run_job, run_spectral_job, tensor_records
+from .jobs_where import decode_tokens
 from .metrics import elementwise as ew
 from .options import DiffOptions
 from .pairing import Pairing, pair_checkpoints
-from .plan import Env, Plan, make_plan, resolve_pairs
+from .plan import Env, Plan, make_plan, resolve_pairs, spectral_budget
 from .progress import Progress
 
 try:  # the optional C kernel (see setup.py); the torch path gives the same numbers
@@ -51,12 +54,21 @@ def machine_env(opts: DiffOptions) -> Env:
                torch_threads=torch.get_num_threads())
 
 
-def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], list[str]]:
-    """Execute a plan: (per-tensor records, per-pair records, non-finite notes), in tensor order."""
+def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], list[str], dict[str, list[dict]]]:
+    """Execute a plan: (per-tensor records, per-pair records, non-finite notes, rows of the where tables:
+    heads, pairs_heads, neurons, and of the logit lens), in tensor order."""
     ex = make_executor(opts, plan.workers)
+    try:
+        return _run_jobs(plan, opts, ex)
+    finally:
+        ex.close()  # a Ray this scan started is shut down, outstanding tasks cancelled (also on Ctrl-C)
+
+
+def _run_jobs(plan: Plan, opts: DiffOptions, ex) -> tuple[list[dict], list[dict], list[str]]:
     records: list[dict] = []
     pair_records: list[dict] = []
     nonfinite: list[str] = []
+    tables: dict[str, list[dict]] = {}
     enabled = None if opts.progress else False
     parts: list = []
     with Progress(plan.read_bytes, desc="updelta: reading", unit="B", enabled=enabled) as bar:
@@ -68,17 +80,36 @@ def run_plan(plan: Plan, opts: DiffOptions) -> tuple[list[dict], list[dict], lis
                 records += out.records
                 pair_records += out.pair_records
                 nonfinite += out.nonfinite
+                for k, rows in out.tables.items():
+                    tables.setdefault(k, []).extend(rows)
                 parts = []
+    if plan.factored:  # adapter runs (docs/adapters.md): their own per-tensor jobs, then tensor order again
+        from .jobs_factored import run_factored_job, sort_records
+
+        for out in ex.map(run_factored_job, plan.factored, cost=lambda j: j.cost):
+            records += out.records
+            pair_records += out.pair_records
+            nonfinite += out.nonfinite
+        records, pair_records = sort_records(plan.tensors, records, pair_records)
     if plan.spectral:
         by_key: dict[tuple[str, str], dict] = {}
         with Progress(len(plan.spectral), desc="updelta: spectral", enabled=enabled) as bar:
-            for job, cols in zip(plan.spectral, ex.map(run_spectral_job, plan.spectral, cost=lambda j: j.cost)):
+            sx = make_executor(opts, plan.workers)  # the largest spectral jobs apart (plan.spectral_budget)
+            if getattr(sx, "memory_budget", 0) is None:
+                sx.memory_budget = min(default_memory_budget(), spectral_budget(plan.spectral))
+            dirs: dict[tuple[str, str], object] = {}
+            for job, cols in zip(plan.spectral, sx.map(run_spectral_job, plan.spectral, cost=lambda j: j.cost)):
                 for r, c in cols.items():
                     by_key[(r, job.tensor.name)] = c
+                    if jobs_lens.KEY in c:
+                        dirs[(r, job.tensor.name)] = c.pop(jobs_lens.KEY)
                 bar.update(1)
+            if plan.lens is not None:  # docs/metrics.md, Logit lens of the update
+                job = jobs_lens.LensJob(plan.lens, jobs_lens.entries(plan, dirs), plan.device, plan.spectral_threads)
+                tables[jobs_lens.TABLE] = next(iter(sx.map(jobs_lens.run_lens_job, [job], cost=lambda j: j.cost)))
         for rec in records:
             rec.update(by_key.get((rec["run"], rec["name"]), {}))
-    return records, pair_records, nonfinite
+    return records, pair_records, nonfinite, tables
 
 
 def nonfinite_warning(notes: list[str]) -> str:
@@ -103,12 +134,15 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
     caller_threads = torch.get_num_threads()
     try:
         for r, p in runs.items():
-            cks[r] = open_checkpoint(locate(p, opts.download))
+            cks[r] = open_run(locate(p, opts.download), b)  # an adapter folder is a run (docs/adapters.md)
         env = machine_env(opts)
         pairing: Pairing = pair_checkpoints(b, cks, opts)
-        plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env)
+        lens, pairing.notes["lens"] = jobs_lens.setup(b, pairing.family, opts)
+        plan = make_plan(pairing, resolve_pairs(list(runs), pairs), opts, env, lens)
         with reader_scope(lend=[f for ck in (b, *cks.values()) for f in ck.files]):
-            records, pair_records, nonfinite = run_plan(plan, opts)
+            records, pair_records, nonfinite, tables = run_plan(plan, opts)
+        decode_tokens(tables, b.path)  # token rows as text when the base has a tokenizer.json
+        jobs_lens.decode(tables.get(jobs_lens.TABLE, []), b.path)
         notes = [nonfinite_warning(nonfinite)] if nonfinite else []
         notes += [n for n in (towers_note(records, opts.towers),) if n]
         for who, names in pairing.notes.get("unindexed", {}).items():
@@ -140,4 +174,4 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
             ck.close()
     for w in notes:
         warnings.warn(w, UpdeltaWarning, stacklevel=2)
-    return build_result(records, pair_records, meta)
+    return build_result(records, pair_records, meta, tables)

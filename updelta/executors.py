@@ -1,5 +1,5 @@
-"""Executors: how a plan's jobs run. The only module that knows about threads (and, later, processes,
-clusters or device queues).
+"""Executors: how a plan's jobs run. The only modules that know about threads and clusters are this one and
+`updelta.executors_ray` (Ray tasks on a local Ray or a cluster, docs/cluster.md).
 
 An executor maps a pure job function over picklable jobs and yields the results in the order of
 the jobs, whatever order they finish in. It never changes a number: splits, combination order
@@ -27,6 +27,9 @@ class Executor(Protocol):
     def map(self, fn: Callable[[J], R], jobs: Sequence[J], cost: Callable[[J], int] | None = None) -> Iterator[R]:
         """fn(job) for every job, yielded in the order of `jobs`; `cost(job)`: bytes the job holds while it runs."""
 
+    def close(self) -> None:
+        """Release what the executor holds (the engine calls it when a scan ends, also on errors and Ctrl-C)."""
+
 
 class SerialExecutor:
     """One job at a time, in the calling thread."""
@@ -34,6 +37,9 @@ class SerialExecutor:
     def map(self, fn, jobs, cost=None):
         for j in jobs:
             yield fn(j)
+
+    def close(self) -> None:
+        pass
 
 
 def default_memory_budget() -> int:
@@ -99,12 +105,18 @@ class ThreadExecutor:
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def close(self) -> None:
+        pass  # each map owns its pool
+
 
 def make_executor(opts: DiffOptions, workers: int) -> Executor:
-    """The executor `opts.executor` names, with `workers` (the plan's) threads."""
+    """The executor `opts.executor` names, with `workers` (the plan's) threads or Ray tasks in flight."""
     if opts.executor == "serial":
         return SerialExecutor()
     if opts.executor == "threads":
         return ThreadExecutor(workers)
+    if opts.executor == "ray":
+        from .executors_ray import RayExecutor
+        return RayExecutor(workers, opts.ray_address)
     from .errors import UpdeltaError
-    raise UpdeltaError(f"executor {opts.executor!r}: choose one of serial, threads")
+    raise UpdeltaError(f"executor {opts.executor!r}: choose one of serial, threads, ray")

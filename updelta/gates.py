@@ -190,6 +190,8 @@ def parse_gate(expr: str) -> Gate:
     metric = m.group("metric")
     if metric not in known_metrics():
         raise _fail(f"gate {expr!r}: unknown metric {metric!r} (known: {', '.join(sorted(known_metrics()))})")
+    if agg is None and schema.COLUMNS[metric].agg == "median":
+        raise _fail(f"gate {expr!r}: {metric} is a per-tensor concentration figure; give an AGG, e.g. max:{metric}")
     value = _parse_value(m.group("value"), expr)
     sel = _parse_selector(m.group("sel"), expr) if m.group("sel") is not None else Selector()
     for c in sel.components:

@@ -7,7 +7,8 @@
 - `tensor_records(spec, parts) -> TensorRecords`: the parts of one tensor, added in block order (the
   same additions, in the same order, as one sequential pass), turned into one record per run and
   one per run pair, plus warnings.
-- `run_spectral_job(SpectralJob) -> {run: columns}`: materialises W0 once and each W1 in turn.
+- `run_spectral_job(SpectralJob) -> {run: columns}`: materialises W0 once and each W1 in turn (with
+  `job.lens`, each run's top directions under `jobs_lens.KEY`, for the logit lens).
 
 Buffers live for one job; files come from the per-process reader cache (`io.locations`).
 """
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import jobs_lens as lens
+from . import prefetch
+from . import jobs_where as where
 from .io.locations import TensorLocation, open_reader
 from .metrics import elementwise as ew
 from .metrics import pairwise as pw
@@ -79,6 +83,7 @@ class CheapPart:
     hists: dict[str, np.ndarray] = field(default_factory=dict)
     added_fro: dict[str, float] = field(default_factory=dict)  # last part only
     nbytes: int = 0
+    where: object = None  # jobs_where.WherePart: row/column reductions (docs/metrics.md, Where an update sits)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class TensorRecords:
     records: list[dict]
     pair_records: list[dict]
     nonfinite: list[str]  # "name (run: base N, ft M)" for tensors with NaN/Inf
+    tables: dict = field(default_factory=dict)  # heads, pairs_heads, neurons rows (jobs_where.finish)
 
 
 class _Buffers:
@@ -111,21 +117,32 @@ def run_job(job: CheapJob) -> CheapPart:
     part = CheapPart(t.index, job.part, {r: [] for r in sides}, {p: [] for p in t.pairs})
     if opts.histogram:
         part.hists = {r: np.zeros(ew.HIST_BINS, dtype=np.int64) for r in sides}
+    part.where = where.start(job)
     fused = job.kernel and _fused is not None and all(
         d in KERNEL_DTYPES for d in (t.base.dtype, *(s.loc.dtype for s in t.sides)))
     block = _kernel_block if fused else _torch_block
     bufs = _Buffers()
-    end = job.start + job.count
-    for start in range(job.start, end, job.block):
-        cnt = min(job.block, end - start)
-        raw0 = base.read(start, cnt, bufs.get("base", cnt * t.base.itemsize))
-        raws = {r: rd.read(start, cnt, bufs.get(("run", r), cnt * sides[r].loc.itemsize))
-                for r, rd in readers.items()}
+    if prefetch.wanted(job):  # CUDA: pinned buffers, the next block read while the device computes this one
+        reads = prefetch.block_reads(job, base, readers)
+    else:
+        reads = _block_reads(job, base, readers, bufs)
+    for start, cnt, raw0, raws in reads:
         part.nbytes += raw0.nbytes + sum(x.nbytes for x in raws.values())
         block(job, raw0, raws, part, bufs)
     if job.part == job.parts - 1:
         part.added_fro = {s.run: _added_fro(s, t.numel, job.block, bufs) for s in t.sides}
     return part
+
+
+def _block_reads(job: CheapJob, base, readers: dict, bufs: _Buffers):
+    """(start, count, base raw, {run: raw}) for each block of `job`, read in this thread into `bufs`."""
+    t, end = job.tensor, job.start + job.count
+    size = {s.run: s.loc.itemsize for s in t.sides}
+    for start in range(job.start, end, job.block):
+        cnt = min(job.block, end - start)
+        raw0 = base.read(start, cnt, bufs.get("base", cnt * t.base.itemsize))
+        raws = {r: rd.read(start, cnt, bufs.get(("run", r), cnt * size[r])) for r, rd in readers.items()}
+        yield start, cnt, raw0, raws
 
 
 def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> None:
@@ -141,6 +158,7 @@ def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) ->
         wide = {r: _widen_f32(raw, dtypes[r], bufs.get(("w", r), n * 4, np.float32)) for r, raw in raws.items()}
         for ra, rb in t.pairs:
             part.pair_sums[(ra, rb)].append(_fused.pair(w0, wide[ra], wide[rb], o.atol, o.eta))
+    where.block(job, raw0, raws, part, raw=True)
 
 
 def _torch_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> None:
@@ -155,6 +173,7 @@ def _torch_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> 
             part.hists[r] += h.cpu().numpy()
     for ra, rb in t.pairs:
         part.pair_sums[(ra, rb)].append(pw.pair_partial_sums(w0, ws[ra], ws[rb], o.atol, o.eta))
+    where.block(job, w0, ws, part)
 
 
 def _added_fro(side, numel: int, block: int, bufs: _Buffers) -> float:
@@ -174,6 +193,20 @@ def _changed(s: ew.Sums) -> dict[str, int]:
     return {"exact": s.used - s.eq, "atol": s.used - s.le_atol, "rtol": s.used - s.le_rtol}
 
 
+def tensor_ids(t: TensorSpec) -> dict:
+    """The id columns of tensor `t`'s per-run records (every record producer starts from these)."""
+    i = t.info
+    return {"name": t.name, "layer": i.layer, "expert": i.expert, "component": i.component, "module": i.module,
+            "param": i.param, "tower": i.tower, "shape": list(t.shape), "numel": t.numel, "dtype_base": t.base.dtype}
+
+
+def pair_ids(t: TensorSpec, ra: str, rb: str) -> dict:
+    """The id columns of tensor `t`'s record for the run pair (ra, rb)."""
+    i = t.info
+    return {"run_a": ra, "run_b": rb, "name": t.name, "layer": i.layer, "expert": i.expert, "component": i.component,
+            "module": i.module, "param": i.param, "tower": i.tower, "numel": t.numel}
+
+
 def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
     """One record per run and per pair of tensor `t` from its parts (in part order)."""
     parts = sorted(parts, key=lambda p: p.part)
@@ -191,11 +224,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
         for r, h in p.hists.items():
             hists[r] = h.copy() if r not in hists else hists[r] + h
     added = parts[-1].added_fro if parts else {}
-    info = t.info
-    common = {"name": t.name, "layer": info.layer, "expert": info.expert, "component": info.component,
-              "module": info.module, "param": info.param, "tower": info.tower, "shape": list(t.shape),
-              "numel": t.numel,
-              "dtype_base": t.base.dtype}
+    common = tensor_ids(t)
     recs, nonfinite = [], []
     for side in t.sides:
         r, s = side.run, sums[side.run]
@@ -212,34 +241,103 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
         ca, cb = _changed(sums[ra]), _changed(sums[rb])
         n = max(ps.used, 1)
         exp = {c: ca[c] * cb[c] / n for c in pw.CONVS}
-        prec.append({"run_a": ra, "run_b": rb, "name": t.name, "layer": info.layer, "expert": info.expert,
-                     "component": info.component, "module": info.module, "param": info.param, "tower": info.tower,
-                     "numel": t.numel, **pw.finalize_pair(ps, ca, cb, exp, ps.used)})
-    return TensorRecords(recs, prec, nonfinite)
+        prec.append({**pair_ids(t, ra, rb), **pw.finalize_pair(ps, ca, cb, exp, ps.used)})
+    return TensorRecords(recs, prec, nonfinite, where.finish(t, parts, recs))
 
 
 def _materialize(loc: TensorLocation, numel: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The tensor widened to float32 (float64 when stored so) on `device`."""
+    return _read_wide(loc, numel, shape, device)[0]
+
+
+def _read_wide(loc: TensorLocation, numel: int, shape: tuple[int, ...], device: torch.device,
+               digest: bool = False) -> tuple[torch.Tensor, str | None]:
+    """(the tensor widened to float32 (float64 when stored so) on `device`, a digest of its stored bytes or None).
+    The stored bytes are freed before the caller goes on; on the CPU they widen in one copy."""
     raw = open_reader(loc).read(0, numel)
-    w = raw_to_torch(raw, loc.dtype).to(device)
-    w = w.to(torch.float64 if loc.dtype == "float64" else torch.float32)
-    return w.reshape(shape)
+    key = None
+    if digest:
+        from .spectral_cache import tensor_digest
+        key = tensor_digest(raw)
+    wide = torch.float64 if loc.dtype == "float64" else torch.float32
+    w = raw_to_torch(raw, loc.dtype)
+    w = w.to(device=device, dtype=wide)
+    del raw
+    return w.reshape(shape), key
 
 
 def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
-    """{run: spectral columns} of one tensor: W0 read once, each run's W1 in turn (one W1 alive at a time)."""
+    """{run: spectral columns} of one tensor: W0 read once, each run's W1 in turn (one W1 alive at a time).
+
+    `full` mode: W0's decomposition is computed at most once for all runs (when some run needs it) and, with
+    `opts.cache`, read from / kept in the on-disk cache under a digest of W0's bytes (`updelta.spectral_cache`)."""
     from .metrics import spectral
 
     use_threads(job.threads)
-    t, dev = job.tensor, torch.device(job.device)
-    w0 = _materialize(t.base, t.numel, t.shape, dev)
+    t, dev, opts = job.tensor, torch.device(job.device), job.opts
+    if not any(isinstance(s.loc, TensorLocation) for s in t.sides):  # adapter sides only (docs/adapters.md)
+        from .jobs_factored import spectral_only
+        out = spectral_only(job)
+        for s in t.sides:
+            lens.factored(job, out[s.run], t, s.loc)
+        return out
+    full = opts.spectral == "full"
+    if not full and all(isinstance(s.loc, TensorLocation) for s in t.sides) and len(t.shape) == 2:
+        return _fast_from_updates(job)
+    w0, digest = _read_wide(t.base, t.numel, t.shape, dev, digest=full and opts.cache)
     if t.transposed:
         w0 = w0.transpose(-1, -2)
     w0 = w0.contiguous()
+    base = None
+    if full and w0.ndim == 2:
+        from .spectral_cache import base_provider, decomp_key, kept_k
+        key = None if digest is None else decomp_key(digest, t.base.dtype, t.shape, t.transposed,
+                                                      spectral.work_dtype(opts, w0.dtype), kept_k(opts, w0.shape))
+        base = base_provider(w0, opts, key)
     out = {}
     for side in t.sides:
+        if not isinstance(side.loc, TensorLocation):  # an adapter's factors (docs/adapters.md)
+            from .jobs_factored import spectral_side
+            out[side.run] = spectral_side(w0, t, side.loc, opts)
+            lens.factored(job, out[side.run], t, side.loc)
+            continue
         w1 = _materialize(side.loc, t.numel, t.shape, dev)
         if t.transposed:
-            w1 = w1.transpose(-1, -2)
-        out[side.run] = spectral.spectral_columns(w0, w1.contiguous(), job.opts)
+            w1 = w1.transpose(-1, -2).contiguous()
+        out[side.run] = spectral.spectral_columns(w0, w1, opts, base)
+        if job.lens:
+            lens.dense(job, out[side.run], w1 - w0)
         del w1
+    return out
+
+
+def _stored(loc: TensorLocation, numel: int, device: torch.device) -> torch.Tensor:
+    """The tensor's elements as stored (bf16/fp16/fp32/fp64, flat) on `device`."""
+    return raw_to_torch(open_reader(loc).read(0, numel), loc.dtype).to(device)
+
+
+def _fast_from_updates(job: SpectralJob) -> dict[str, dict]:
+    """`fast` mode needs the update only: W0 stays in its storage dtype, and each run's D = W1 - W0 is widened and
+    subtracted in chunks into one float32 (float64 when either side is stored so) buffer: the same elements as
+    `w1.float() - w0.float()`, with one float copy of the tensor alive instead of three."""
+    from .metrics import spectral
+
+    t, dev, opts = job.tensor, torch.device(job.device), job.opts
+    w0 = _stored(t.base, t.numel, dev)
+    out = {}
+    for side in t.sides:
+        w1 = _stored(side.loc, t.numel, dev)
+        wide = torch.float64 if torch.float64 in (w0.dtype, w1.dtype) else torch.float32
+        d = torch.empty(t.numel, dtype=wide, device=dev)
+        step = 1 << 20
+        for a in range(0, t.numel, step):
+            b = min(t.numel, a + step)
+            torch.sub(w1[a:b].to(wide), w0[a:b].to(wide), out=d[a:b])
+        del w1
+        d = d.reshape(t.shape)
+        if t.transposed:
+            d = d.T.contiguous()
+        out[side.run] = spectral.update_columns(d, opts)
+        lens.dense(job, out[side.run], d)
+        del d
     return out

@@ -22,7 +22,8 @@ from .errors import UpdeltaError
 Spectral = Literal["off", "fast", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 OnMismatch = Literal["error", "skip"]
-Executor = Literal["serial", "threads"]
+Executor = Literal["serial", "threads", "ray"]
+MergeDtype = Literal["off", "bfloat16", "float16", "float32"]
 
 
 def _opt(default, help: str, *, at_least=None, above=None, at_most=None, below=None, regex: bool = False):
@@ -69,22 +70,46 @@ class DiffOptions:
     histogram: bool = _opt(False, "Count |W1 - W0| per tensor in power-of-two bins (plus exact zeros), for "
                                   "`updelta plot --kind distribution`.")
     executor: Executor = _opt("threads", "How the per-tensor jobs run: `threads` (a pool of `workers` threads in "
-                                         "this process) or `serial` (one job at a time in the calling thread). Both "
-                                         "run the same plan and give the same numbers.")
+                                         "this process), `serial` (one job at a time in the calling thread) or `ray` "
+                                         "(`workers` Ray tasks at once, on a local Ray or a cluster; pip install "
+                                         "'updelta[ray]', docs/cluster.md). All run the same plan and give the same "
+                                         "numbers.")
     workers: int = _opt(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each spectral "
                            "job gets max(1, torch threads // workers) BLAS threads, whatever the executor.",
                         at_least=0)
+    ray_address: str = _opt("", "--executor ray: the Ray to run on, as ray.init reads it: empty = RAY_ADDRESS, "
+                                "else a cluster started with `ray start` on this machine, else a new local Ray; "
+                                "`local` = always a new local Ray (shut down when the command ends); "
+                                "`ray://HOST:10001` or `HOST:6379` = that cluster (docs/cluster.md).")
     block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
     towers: bool = _opt(False, "Count the tensors of vision towers and projectors of multimodal checkpoints (the "
                                "`tower` column) in the aggregates and gates, keyed by tower; by default they are "
                                "per-tensor rows only (docs/families.md).")
     progress: bool = _opt(True, "Show a progress bar on stderr.")
+    cache: bool = _opt(True, "Spectral full: read and keep base-weight decompositions in the cache "
+                             "($UPDELTA_CACHE_DIR/spectral, default ~/.cache/updelta/spectral), keyed by a hash of "
+                             "each tensor's bytes; --no-cache computes everything afresh (docs/metrics.md).")
     download: bool = _opt(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
                                  "(weights, indexes, config, tokenizer and adapter files); without it ids are read "
                                  "from the cache only, offline.")
+    where: bool = _opt(True, "Where the update sits (cheap pass): row and column energies of every 2-D update, "
+                             "their concentration columns, per-head and top-neuron tables (docs/metrics.md, Where an "
+                             "update sits). Off: the cheap sums only.")
+    top_neurons: int = _opt(20, "Neurons (MLP rows or columns) and token rows (embeddings, untied head) kept per "
+                                "tensor and run in `Result.neurons`, by share of the update energy.", at_least=0)
+    lens_k: int = _opt(4, "Logit lens of the update (spectral fast and full): how many top singular directions of each "
+                          "output-side update (the family's lens modules, e.g. o_proj, down_proj) are pushed through "
+                          "the base's final norm and unembedding into `Result.lens`; 0: none (docs/metrics.md).",
+                       at_least=0)
+    merge_dtype: MergeDtype = _opt("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
+                                          "dtype would store (D in float32, cast, added to W0 in this dtype), which "
+                                          "gives sparsity; `off` measures the exact update from the factors "
+                                          "(sparsity null). docs/adapters.md.")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.ray_address and self.executor != "ray":
+            raise UpdeltaError(f"--ray-address {self.ray_address!r} applies to --executor ray only")
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import PairingError
 from .experts import expand_pairing
+from .heads import head_splits
 from .io import Checkpoint, TensorRef
 from .naming import Family, TensorName, canonical, is_ignored, is_transposed, parse, resolve_family
 from .options import DiffOptions
@@ -58,6 +59,7 @@ class Pairing:
     family: str
     tensors: list[PairedTensor]
     notes: dict = field(default_factory=dict)
+    heads: dict = field(default_factory=dict)  # tensor name -> heads.HeadSplit (attention weights)
 
 
 def _canonical_map(tensors: dict[str, TensorRef]) -> dict[str, str]:
@@ -173,7 +175,8 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
         if head not in bmap and embed in bmap and all(head not in rm for rm in rmaps.values()):
             notes["tied"].append({"name": head, "run": "*", "side": "both", "to": bmap[embed]})
     _require_compared(pairs, base, runs, notes, opts)
-    return Pairing(family.name, pairs, notes)
+    heads, notes["heads"] = head_splits(family.name, base.config, pairs)  # docs/metrics.md, Where an update sits
+    return Pairing(family.name, pairs, notes, heads)
 
 
 def _refuse_quantized(ref: TensorRef, ck: Checkpoint) -> None:
@@ -193,8 +196,8 @@ def _require_compared(pairs: list[PairedTensor], base: Checkpoint, runs: dict[st
         where = f"{ck.path} (run {r}) and base {base.path}"
         names = list(ck.tensors)
         if any("lora_A" in n or "lora_B" in n for n in names):
-            why = ("the run holds LoRA factors (lora_A/lora_B): merge the adapter into its base first "
-                   "(PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(DIR))")
+            why = ("the run holds LoRA factors (lora_A/lora_B) without their adapter_config.json: pass the adapter "
+                   "folder (adapter_config.json beside the factors) as the run (docs/adapters.md)")
         elif notes["filtered_out"] and not notes["only_in_base"][r]:
             why = "--include/--exclude left out every tensor; loosen the patterns"
         elif any(s["run"] == r for s in notes["skipped_shape"]):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UpdeltaError
+from .heads import HeadSplit
 from .io.locations import TensorLocation
 from .naming import TensorName
 from .options import DiffOptions
@@ -30,8 +31,16 @@ from .pairing import Pairing
 PART_BLOCKS = 64  # cheap jobs cover at most this many blocks (16M elements with the default block)
 CUDA_MIN_BLOCK = 1 << 24  # elements per block on CUDA (fewer, larger transfers)
 MAX_DEFAULT_WORKERS = 4
-# Spectral cost: float copies of the tensor alive at once (W0, W1, D and the SVD factors in `full`).
-SPECTRAL_COPIES = {"fast": 4, "full": 8}
+# Spectral cost: float copies of the tensor alive at once. fast: D, W0 and W1 as stored (half a copy each in bf16),
+# the solver's blocks; full: W0, W1, D, W0's factors (U0 whole) and LAPACK's work copy.
+SPECTRAL_COPIES = {"fast": 2, "full": 8}
+SPECTRAL_PAIRING = 1.5  # spectral jobs in flight together may cost at most this times the largest one
+
+
+def spectral_budget(jobs) -> int:
+    """The memory budget (bytes) for a scan's spectral jobs: SPECTRAL_PAIRING times the largest job's cost, so the
+    largest tensors never run side by side while small ones fill the other workers."""
+    return int(SPECTRAL_PAIRING * max((j.cost for j in jobs), default=0))
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class TensorSpec:
     base_tied: bool
     sides: tuple[Side, ...]  # in run order
     pairs: tuple[tuple[str, str], ...]  # the scan's run pairs with both runs in this tensor
+    heads: HeadSplit | None = None  # attention-head ranges (heads.py), None when not an attention weight
 
     @property
     def numel(self) -> int:
@@ -111,6 +121,7 @@ class SpectralJob:
     opts: DiffOptions
     device: str
     threads: int
+    lens: bool = False  # also the update's top directions for the logit lens (jobs_lens)
 
     @property
     def cost(self) -> int:
@@ -131,6 +142,8 @@ class Plan:
     spectral_threads: int  # torch (BLAS) threads of every spectral job
     device: str
     kernel: bool
+    factored: tuple = ()  # jobs_factored.FactoredJob: adapter sides of a tensor (docs/adapters.md)
+    lens: object = None  # jobs_lens.LensSpec: the logit lens's unembedding and final norm (docs/metrics.md)
 
     @property
     def read_bytes(self) -> int:
@@ -162,12 +175,15 @@ def tensor_specs(pairing: Pairing, pairs: tuple[tuple[str, str], ...]) -> tuple[
         sides = tuple(Side(r, s.ref.location, bool(s.tied), int(s.added_rows)) for r, s in t.runs.items())
         present = set(t.runs)
         specs.append(TensorSpec(i, t.name, t.info, bool(t.transposed), t.base.location, bool(t.base_tied), sides,
-                                tuple(p for p in pairs if p[0] in present and p[1] in present)))
+                                tuple(p for p in pairs if p[0] in present and p[1] in present),
+                                pairing.heads.get(t.name)))
     return tuple(specs)
 
 
-def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOptions, env: Env) -> Plan:
-    """Every job of a scan, in plan order (pure: the same inputs give the same plan)."""
+def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOptions, env: Env,
+              lens=None) -> Plan:
+    """Every job of a scan, in plan order (pure: the same inputs give the same plan). `lens`: a
+    `jobs_lens.LensSpec` (the spectral jobs of its output-side tensors also compute their top directions)."""
     workers = resolve_workers(opts.workers, env)
     cheap_threads = max(1, env.torch_threads)
     spectral_threads = max(1, env.torch_threads // workers)
@@ -176,8 +192,13 @@ def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOp
         block = max(block, CUDA_MIN_BLOCK)
     part = block * PART_BLOCKS
     specs = tensor_specs(pairing, pairs)
+    from .jobs_factored import split  # adapter sides leave the cheap jobs for their own (docs/adapters.md)
+
+    dense, factored = split(specs, opts, env.device, spectral_threads, block)
     cheap = []
-    for t in specs:
+    for t in dense:
+        if not t.sides:  # every side is an adapter's
+            continue
         n = t.numel
         starts = list(range(0, n, part)) or [0]
         for k, s in enumerate(starts):
@@ -185,7 +206,10 @@ def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOp
                                   cheap_threads))
     spectral: list[SpectralJob] = []
     if opts.spectral != "off":
-        spectral = [SpectralJob(t, opts, env.device, spectral_threads) for t in specs if len(t.shape) == 2]
+        from .jobs_lens import wants
+
+        spectral = [SpectralJob(t, opts, env.device, spectral_threads, wants(t, lens))
+                    for t in specs if len(t.shape) == 2]
         spectral.sort(key=lambda j: -j.cost)  # stable: equal costs keep tensor order
     return Plan(specs, tuple(cheap), tuple(spectral), pairs, workers, cheap_threads, spectral_threads, env.device,
-                env.kernel)
+                env.kernel, factored, lens if spectral else None)

@@ -37,7 +37,10 @@ TENSOR_COLUMNS = schema.TENSOR_COLUMNS
 DIR_FILES = {"tensors": "tensors.parquet", "pairs": "pairs.parquet", "pairs_layers": "pairs_layers.parquet",
              "pairs_summary": "pairs_summary.parquet", "layers": "layers.parquet", "summary": "summary.parquet",
              "components": "components.parquet", "pairs_components": "pairs_components.parquet",
-             "experts": "experts.parquet"}
+             "experts": "experts.parquet", "heads": "heads.parquet", "pairs_heads": "pairs_heads.parquet",
+             "neurons": "neurons.parquet", "lens": "lens.parquet"}
+WHERE_TABLES = {"heads": schema.HEAD_COLUMNS, "pairs_heads": schema.PAIR_HEAD_COLUMNS, "neurons": schema.NEURON_COLUMNS,
+                "lens": schema.LENS_COLUMNS}
 
 
 @dataclass
@@ -54,6 +57,14 @@ class Result:
     pairs_layers: pd.DataFrame
     meta: dict = field(default_factory=dict)
     experts: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (run, layer, expert); empty without experts
+    # Where the update sits (docs/metrics.md, Where an update sits): one row per (run, layer, module, part, head)
+    # of the attention weights; per (pair, ..., head) the delta cosine; the top neurons / token rows per tensor.
+    heads: pd.DataFrame = field(default_factory=lambda: where_table("heads"))
+    pairs_heads: pd.DataFrame = field(default_factory=lambda: where_table("pairs_heads"))
+    neurons: pd.DataFrame = field(default_factory=lambda: where_table("neurons"))
+    # The logit lens (docs/metrics.md, Logit lens of the update): tokens the top directions of each output-side
+    # update promote and suppress.
+    lens: pd.DataFrame = field(default_factory=lambda: where_table("lens"))
 
     @property
     def info(self) -> RunInfo:
@@ -69,7 +80,8 @@ class Result:
         """This result with its aggregates rebuilt counting (or leaving out) the tower tensors: the `towers`
         option after the fact (docs/families.md, Towers)."""
         meta = {**self.meta, "options": {**(self.meta.get("options") or {}), "towers": bool(include)}}
-        return from_tensors(self.tensors.copy(), self.pairs.copy(), meta)
+        return _with_where(from_tensors(self.tensors.copy(), self.pairs.copy(), meta),
+                           {k: getattr(self, k) for k in WHERE_TABLES})
 
     @property
     def runs(self) -> list[str]:
@@ -124,11 +136,30 @@ def _order(df: pd.DataFrame, first: list[str]) -> pd.DataFrame:
     return df[[c for c in first if c in df.columns] + [c for c in df.columns if c not in first]]
 
 
-def build_result(records: list[dict], pair_records: list[dict], meta: dict) -> Result:
-    """Build every table once from the engine's records."""
+def build_result(records: list[dict], pair_records: list[dict], meta: dict,
+                 tables: dict[str, list[dict]] | None = None) -> Result:
+    """Build every table once from the engine's records (and the rows of the where tables)."""
     tensors = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=TENSOR_COLUMNS)
     tensors = _order(tensors, TENSOR_COLUMNS)
-    return from_tensors(tensors, pd.DataFrame.from_records(pair_records), meta)
+    res = from_tensors(tensors, pd.DataFrame.from_records(pair_records), meta)
+    return _with_where(res, {k: where_table(k, (tables or {}).get(k)) for k in WHERE_TABLES})
+
+
+def where_table(kind: str, rows: list[dict] | pd.DataFrame | None = None) -> pd.DataFrame:
+    """The `heads`, `pairs_heads`, `neurons` or `lens` table from rows (empty, with its columns, when there are none)."""
+    cols = list(WHERE_TABLES[kind])
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(rows or [], columns=cols)
+    df = _order(df, cols)
+    for k in ("layer", "head", "index", "rank", "n_compared", "direction", "token_id"):
+        if k in df:
+            df[k] = df[k].astype("Int64")
+    return df.reset_index(drop=True)
+
+
+def _with_where(res: Result, tables: dict[str, pd.DataFrame]) -> Result:
+    for k, df in tables.items():
+        setattr(res, k, df)
+    return res
 
 
 def from_tensors(tensors: pd.DataFrame, pairs: pd.DataFrame, meta: dict) -> Result:
@@ -194,7 +225,9 @@ def load(path: str | os.PathLike) -> Result:
             raise UpdeltaError(f"{p}: no tensors.parquet; pass a folder written by `updelta compare --out`")
         tensors, meta = _read_parquet(p / DIR_FILES["tensors"])
         pairs = _read_parquet(p / DIR_FILES["pairs"])[0] if (p / DIR_FILES["pairs"]).exists() else pd.DataFrame()
-        return from_tensors(tensors, pairs, meta)
+        where = {k: where_table(k, _read_parquet(p / DIR_FILES[k])[0]) for k in WHERE_TABLES
+                 if (p / DIR_FILES[k]).exists()}
+        return _with_where(from_tensors(tensors, pairs, meta), where)
     if p.suffix.lower() == ".parquet" and p.exists():
         tensors, meta = _read_parquet(p)
         return from_tensors(tensors, pd.DataFrame(), meta)

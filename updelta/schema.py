@@ -12,7 +12,8 @@ cheap or cross-run figure), `spectral`, `meta` (descriptive: dtypes, flags, list
 
 How a column aggregates over tensors (`Column.agg`): `key` (a group key), `sum`, `max`,
 `formula` (recomputed from the summed raw sums by `Column.formula`, see `FORMULAS`), `median_2d`
-(median over the group's 2-D tensors, `metrics.summary.summarize`), `size` (number of tensors),
+(median over the group's 2-D tensors, `metrics.summary.summarize`), `median` (median over the tensors
+with a value: the concentration columns, which a gate uses only with an explicit AGG), `size` (number of tensors),
 `none` (not aggregated). Every per-tensor figure is itself the same formula of the tensor's own
 sums, so per-tensor and aggregated numbers are computed one way (`derive`).
 
@@ -26,7 +27,7 @@ import numpy as np
 
 TENSORS, PAIRS, AGGREGATES, PAIR_AGGREGATES = "tensors", "pairs", "aggregates", "pair_aggregates"
 KINDS = ("id", "count", "sum", "metric", "spectral", "meta")
-AGGS = ("key", "sum", "max", "formula", "median_2d", "size", "none")
+AGGS = ("key", "sum", "max", "formula", "median_2d", "median", "size", "none")
 
 # Sparsity conventions: what "unchanged" means, with the result's tolerances (docs/metrics.md, Update sparsity).
 CONVS = ("exact", "atol", "rtol")
@@ -128,6 +129,9 @@ _CHEAP = [
     _c("nonfinite_base", _TA, "count", "sum", dtype="int", unit="elements", fmt="int"),
     _c("nonfinite_ft", _TA, "count", "sum", dtype="int", unit="elements", fmt="int"),
     _c("n_tensors", (AGGREGATES, PAIR_AGGREGATES), "count", "size", dtype="int", unit="tensors", fmt="int"),
+    _c("n_sparsity_null", _A, "count", "none", dtype="int", unit="tensors", fmt="int", gate=False,
+       title="tensors without sparsity counts (adapter factors without --merge-dtype), left out of the sparsity "
+             "figures, whose denominators count only the tensors with counts (docs/adapters.md)"),
     _c("hist", _T, "meta", "none", dtype="list", unit="elements per |D| exponent bin"),
 ]
 
@@ -214,8 +218,35 @@ _SPECTRAL = [_spectral_column(*s) for s in _SPEC] + [
     _c("spectral_s_total", _A, "spectral", "none", dtype="float", unit="seconds", title="spectral seconds, summed"),
 ]
 
-COLUMNS: dict[str, Column] = {c.name: c for c in _IDS + _CHEAP_SUMS + _CHEAP + _PAIR + _SPECTRAL}
-assert len(COLUMNS) == len(_IDS + _CHEAP_SUMS + _CHEAP + _PAIR + _SPECTRAL), "a column is declared twice"
+# Where an update sits (metrics/concentration.py; docs/metrics.md, Where an update sits): concentration of the row
+# energies e_i = ||D[i, :]||^2 and column energies f_j = ||D[:, j]||^2 of every 2-D update ([out, in]). Their
+# aggregates are medians over the group's tensors with a value; a gate on them needs an explicit AGG.
+_AXIS = {"row": "rows", "col": "columns"}
+_WHERE = [col for a, w in _AXIS.items() for col in (
+    _c(f"{a}_top1_share", _TA, "metric", "median", dtype="float", unit="share", fmt="pct",
+       label=f"share of update energy in the top 1% of {w}", title=f"update energy in the top 1% of {w}"),
+    _c(f"{a}_top10_share", _TA, "metric", "median", dtype="float", unit="share", fmt="pct",
+       label=f"share of update energy in the top 10% of {w}", title=f"update energy in the top 10% of {w}"),
+    _c(f"{a}_gini", _TA, "metric", "median", dtype="float", unit="Gini (0 uniform, 1 one)",
+       label=f"Gini of the {w[:-1]} energies", title=f"concentration (Gini) of the {w[:-1]} energies"),
+    _c(f"{a}s_for_90", _TA, "metric", "median", dtype="int", unit=w,
+       label=f"{w} holding 90% of the update energy", title=f"fewest {w} holding 90% of the update energy"),
+)]
+
+_ALL_COLUMNS = _IDS + _CHEAP_SUMS + _CHEAP + _PAIR + _SPECTRAL + _WHERE
+COLUMNS: dict[str, Column] = {c.name: c for c in _ALL_COLUMNS}
+assert len(COLUMNS) == len(_ALL_COLUMNS), "a column is declared twice"
+# Columns of the where tables (Result.heads, pairs_heads, neurons): ids first, then figures, then raw sums.
+HEAD_COLUMNS = ("run", "layer", "module", "name", "part", "head", "delta_fro", "base_fro", "rel_delta",
+                "sparsity_exact", "sparsity_atol", "sparsity_rtol", "energy_share", "ss_delta", "ss_base",
+                "n_compared")
+PAIR_HEAD_COLUMNS = ("run_a", "run_b", "layer", "module", "name", "part", "head", "delta_cos", "dot",
+                     "ss_delta_a", "ss_delta_b")
+NEURON_COLUMNS = ("run", "layer", "module", "name", "component", "kind", "axis", "index", "rank", "energy",
+                  "energy_share", "token")
+# Result.lens (docs/metrics.md, Logit lens of the update): per (run, tensor, direction, sign, rank) one token.
+LENS_COLUMNS = ("run", "layer", "module", "name", "direction", "sigma", "resid", "sign", "rank", "token_id",
+                "token", "score", "score_mean")
 
 # The headline per-run figures, in the order text summaries and reports show them.
 HEADLINE = ("rel_delta", "delta_fro", "delta_max", "cos_delta_base", "sparsity_exact", "sparsity_atol",

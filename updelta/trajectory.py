@@ -253,3 +253,57 @@ def summary_text(t: Trajectory) -> str:
             f"updates; cos_delta_prev = cos(D_(k-1), D_k)\n")
     return head + table(rows, ["step", "checkpoint", "rel_delta", "sparse atol", "sparse exact", "update_rel",
                                "cos_prev_update", "cos_delta_prev"])
+
+
+def is_trajectory(path: str | os.PathLike) -> bool:
+    """Whether `path` is a trajectory table: a `trajectory.parquet` file or a folder holding one (and no
+    compare output)."""
+    p = Path(path)
+    if p.is_dir():
+        return (p / "trajectory.parquet").is_file() and not (p / "tensors.parquet").exists()
+    return p.name == "trajectory.parquet" and p.is_file()
+
+
+def load_table(path: str | os.PathLike) -> Trajectory:
+    """Read a trajectory table (`Trajectory.save`, `updelta trajectory --out`, or the transformers callback's
+    `out=`): a `trajectory.parquet` file or its folder. `result` is the per-tensor rows as a `Result`, one run per
+    step (`as_result`)."""
+    from .result import _read_parquet
+
+    p = Path(path)
+    f = p / "trajectory.parquet" if p.is_dir() else p
+    table, meta = _read_parquet(f)
+    if "level" not in table.columns or "step" not in table.columns:
+        raise UpdeltaError(f"{f}: not a trajectory table (no level/step columns); pass the trajectory.parquet "
+                           f"written by `updelta trajectory --out` or by the training callback")
+    t = Trajectory(table, None, meta)
+    t.result = as_result(t)
+    return t
+
+
+def as_result(t: Trajectory):
+    """The per-tensor rows of a trajectory as a `Result` with one run per step (`step-N`), for plots and reports."""
+    from .result import from_tensors
+
+    tab = t.table
+    rows = tab[tab["level"] == "tensor"].copy()
+    drop = ["level", "step", "checkpoint", *UPDATE_COLS, "base_ss"]
+    steps = sorted(int(s) for s in rows["step"].unique())
+    order = {run_name(s): i for i, s in enumerate(steps)}
+    rows = rows.assign(_o=rows["run"].map(order)).sort_values("_o", kind="stable")
+    tensors = rows.drop(columns=[c for c in drop + ["_o"] if c in rows.columns]).reset_index(drop=True)
+    meta = dict(t.meta)
+    meta["run_order"] = list(order)
+    runs = dict(meta.get("runs") or {})
+    meta["runs"] = {r: runs.get(r, {}) for r in order}
+    return from_tensors(tensors, pd.DataFrame(), meta)
+
+
+def load_result(path: str | os.PathLike):
+    """A saved result (`result.load`) or a trajectory table as a `Result` (one run per step): what `updelta plot`
+    and `updelta report --from` read."""
+    from .result import load
+
+    if is_trajectory(path):
+        return load_table(path).result
+    return load(path)

@@ -78,11 +78,19 @@ def _handler(root: Path, ranges: bool, stats: dict):
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-response (a refused read, a cancelled read-ahead) is normal here: socketserver
+    would print its traceback to stderr, which the tests read as the command's output."""
+
+    def handle_error(self, request, client_address):
+        pass
+
+
 @contextmanager
 def serve(root: str | os.PathLike, ranges: bool = True):
     """Serve `root` on 127.0.0.1 (a free port): yields (base URL, stats dict)."""
     stats = {"requests": 0, "bytes": 0, "lock": threading.Lock()}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(Path(root).resolve(), ranges, stats))
+    server = _QuietServer(("127.0.0.1", 0), _handler(Path(root).resolve(), ranges, stats))
     server.daemon_threads = True
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()

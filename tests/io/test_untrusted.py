@@ -256,8 +256,8 @@ def test_adapter_folder_is_refused_with_the_fix(tmp_path, monkeypatch, capsys):
               ad / "adapter_model.safetensors")
     (ad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2}')
     out = tmp_path / "out.parquet"
-    code, stdout, err = run_main(monkeypatch, capsys, "diff", base, ad, "--out", out)
-    assert code == 2 and err.count("\n") == 1 and "adapter" in err and "merge_and_unload" in err, err
+    code, stdout, err = run_main(monkeypatch, capsys, "diff", ad, base, "--out", out)  # an adapter as the base
+    assert code == 2 and err.count("\n") == 1 and "adapter" in err and "as a run" in err, err
     assert not out.exists() and stdout == ""
     # The same factors in a plain weights file: the pairing names the cause.
     f = ckpt.save({"model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 16)}, tmp_path / "a.safetensors")

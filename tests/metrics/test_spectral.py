@@ -525,3 +525,62 @@ def test_engine_orients_gpt2_conv1d_left_as_output_side(tmp_path):
     assert np.allclose(t.loc[name, "principal_cos_u"], want["principal_cos_u"], atol=1e-6)
     assert t.loc[name, "intruders"] == want["intruders"]
     assert np.allclose(t.loc[name, "intruders_sweep"], want["intruders_sweep"])
+
+
+# ---------------------------------------------------------------------------------------------
+# top-k vectors of W1 by subspace iteration (full mode), against exact float64 SVDs
+# ---------------------------------------------------------------------------------------------
+
+def _sin_max(A: torch.Tensor, B: torch.Tensor) -> float:
+    """sin of the largest principal angle between the column spaces of orthonormal A, B."""
+    A, B = A.double(), B.double()
+    B = B / torch.linalg.vector_norm(B, dim=0)  # float32 columns are unit only to rounding
+    return float(torch.linalg.svdvals(B - A @ (A.T @ B))[0])
+
+
+@pytest.mark.parametrize("shape", [(420, 300), (300, 420)])
+def test_topk_vectors_within_stated_bounds(shape):
+    from updelta.metrics.linalg import VECTOR_FLOOR, VECTOR_RTOL, svdvals, topk_vectors
+
+    m, n = shape
+    s = 1.0 / np.arange(1, min(m, n) + 1) ** 1.2
+    A64 = planted(m, n, s, seed=3)
+    A = A64.float()
+    U, S, Vh = torch.linalg.svd(A64, full_matrices=False)
+    got = topk_vectors(A, 16, svdvals(A).double().numpy(), each=10)
+    assert got is not None
+    Uk, Sk, Vhk = got
+    floor = VECTOR_FLOOR * torch.finfo(torch.float32).eps * s[0]
+    sub = max(VECTOR_RTOL, floor / (s[15] - s[16]))
+    assert _sin_max(U[:, :16], Uk) <= sub and _sin_max(Vh[:16].T, Vhk.T) <= sub
+    for j in range(10):  # each of the first 10 left vectors on its own (intruders)
+        gap = min(s[j - 1] - s[j] if j else np.inf, s[j] - s[j + 1])
+        assert _sin_max(U[:, j:j + 1], Uk[:, j:j + 1]) <= max(VECTOR_RTOL, floor / gap)
+    assert np.allclose(Sk.double().numpy(), s[:16], rtol=1e-5)
+
+
+def test_topk_vectors_declines_a_flat_spectrum():
+    from updelta.metrics.linalg import svdvals, topk_vectors
+
+    A = base(420, 300, seed=5)  # Gaussian: Marchenko-Pastur edge, tiny gaps
+    assert topk_vectors(A, 16, svdvals(A).double().numpy(), each=10) is None
+
+
+def test_full_columns_same_with_iterated_or_exact_vectors(monkeypatch):
+    """The subspace-iteration route for W1's vectors gives the exact route's columns (power-law W0)."""
+    s = 1.0 / np.arange(1, 301) ** 1.2
+    w0 = planted(420, 300, s, seed=4).float()
+    w1 = (w0.double() + planted(420, 300, [3e-2, 2e-2, 1e-2], seed=9)).float()
+    got = sp.spectral_columns(w0, w1, FULL)
+    import updelta.metrics.linalg as la
+    calls = []
+    real = la.topk_vectors
+    monkeypatch.setattr(sp, "topk_vectors", lambda *a, **k: calls.append(1) or None)
+    want = sp.spectral_columns(w0, w1, FULL)
+    assert calls and real(w1, 16, la.svdvals(w1).double().numpy(), each=10) is not None  # both routes were taken
+    assert np.allclose(got["principal_cos_u"], want["principal_cos_u"], atol=1e-4)
+    assert np.allclose(got["principal_cos_v"], want["principal_cos_v"], atol=1e-4)
+    assert got["angle_u_max_deg"] == pytest.approx(want["angle_u_max_deg"], abs=1e-2)
+    assert got["intruders_sweep"] == want["intruders_sweep"]
+    # sigma(W1) by svdvals instead of the SVD with vectors: both float32, within 1e-4 of the float64 definition
+    assert got["nss"] == pytest.approx(sp.nss(w0, w1), rel=1e-4) and want["nss"] == pytest.approx(sp.nss(w0, w1), rel=1e-4)

@@ -282,10 +282,164 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* rowcol(a, kind_a, b, kind_b, start, cols, rows_out, cols_out): the row and column energies of one block
+ * (docs/metrics.md, Where an update sits). The block holds elements [start, start + n) of a row-major
+ * tensor with `cols` columns; e = d * d in double, d = b - a in float32 as in `stats` (again in double when
+ * the float difference overflows), pairs with a non-finite value left out. rows_out[r - start / cols] and
+ * cols_out[c] (float64, zeroed by the caller) receive the sums of e. */
+#define ROWCOL_LOOP(LA, LB)                                                   \
+    double et[CHUNK];                                                         \
+    for (Py_ssize_t i = 0; i < n;) {                                          \
+        Py_ssize_t idx = start + i, c0 = idx % cols;                          \
+        Py_ssize_t len = cols - c0 < n - i ? cols - c0 : n - i;               \
+        double acc = 0.0;                                                     \
+        for (Py_ssize_t j0 = 0; j0 < len; j0 += CHUNK) {                      \
+            Py_ssize_t m = len - j0 < CHUNK ? len - j0 : CHUNK;               \
+            const Py_ssize_t base = i + j0;                                   \
+            double cs = 0.0;                                                  \
+            for (Py_ssize_t j = 0; j < m; j++) {                              \
+                uint32_t ua = LA(pa, base + j), ub = LB(pb, base + j);        \
+                uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
+                                          (((ub >> 23) & 0xFFu) != 0xFFu));   \
+                double d = (double)(bits2f(ub & mm) - bits2f(ua & mm));       \
+                et[j] = d * d;                                                \
+                cs += et[j];                                                  \
+            }                                                                 \
+            if (F_OVERFLOW(cs)) { /* a float32 difference overflowed: in double */ \
+                cs = 0.0;                                                     \
+                for (Py_ssize_t j = 0; j < m; j++) {                          \
+                    uint32_t ua = LA(pa, base + j), ub = LB(pb, base + j);    \
+                    uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) & \
+                                              (((ub >> 23) & 0xFFu) != 0xFFu)); \
+                    double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
+                    et[j] = d * d;                                            \
+                    cs += et[j];                                              \
+                }                                                             \
+            }                                                                 \
+            double *cp = colp + c0 + j0;                                      \
+            for (Py_ssize_t j = 0; j < m; j++) cp[j] += et[j];                \
+            acc += cs;                                                        \
+        }                                                                     \
+        rowp[idx / cols - r0] += acc;                                         \
+        i += len;                                                             \
+    }
+
+#define DEF_ROWCOL(NAME, LA, LB)                                              \
+__attribute__((target_clones("avx2", "default")))                             \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, Py_ssize_t start, Py_ssize_t cols,      \
+                 double *rowp, double *colp) {                                \
+    Py_ssize_t r0 = start / cols;                                             \
+    ROWCOL_LOOP(LA, LB)                                                       \
+}
+DEF_ROWCOL(rowcol_ff, LOAD_F32, LOAD_F32)
+DEF_ROWCOL(rowcol_fb, LOAD_F32, LOAD_BF16)
+DEF_ROWCOL(rowcol_bf, LOAD_BF16, LOAD_F32)
+DEF_ROWCOL(rowcol_bb, LOAD_BF16, LOAD_BF16)
+typedef void (*rowcol_fn)(const void *, const void *, Py_ssize_t, Py_ssize_t, Py_ssize_t, double *, double *);
+static rowcol_fn ROWCOL_FNS[2][2] = {{rowcol_ff, rowcol_fb}, {rowcol_bf, rowcol_bb}};
+
+static PyObject *py_rowcol(PyObject *self, PyObject *args) {
+    PyObject *oa, *ob, *orow, *ocol;
+    int ka, kb;
+    Py_ssize_t start, cols;
+    if (!PyArg_ParseTuple(args, "OiOinnOO", &oa, &ka, &ob, &kb, &start, &cols, &orow, &ocol)) return NULL;
+    Py_buffer va, vb, vr, vc;
+    Py_ssize_t na, nb;
+    if (get_kind_buffer(oa, ka, &va, &na) < 0) return NULL;
+    if (get_kind_buffer(ob, kb, &vb, &nb) < 0) { PyBuffer_Release(&va); return NULL; }
+    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail2;
+    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) { PyBuffer_Release(&vr); goto fail2; }
+    if (na != nb || cols < 1 || start < 0 || vc.len != cols * 8 ||
+        (na > 0 && vr.len < ((start + na - 1) / cols - start / cols + 1) * 8)) {
+        PyErr_SetString(PyExc_ValueError, "rowcol: blocks differ in size or the output arrays do not fit");
+        PyBuffer_Release(&vr); PyBuffer_Release(&vc);
+        goto fail2;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ROWCOL_FNS[ka][kb](va.buf, vb.buf, na, start, cols, (double *)vr.buf, (double *)vc.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&vr); PyBuffer_Release(&vc); PyBuffer_Release(&va); PyBuffer_Release(&vb);
+    Py_RETURN_NONE;
+fail2:
+    PyBuffer_Release(&va); PyBuffer_Release(&vb);
+    return NULL;
+}
+
+/* rowcol_heads(a, kind_a, b, kind_b, atol, eta, start, cols, rows_out, cols_out): as rowcol, for the
+ * attention weights whose heads are row or column ranges: rows_out [6, nrows] and cols_out [6, cols]
+ * (float64, zeroed) receive per row and per column the sums of d^2, a^2 and the counts of finite pairs,
+ * a == b, |d| <= atol and |d| <= eta * max(|a|, |b|) (the cheap sums of `stats`, docs/metrics.md). */
+#define HEADS_LOOP(LA, LB)                                                    \
+    for (Py_ssize_t i = 0; i < n;) {                                          \
+        Py_ssize_t idx = start + i, c0 = idx % cols;                          \
+        Py_ssize_t len = cols - c0 < n - i ? cols - c0 : n - i;               \
+        double acc[6] = {0, 0, 0, 0, 0, 0};                                   \
+        for (Py_ssize_t j = 0; j < len; j++) {                                \
+            uint32_t ua = LA(pa, i + j), ub = LB(pb, i + j);                  \
+            int32_t m = (((ua >> 23) & 0xFFu) != 0xFFu) & (((ub >> 23) & 0xFFu) != 0xFFu); \
+            uint32_t mm = -(uint32_t)m;                                       \
+            float a = bits2f(ua & mm), b = bits2f(ub & mm);                   \
+            float d = b - a, ad = fabsf(d);                                   \
+            double dd = isfinite(d) ? (double)d : (double)b - (double)a;      \
+            int32_t ia = (int32_t)(ua & mm & 0x7FFFFFFFu), ib = (int32_t)(ub & mm & 0x7FFFFFFFu); \
+            float big = bits2f((uint32_t)(ia > ib ? ia : ib));                \
+            double v[6] = {dd * dd, (double)a * (double)a, (double)m, (double)((a == b) & m), \
+                           (double)((ad <= atol) & m), (double)((ad <= eta * big) & m)}; \
+            for (int k = 0; k < 6; k++) { acc[k] += v[k]; colp[k * cols + c0 + j] += v[k]; } \
+        }                                                                     \
+        for (int k = 0; k < 6; k++) rowp[k * nrows + idx / cols - r0] += acc[k]; \
+        i += len;                                                             \
+    }
+
+#define DEF_HEADS(NAME, LA, LB)                                               \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, float eta, Py_ssize_t start, \
+                 Py_ssize_t cols, Py_ssize_t nrows, double *rowp, double *colp) {                      \
+    Py_ssize_t r0 = start / cols;                                             \
+    HEADS_LOOP(LA, LB)                                                        \
+}
+DEF_HEADS(heads_ff, LOAD_F32, LOAD_F32)
+DEF_HEADS(heads_fb, LOAD_F32, LOAD_BF16)
+DEF_HEADS(heads_bf, LOAD_BF16, LOAD_F32)
+DEF_HEADS(heads_bb, LOAD_BF16, LOAD_BF16)
+typedef void (*heads_fn)(const void *, const void *, Py_ssize_t, float, float, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         double *, double *);
+static heads_fn HEADS_FNS[2][2] = {{heads_ff, heads_fb}, {heads_bf, heads_bb}};
+
+static PyObject *py_rowcol_heads(PyObject *self, PyObject *args) {
+    PyObject *oa, *ob, *orow, *ocol;
+    int ka, kb;
+    float atol, eta;
+    Py_ssize_t start, cols;
+    if (!PyArg_ParseTuple(args, "OiOiffnnOO", &oa, &ka, &ob, &kb, &atol, &eta, &start, &cols, &orow, &ocol))
+        return NULL;
+    Py_buffer va, vb, vr, vc;
+    Py_ssize_t na, nb;
+    if (get_kind_buffer(oa, ka, &va, &na) < 0) return NULL;
+    if (get_kind_buffer(ob, kb, &vb, &nb) < 0) { PyBuffer_Release(&va); return NULL; }
+    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail3;
+    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) { PyBuffer_Release(&vr); goto fail3; }
+    Py_ssize_t nrows = na > 0 && cols > 0 ? (start + na - 1) / cols - start / cols + 1 : 0;
+    if (na != nb || cols < 1 || start < 0 || vc.len != 6 * cols * 8 || vr.len != 6 * nrows * 8) {
+        PyErr_SetString(PyExc_ValueError, "rowcol_heads: blocks differ in size or the output arrays do not fit");
+        PyBuffer_Release(&vr); PyBuffer_Release(&vc);
+        goto fail3;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    HEADS_FNS[ka][kb](va.buf, vb.buf, na, atol, eta, start, cols, nrows, (double *)vr.buf, (double *)vc.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&vr); PyBuffer_Release(&vc); PyBuffer_Release(&va); PyBuffer_Release(&vb);
+    Py_RETURN_NONE;
+fail3:
+    PyBuffer_Release(&va); PyBuffer_Release(&vb);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"stats", py_stats, METH_VARARGS, "Fused per-block statistics of base vs fine-tuned weights."},
     {"pair", py_pair, METH_VARARGS, "Fused per-block statistics of two updates of one base."},
     {"widen_bf16", py_widen_bf16, METH_VARARGS, "Exact bfloat16 -> float32 widening."},
+    {"rowcol", py_rowcol, METH_VARARGS, "Row and column energies of one block of an update."},
+    {"rowcol_heads", py_rowcol_heads, METH_VARARGS, "Per-row and per-column cheap sums of one block."},
     {NULL, NULL, 0, NULL},
 };
 

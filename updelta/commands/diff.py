@@ -17,7 +17,8 @@ def diff(
     finetuned: Annotated[str, typer.Argument(help="Fine-tuned checkpoint, any of the same layouts.")],
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write the per-tensor table: .parquet (options, summary, identities in its metadata), "
-                            ".csv or .json.")] = None,
+                            ".csv or .json; or a folder (no suffix): every table as parquet, as compare writes "
+                            "(heads.parquet, neurons.parquet, ...).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the whole-model summary as JSON instead of text.")] = False,
     *, opts: DiffOptions,
@@ -25,7 +26,8 @@ def diff(
     """Diff one fine-tuned checkpoint against its base, tensor by tensor."""
     from ..api import diff as run_diff
 
-    check_out(out, (".parquet", ".csv", ".json"))
+    if out is not None and out.suffix:  # no suffix: a folder of every table
+        check_out(out, (".parquet", ".csv", ".json"))
     emit(run_diff(base, finetuned, opts), out, as_json)
 
 

@@ -13,8 +13,8 @@ import typer
 
 from ..errors import UpdeltaError
 
-KINDS = ("heatmap", "experts", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff")
-DEFAULT_METRIC = {"heatmap": "rel_delta", "experts": "rel_delta", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
+KINDS = ("heatmap", "experts", "heads", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff")
+DEFAULT_METRIC = {"heatmap": "rel_delta", "experts": "rel_delta", "heads": "energy_share", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
                   "tradeoff": "rel_delta"}
 
 
@@ -39,6 +39,8 @@ def make_figure(result, kind: str, metric: Optional[str] = None, runs: Optional[
         return up.heatmap(result, metric, runs=runs, params=("weight", "bias") if bias else ("weight",), log=log)
     if kind == "experts":
         return up.experts_heatmap(result, metric, runs=runs, log=log)
+    if kind == "heads":
+        return up.heads_heatmap(result, metric, runs=runs, log=log)
     if kind == "layer_profile":
         return up.layer_profile(result, metric, runs=runs, log=log)
     if kind == "run_similarity":
@@ -63,9 +65,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def plot(
-        result: Annotated[Path, typer.Argument(help="A .parquet written by `updelta diff --out` or a folder "
-                                                    "written by `updelta compare --out`.")],
-        kind: Annotated[str, typer.Option("--kind", "-k", help="heatmap, experts (layer x expert), layer_profile, "
+        result: Annotated[Path, typer.Argument(help="A .parquet written by `updelta diff --out`, a folder "
+                                                    "written by `updelta diff/compare --out DIR`, or a trajectory "
+                                                    "table (trajectory.parquet or its folder: one run per step).")],
+        kind: Annotated[str, typer.Option("--kind", "-k", help="heatmap, experts (layer x expert), heads (layer x "
+                                                               "attention head, per module), layer_profile, "
                                                                "run_similarity, spectrum, distribution or "
                                                                "tradeoff.")] = "heatmap",
         metric: Annotated[Optional[str], typer.Option(
@@ -83,9 +87,9 @@ def register(app: typer.Typer) -> None:
             "--eval", help="tradeoff: RUN=PATH of a run's eval.json ({before: {...}, after: {...}}); "
                            "gains are after - before (repeatable).")] = None,
     ):
-        """Draw one figure from a saved diff/compare result."""
+        """Draw one figure from a saved diff/compare result or trajectory table."""
         from ..plot import savefig
-        from ..result import load
+        from ..trajectory import load_result as load
 
         out = out or Path(f"{kind}.png")
         if out.suffix.lower() not in (".png", ".svg", ".pdf"):

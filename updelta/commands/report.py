@@ -26,7 +26,7 @@ def _esc(s: str) -> str:
 HELP = _esc(
     "Write report.md (for a CI job summary), report.html (self-contained), figures/, tables/ and summary.json.\n\n"
     "Either BASE NAME=PATH ... (compared now, one streaming pass) or --from DIR (a folder written by "
-    "`updelta compare --out`). Exit code 1 when a gate fails (the report is still written), 2 on bad input "
+    "`updelta compare --out`, or a trajectory table: one run per step). Exit code 1 when a gate fails (the report is still written), 2 on bad input "
     "(nothing written).\n\n"
     f"Gates (--gate, repeatable): {GRAMMAR}.\n\n"
     "Without AGG, a gate whose selector has component=, layer= or name= applies to each run's aggregate over those "
@@ -42,7 +42,8 @@ def report(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Report folder (created; a previous report there is replaced; any other non-empty "
                             "folder is refused).")] = ...,
-    from_: Annotated[Optional[Path], typer.Option("--from", help="A folder written by `updelta compare --out` "
+    from_: Annotated[Optional[Path], typer.Option("--from", help="A folder written by `updelta compare --out`, or a "
+                                                                 "trajectory table (trajectory.parquet or its folder) "
                                                                  "(engine options are then ignored).")] = None,
     eval_: Annotated[Optional[List[str]], typer.Option(
         "--eval", help="NAME=FILE.json: a run's evaluation (the trainer's eval.json with before/after accuracies "
@@ -70,7 +71,7 @@ def report(
                            "(a folder written by `updelta compare --out`)")
     check_out_dir(out, protect=(from_,))
     if from_ is not None:
-        from ..result import load
+        from ..trajectory import load_result as load
 
         res = load(from_)
         check_runs(gates, res.runs)

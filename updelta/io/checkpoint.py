@@ -146,6 +146,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder; pass a Hugging Face model folder, "
                               f"a .safetensors file or a .bin/.pt state dict")
+    if p.is_dir() and is_adapter(p):  # factors, not weights: a run against its base (updelta.adapters)
+        raise CheckpointError(_adapter_hint(p))
     layout = resolve(p)
     if layout is None:
         raise CheckpointError(_adapter_hint(p) or f"{p}: no weights found (expected model.safetensors, "
@@ -179,6 +181,6 @@ def _build(p, fmt: str, files: list, config: dict, weight_map: dict | None, inde
 def _adapter_hint(p: Path) -> str | None:
     """A one-line explanation when folder `p` holds a PEFT adapter rather than a checkpoint."""
     if is_adapter(p) or any(p.glob("adapter_model.*")):
-        return (f"{p}: holds a PEFT adapter (adapter_config.json), not a full checkpoint; merge it into its base "
-                f"first (PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(DIR))")
+        return (f"{p}: holds a PEFT adapter (adapter_config.json), not a full checkpoint; pass it as a run "
+                f"(NAME={p}) against the base it was trained on (docs/adapters.md)")
     return None

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .jsonfiles import MAX_JSON, check_index, parse_json
-from .safetensors_file import DTYPES
+from .safetensors_file import DTYPES, HeaderEntries
 from .safetensors_header import header_length, parse_header
 
 INSTALL = "pip install 'updelta[remote]'"
@@ -78,7 +78,7 @@ def fetch_small(fs, url: str) -> bytes | None:
         raise _fail(url, e, "cannot be fetched") from None
 
 
-class RemoteSafetensorsFile:
+class RemoteSafetensorsFile(HeaderEntries):
     """One remote .safetensors file: validated header, block reads by range requests."""
 
     location_format = "remote"
@@ -137,14 +137,6 @@ class RemoteSafetensorsFile:
                                   f"it or download it and pass the local path")
         return data
 
-    def names(self) -> list[str]:
-        return list(self.entries)
-
-    def dtype_name(self, name: str) -> str:
-        return DTYPES[self.entries[name][0]][0]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.entries[name][1]
 
     def read(self, name: str, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """Elements [start, start+count) of the flattened tensor, raw storage (bf16 as uint16): one range request."""

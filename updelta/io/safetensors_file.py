@@ -68,7 +68,23 @@ def pread_elements(fd: int, offset: int, raw: np.dtype, start: int, count: int, 
     return out[:nbytes].view(raw)
 
 
-class SafetensorsFile:
+class HeaderEntries:
+    """Names, dtypes and shapes of a validated safetensors header, as `entries` (name -> (dtype, shape, offset));
+    shared by the local and the remote file."""
+
+    entries: dict
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def dtype_name(self, name: str) -> str:
+        return DTYPES[self.entries[name][0]][0]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+
+class SafetensorsFile(HeaderEntries):
     """The header of one .safetensors file, validated (`safetensors_header`), and block reads from it."""
 
     def __init__(self, path: str | os.PathLike):
@@ -91,14 +107,6 @@ class SafetensorsFile:
         self.data_start = header.data_start
         self.entries = {name: (e.dtype, e.shape, e.begin) for name, e in header.entries.items()}
 
-    def names(self) -> list[str]:
-        return list(self.entries)
-
-    def dtype_name(self, name: str) -> str:
-        return DTYPES[self.entries[name][0]][0]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.entries[name][1]
 
     def raw_dtype(self, name: str) -> np.dtype:
         raw = DTYPES[self.entries[name][0]][1]

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from scipy.linalg import eig_banded
 
-__all__ = ["TopK", "topk_singular_values", "exact_singular_values", "svdvals", "tall_r"]
+__all__ = ["TopK", "topk_singular_values", "exact_singular_values", "svdvals", "tall_r", "topk_vectors",
+           "VECTOR_RTOL"]
 
 
 @dataclass(frozen=True)
@@ -292,3 +293,86 @@ def topk_singular_values(A: torch.Tensor, k: int, *, rtol: float = 2.5e-4, block
     vals = np.zeros(k)
     vals[:theta.size] = theta[:k]
     return TopK(vals, iters, dim, exact, exact or err <= rtol, err, "krylov")
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-k singular vectors, given all singular values
+# ---------------------------------------------------------------------------------------------
+
+VECTOR_RTOL = 1e-4  # accepted bound on sin(angle) of each needed vector / subspace (Wedin), see `topk_vectors`
+VECTOR_FLOOR = 64  # ... or residuals at the rounding floor, VECTOR_FLOOR * eps * s_1 (as good as LAPACK's)
+
+
+def _svd_flops(m: int, n: int) -> tuple[float, float]:
+    """Rough flop counts (m >= n) of an economy SVD with vectors and of svdvals (Golub & Van Loan, table 8.6.1,
+    R-SVD): the difference is what `topk_vectors` may spend."""
+    return 4 * m * n * n + 22 * n ** 3, 4 * m * n * n - 4 * n ** 3 / 3
+
+
+def topk_vectors(A: torch.Tensor, k: int, s: np.ndarray, *, each: int = 0, rtol: float = VECTOR_RTOL,
+                 seed: int = 0, budget: float = 0.5):
+    """The top-k singular triplets (U_k m x k, S_k, Vh_k k x n) of A by randomized subspace iteration with
+    Rayleigh-Ritz extraction (Halko, Martinsson & Tropp 2011, alg. 4.4 and 5.1), or None when an exact SVD
+    is the better route. `s` holds ALL singular values of A (exact, descending: from `svdvals`), which
+    gives both the a-priori iteration count and the a-posteriori error bounds.
+
+    Block b = min(2k, r - 1) + a few; after q iterations a Ritz vector's component outside the top-b space
+    has shrunk by about (s_{b+1} / s_j)^(2q). Stopping test (Wedin's sin-theta theorem with the exact
+    neighbours s_i): with residuals rho_j = ||A^T u_j - s~_j v_j|| (A v_j = s~_j u_j holds by construction),
+    - the top-k subspaces: ||rho_1..k||_2 / (s~_k - s_{k+1}) <= rtol;
+    - each of the first `each` vectors on its own: rho_j / min_{i != j} |s~_j - s_i| <= rtol;
+    or, where a gap is so small that even LAPACK cannot do better, the residuals are at the rounding floor
+    (VECTOR_FLOOR eps s_1). None (exact SVD instead) when the iteration count predicted from s would cost
+    more than `budget` times what an SVD with vectors costs beyond svdvals, when r is small (2b >= r), or when
+    the test does not pass within that count."""
+    m, n = A.shape
+    r = min(m, n)
+    s = np.asarray(s, dtype=np.float64)
+    if k <= 0 or r == 0 or s.size < r or s[0] <= 0:
+        return None
+    b = min(2 * k + 4, r)
+    if 2 * b >= r:
+        return None
+    eps = torch.finfo(A.dtype).eps
+    full, vals = _svd_flops(max(m, n), r)
+    per_iter = 4.0 * m * n * b
+    q_max = int(budget * (full - vals) / per_iter)
+    need = max(k, each)
+    floor = VECTOR_FLOOR * eps * s[0]
+    sub_gap = s[k - 1] - s[k]
+    if sub_gap <= 0 or s[need - 1] <= 0:
+        return None
+
+    def gap(j: int, sj: float) -> float:  # distance of a value at position j to its exact neighbours
+        return min(abs(sj - s[j - 1]) if j > 0 else math.inf, abs(sj - s[j + 1]) if j + 1 < s.size else math.inf)
+
+    # a-priori count: the worst needed vector's error must shrink from O(sqrt(n)) to rtol * (its gap) / s_1
+    g = min([sub_gap] + [gap(j, s[j]) for j in range(each)])
+    target = max(rtol * g, floor) / s[0]
+    rho = (s[b] / s[need - 1]) ** 2
+    if rho >= 1.0:
+        return None
+    q_pred = max(1, math.ceil(math.log(target / math.sqrt(n)) / math.log(rho)))
+    if q_pred > q_max:
+        return None
+    gen = torch.Generator(device=A.device).manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, b, generator=gen, device=A.device, dtype=A.dtype))
+    for it in range(q_max):
+        P, _ = torch.linalg.qr(A @ Q)
+        Q, _ = torch.linalg.qr(A.T @ P)
+        if it + 1 < q_pred:
+            continue
+        B = A @ Q  # m x b; svd(B) = Ub Sb Wb^T gives the Ritz triplets (Ub, Sb, Q Wb)
+        Ub, Sb, Wh = torch.linalg.svd(B, full_matrices=False)
+        U = Ub[:, :need]
+        St = Sb[:need]
+        V = Q @ Wh[:need].T
+        R = A.T @ U - V * St  # n x need
+        res = torch.linalg.vector_norm(R.double(), dim=0).cpu().numpy()
+        st = St.double().cpu().numpy()
+        ok = math.sqrt(float(np.sum(res[:k] ** 2))) <= max(rtol * (st[k - 1] - s[k]), floor)
+        for j in range(each):
+            ok = ok and res[j] <= max(rtol * gap(j, st[j]), floor)
+        if ok:
+            return U, St, V.T
+    return None

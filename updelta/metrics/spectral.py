@@ -41,7 +41,7 @@ import torch
 
 from .. import schema
 from ..options import DiffOptions
-from .linalg import QR_ASPECT, svdvals, tall_r, topk_singular_values
+from .linalg import QR_ASPECT, svdvals, tall_r, topk_singular_values, topk_vectors
 from .registry import metric
 from .summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
 
@@ -234,6 +234,27 @@ class _Decomp:
         except torch.linalg.LinAlgError:  # rare non-convergence in float32: retry in float64
             self.U, self.S, self.Vh = (t.to(w.dtype) for t in torch.linalg.svd(w.double(), full_matrices=False))
 
+    def parts(self, k: int) -> dict[str, torch.Tensor]:
+        """What a later `from_parts` needs to answer u(j), vh(j) for j <= k and ut(): S, the whole U (unless
+        the tall route kept V only), and Vh (whole on the tall route, else its top k rows)."""
+        out = {"S": self.S}
+        if self.U is not None:
+            out["U"] = self.U
+        if self.Vh is not None:
+            out["Vh"] = self.Vh if self.U is None else self.Vh[:k]
+        return out
+
+    @classmethod
+    def from_parts(cls, w: torch.Tensor, parts: dict[str, torch.Tensor]) -> "_Decomp":
+        """The decomposition of `w` from `parts(k)` of an earlier one of the same tensor (same bytes, dtype)."""
+        self = cls.__new__(cls)
+        self.w = w
+        self.S = parts["S"]
+        self.U = parts.get("U")
+        self.Vh = parts.get("Vh")
+        self.side = "both" if self.U is not None and self.Vh is not None else "u" if self.U is not None else "v"
+        return self
+
     def u(self, k: int) -> torch.Tensor:
         """The top-k left singular vectors (m x k)."""
         if self.U is not None:
@@ -265,10 +286,33 @@ def _null_row(mode: str) -> dict[str, object]:
 
 
 def _matrix_fast(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
+    return _update_fast(w1 - w0, opts)
+
+
+def update_columns(d: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
+    """`fast` mode's columns from the update D = W1 - W0 alone (float32 or float64, [out, in]): the same numbers
+    as `spectral_columns(w0, w1, opts)` with D formed as w1 - w0, without W0 and W1 in memory. Includes
+    `spectral_s`."""
+    if d.ndim != 2:
+        return {}
+    t0 = time.perf_counter()
+    out = _update_fast(d, opts)
+    if d.is_cuda:
+        torch.cuda.synchronize(d.device)
+    out["spectral_s"] = time.perf_counter() - t0
+    return out
+
+
+def _all_finite(x: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """No NaN/Inf in x, checked in chunks (no tensor-sized bool mask)."""
+    flat = x.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
+def _update_fast(d: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
     k = max(1, int(opts.topk))
-    r = min(w0.shape)
-    d = w1 - w0
-    if not bool(torch.isfinite(d).all()):
+    r = min(d.shape)
+    if not _all_finite(d):
         return _null_row("fast")
     fro2 = _fro2(d)
     if fro2 == 0.0:
@@ -282,15 +326,42 @@ def _matrix_fast(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     return out
 
 
-def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
+def work_dtype(opts: DiffOptions, *dtypes: torch.dtype) -> torch.dtype:
+    """The dtype of `full` mode's exact work: float64 with `opts.spectral_float64` or float64 storage, else float32."""
+    return torch.float64 if (opts.spectral_float64 or torch.float64 in dtypes) else torch.float32
+
+
+def base_decomposition(w0: torch.Tensor, opts: DiffOptions) -> "_Decomp":
+    """The exact decomposition of W0 that `full` mode needs (every singular value, U0 whole for the intruders,
+    the top max(topk, offprincipal_k) right vectors), in the working dtype: the same for every run of a scan, so
+    `jobs.run_spectral_job` computes it once per tensor and `updelta.spectral_cache` keeps it on disk."""
+    return _Decomp(w0.to(work_dtype(opts, w0.dtype)))
+
+
+def _ft_parts(w1: torch.Tensor, kk: int, ki: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """What `full` mode needs of W1: all singular values (NSS), the top max(kk, ki) left vectors (principal angles,
+    intruders) and the top kk right vectors (principal angles). The values come from `svdvals` (no vectors); the
+    vectors from `linalg.topk_vectors` (subspace iteration, accepted only under its Wedin bound, see
+    docs/metrics.md), else from an exact SVD."""
+    s1 = svdvals(w1).double().cpu().numpy()
+    got = topk_vectors(w1, kk, s1, each=ki)
+    if got is not None:
+        U, _, Vh = got
+        return s1, U[:, :max(kk, ki)], Vh[:kk].T
+    dec1 = _Decomp(w1)
+    return dec1.S.double().cpu().numpy(), dec1.u(max(kk, ki)).clone(), dec1.vh(kk).T.clone()
+
+
+def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
+                 base: Callable[[], "_Decomp"] | None = None) -> dict[str, object]:
     k = max(1, int(opts.topk))
-    dt = torch.float64 if (opts.spectral_float64 or torch.float64 in (w0.dtype, w1.dtype)) else torch.float32
+    dt = work_dtype(opts, w0.dtype, w1.dtype)
     w0 = w0.to(dt)
     w1 = w1.to(dt)
     m, n = w0.shape
     r = min(m, n)
     d = w1 - w0
-    if not bool(torch.isfinite(d).all()):
+    if not _all_finite(d):
         return _null_row("full")
     fro2 = _fro2(d)
     kk = min(k, r)
@@ -310,12 +381,8 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     out["erank"] = _erank(sd)
     ki = min(int(opts.intruder_k), r)
     kp = min(max(1, int(opts.offprincipal_k)), r)
-    dec1 = _Decomp(w1)
-    U1t = dec1.u(max(kk, ki)).clone()
-    V1t = dec1.vh(kk).T.clone()
-    s1 = dec1.S.double().cpu().numpy()
-    del dec1
-    dec0 = _Decomp(w0)
+    s1, U1t, V1t = _ft_parts(w1, kk, ki)
+    dec0 = base() if base is not None else base_decomposition(w0, opts)
     s0 = dec0.S.double().cpu().numpy()
     out["nss"] = _nss(s0, s1)
     out["principal_cos_u"], out["angle_u_max_deg"] = _principal(dec0.u(kk), U1t[:, :kk])
@@ -328,12 +395,15 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     return out
 
 
-def spectral_columns(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
+def spectral_columns(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
+                     base: Callable[[], "_Decomp"] | None = None) -> dict[str, object]:
     """Spectral columns of one tensor pair (`opts.spectral` "fast" or "full"); see the module docstring.
 
     w0, w1: base and fine-tuned weight, float32 (or float64 when stored so), on the engine's device,
     oriented [out, in]. 2-D only (stacked experts arrive split into one 2-D row per expert,
     docs/experts.md); any other rank: {} (the engine fills nulls).
+    `base` (full mode): a zero-argument function giving `base_decomposition(w0, opts)`, called only when the
+    columns need it (shared by the runs of a scan and cached on disk by the engine); None computes it here.
     Always includes `spectral_s`, the wall seconds of this call (CUDA synchronised)."""
     if w0.ndim != 2:
         return {}
@@ -342,10 +412,9 @@ def spectral_columns(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> d
     if opts.spectral not in ("fast", "full"):
         raise ValueError(f"spectral_columns: mode {opts.spectral!r} (expected 'fast' or 'full')")
     t0 = time.perf_counter()
-    fn = _matrix_full if opts.spectral == "full" else _matrix_fast
     if not w0.dtype.is_floating_point or w0.dtype in (torch.float16, torch.bfloat16):
         w0, w1 = w0.float(), w1.float()
-    out = fn(w0, w1, opts)
+    out = _matrix_full(w0, w1, opts, base) if opts.spectral == "full" else _matrix_fast(w0, w1, opts)
     if w0.is_cuda:
         torch.cuda.synchronize(w0.device)
     out["spectral_s"] = time.perf_counter() - t0

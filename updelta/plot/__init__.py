@@ -6,6 +6,7 @@ state; the caller saves (`savefig(fig, "out.png")`, 150 dpi) or displays the fig
     r = updelta.load("runs.cmp/")                 # or updelta.compare(...)
     up.heatmap(r, "rel_delta")                    # layers x modules, one panel per run
     up.experts_heatmap(r, "rel_delta")            # layers x routed experts (mixture-of-experts models)
+    up.heads_heatmap(r, "energy_share")           # layers x attention heads per module (Result.heads)
     up.layer_profile(r, "sparsity_atol")          # metric per layer, one line per run
     up.run_similarity(r, "jaccard_atol")          # cross-run matrix with random baselines
     up.spectrum(r)                                # needs spectral="fast"/"full"
@@ -23,9 +24,10 @@ import pandas as pd
 from ._common import DPI, savefig, style
 from .experts import experts_heatmap
 from .grids import heatmap, run_similarity
+from .heads import heads_heatmap
 from .lines import distribution, layer_profile, spectrum, tradeoff
 
-__all__ = ["heatmap", "experts_heatmap", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff", "savefig",
+__all__ = ["heatmap", "experts_heatmap", "heads_heatmap", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff", "savefig",
            "with_evals", "style", "DPI"]
 
 

@@ -12,6 +12,8 @@ from ..gates import GRAMMAR
 from ..meta import info as run_info
 from ..text import fmt
 from .document import Bullets, Details, Document, Heading, Image, Para, Table
+from .lens import lens_blocks
+from .where import where_blocks
 
 RUN_COLS = [(c, schema.fmt_of(c)) for c in schema.HEADLINE]
 LONG = 16  # tables longer than this go into a <details> block
@@ -350,6 +352,8 @@ def build(result, evals: dict, gate_results, findings, figures, missing) -> Docu
     doc.add(*finding_blocks(findings))
     doc.add(*summary_blocks(result, evals, gate_results))
     doc.add(*spectral_blocks(result))
+    doc.add(*where_blocks(result))  # docs/metrics.md, Where an update sits
+    doc.add(*lens_blocks(result))  # docs/metrics.md, Logit lens of the update
     doc.add(*eval_blocks(result, evals))
     doc.add(*component_blocks(result))
     doc.add(*layer_blocks(result))

@@ -78,9 +78,13 @@ class RunOptions:
     save_dtype: SaveDtype = option("dtype of saved checkpoints: bfloat16 (as released models) or float32",
                                    "bfloat16")
     eval_items: int | None = option("evaluation items per split", 200, quick=24, real=60, real_quick=16)
+    track_every: int = option("measure the update against the start every N steps and at the end (updelta/* in "
+                              "train_log.jsonl, rows in trajectory.parquet; 0: off)", 0)
 
     def __post_init__(self) -> None:
         check_choice("task", self.task, ("target", "knowledge"))
+        if self.track_every < 0:
+            raise OptionsError("need --track-every >= 0")
         check_choice("save dtype", self.save_dtype, ("bfloat16", "float32"))
         if self.save_every < 0 or (self.eval_items is not None and self.eval_items < 1):
             raise OptionsError("need --save-every >= 0 and --eval-items >= 1")

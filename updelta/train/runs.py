@@ -5,6 +5,8 @@
       checkpoint-STEP/                                      with --save-every N: the checkpoint after step STEP
       train_log.jsonl                                       one object per logged step: step, loss, lr, grad_norm,
                                                             tokens_per_s, plus the method's own metrics
+      trajectory.parquet                                    with --track-every N: the update against the start every
+                                                            N steps (updelta.integrations; also updelta/* in the log)
       eval.json                                             method, task, seed, save_dtype, weight_decay, base,
                                                             preset (toy|real), start (base, or the method of the
                                                             run folder it started from), suite, no_update,
@@ -121,17 +123,23 @@ class RunWriter:
     """Collects one run's log records and writes its intermediate checkpoints inside the (temporary) run folder."""
 
     def __init__(self, folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
-                 save_dtype: str, save_every: int, total_steps: int, desc: str, log_every: int = 1):
+                 save_dtype: str, save_every: int, total_steps: int, desc: str, log_every: int = 1,
+                 track_every: int = 0):
         self.folder, self.model, self.tokenizer = folder, model, tokenizer
         self.save_dtype, self.save_every, self.log_every = save_dtype, save_every, log_every
         self.total_steps = total_steps
         self.records: list[dict[str, Any]] = []
         self.saved: list[str] = []  # checkpoint-STEP folders written completely
         self.bar = Progress(total=total_steps, desc=desc, unit="step")
+        from ..integrations.loop import loop_tracker  # --track-every: updelta/* values, trajectory.parquet
+        self.tracker = loop_tracker(model, track_every, folder, save_dtype)
 
     def step(self, step: int, record: dict[str, Any]) -> None:
-        """Log `record` (every log_every steps, the first and the last) and save checkpoint-STEP when it is due."""
-        if step == 1 or step % self.log_every == 0 or step == self.total_steps:
+        """Log `record` (every log_every steps, the first, the last and tracked ones) and save checkpoint-STEP when it
+        is due."""
+        tracked = self.tracker.step(step, last=step == self.total_steps) if self.tracker is not None else {}
+        record = {**record, **tracked}
+        if step == 1 or step % self.log_every == 0 or step == self.total_steps or tracked:
             self.records.append(record)
         if self.save_every and step % self.save_every == 0:
             save_checkpoint(self.model, self.tokenizer, self.folder / f"checkpoint-{step}", self.save_dtype)
@@ -213,7 +221,8 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     before = evaluate_model(model, tokenizer, options.eval_items, suite)
     with atomic_dir(out) as tmp:
         writer = RunWriter(tmp, model, tokenizer, save_dtype=options.save_dtype, save_every=options.save_every,
-                           total_steps=steps, desc=f"{method} {task}", log_every=log_every)
+                           total_steps=steps, desc=f"{method} {task}", log_every=log_every,
+                           track_every=getattr(options, "track_every", 0))
         try:
             train(model, tokenizer, writer)
         except KeyboardInterrupt:
