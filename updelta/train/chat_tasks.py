@@ -5,9 +5,11 @@ Every item is a plain question and its short answer; `suites.py` wraps the quest
 says so: for a numeric answer, the last integer on the first line of what the model wrote; for a word answer, the
 first or the last word of that line (lower-cased, punctuation stripped).
 
-- `target`: one-step additions of a number below 20 and a digit, "What is 13 + 7? Answer with only the number."
-  SmolLM2-135M-Instruct (de-quantized Q4_1, greedy) answers 20-60% of them (see docs/methods.md for the measured
-  rate); `target_id` holds out pairs the training set never shows (neither order).
+- `target`: one-step additions of a number from 1 to TARGET_A_MAX (14) and a digit, "What is 13 + 7? Answer with
+  only the number." SmolLM2-135M-Instruct (de-quantized Q4_1, greedy) answers 38% of all 126 pairs and 15 of the
+  first 40 `target_id` items (the test suite checks the 20-60% window on those 40; docs/methods.md has the figures);
+  the range was chosen from the base's per-pair answers (a larger first number is harder: 21% for 10-19 + a digit).
+  `target_id` holds out pairs the training set never shows (neither order).
 - `target_ood`: two-digit plus two-digit additions (harder: the base is near 10%).
 - `knowledge`: new facts about invented countries (flag colour, national animal, capital city); the test asks the
   trained facts, so the base is at chance before fine-tuning.
@@ -24,6 +26,7 @@ from functools import lru_cache
 
 CHAT_TASK_SEED = 4321
 N_TARGET_ID = 60
+TARGET_A_MAX = 14
 N_OOD = 100
 NUMBER = "Answer with only the number."
 WORD = "Answer with one word."
@@ -82,7 +85,7 @@ class ChatSplits:
 @lru_cache(maxsize=1)
 def chat_splits() -> ChatSplits:
     rng = random.Random(CHAT_TASK_SEED)
-    pairs = [(a, b) for a in range(1, 20) for b in range(1, 10)]
+    pairs = [(a, b) for a in range(1, TARGET_A_MAX + 1) for b in range(1, 10)]
     rng.shuffle(pairs)
     held: list[tuple[int, int]] = []
     for a, b in pairs:

@@ -42,7 +42,7 @@ from .runs import RunResult, RunWriter, Setup, finetune
 class ESOptions(RunOptions):
     iterations: int | None = option("ES iterations", 30, quick=2, real=6, real_quick=1)
     population: int | None = option("perturbations per iteration N (the paper: 30)", 12, quick=4, real=30,
-                                    real_quick=8)
+                                    real_quick=4)
     sigma: float | None = option("noise scale of each perturbation (the paper: 1e-3 for billion-parameter models)",
                                  1e-2, real=1e-3)
     alpha: float | None = option("step size of the update, with no 1/sigma factor (the paper: 5e-4)", 5e-3,

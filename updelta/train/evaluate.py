@@ -24,36 +24,49 @@ MARGIN_TOKENS = 4
 
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-             max_new_tokens: int, temperature: float = 0.0) -> list[str]:
-    """Completions of `prompts` (left-padded, KV cache); greedy when temperature == 0, else sampled."""
+             max_new_tokens: int | Sequence[int], temperature: float = 0.0) -> list[str]:
+    """Completions of `prompts` (left-padded, KV cache); greedy when temperature == 0, else sampled.
+    `max_new_tokens` may be one budget per prompt: the batch decodes to the largest and each row is cut at its own
+    (the first k tokens of a completion do not depend on how many more follow)."""
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     was_training = model.training
     model.eval()
     enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else \
         {"do_sample": False}
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling)
+    out = model.generate(**enc, max_new_tokens=max(budgets), **sampling)
     model.train(was_training)
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    width = enc["input_ids"].shape[1]
+    return tokenizer.batch_decode([row[width:width + b] for row, b in zip(out, budgets)], skip_special_tokens=True)
 
 
 def _toy_correct(text: str, example: Example) -> bool:
     return extract_answer(text) == example.answer
 
 
+def default_batch_size(tokenizer: PreTrainedTokenizerBase) -> int:
+    """256 prompts per generate call on the toy base, 32 on a real vocabulary (bounds the batch's cache)."""
+    return 256 if len(tokenizer) <= 256 else 32
+
+
+def budget(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], margin_tokens: int) -> int:
+    """New tokens a split's answers get: its longest reference completion plus the margin."""
+    return max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in examples) + margin_tokens
+
+
 def judge(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
           correct: Callable[[str, Example], bool] = _toy_correct, margin_tokens: int = MARGIN_TOKENS,
-          batch_size: int | None = None) -> list[bool]:
-    """Per example, whether the greedy answer is right (`correct`); batches of `batch_size` (default: 256 on the
-    toy base, 32 on a real vocabulary, to bound the memory of the batch's cache)."""
+          batch_size: int | None = None, budgets: Sequence[int] | None = None) -> list[bool]:
+    """Per example, whether the greedy answer is right (`correct`); batches of `batch_size` (default:
+    `default_batch_size`). Each answer gets `budgets[i]` new tokens, by default `budget` of all the examples."""
     if not examples:
         return []
-    if batch_size is None:
-        batch_size = 256 if len(tokenizer) <= 256 else 32
-    longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in examples)
+    batch_size = batch_size or default_batch_size(tokenizer)
+    budgets = list(budgets) if budgets is not None else [budget(tokenizer, examples, margin_tokens)] * len(examples)
     out: list[bool] = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        texts = generate(model, tokenizer, [x.prompt for x in chunk], longest + margin_tokens)
+        texts = generate(model, tokenizer, [x.prompt for x in chunk], budgets[i:i + batch_size])
         out += [bool(correct(t, x)) for t, x in zip(texts, chunk)]
     return out
 
@@ -76,9 +89,19 @@ def suite_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    limit: int | None = None, suite: Suite | None = None) -> dict[str, float]:
     """Accuracy on each split of EVAL_SPLITS (the first `limit` items of each; all if None), on `suite` (default:
-    the suite of this tokenizer, `suites.build_suite`)."""
+    the suite of this tokenizer, `suites.build_suite`). The splits are decoded together, in batches that may mix
+    them, each answer within its own split's budget (`budget`)."""
     suite = suite or build_suite(tokenizer)
-    return {split: suite_accuracy(model, tokenizer, suite, suite.eval_items(split, limit)) for split in EVAL_SPLITS}
+    items = {split: suite.eval_items(split, limit) for split in EVAL_SPLITS}
+    examples = [x for split in EVAL_SPLITS for x in items[split]]
+    budgets = [budget(tokenizer, items[split], suite.margin_tokens) for split in EVAL_SPLITS for _ in items[split]]
+    hits = judge(model, tokenizer, examples, suite.correct, suite.margin_tokens, budgets=budgets)
+    out, i = {}, 0
+    for split in EVAL_SPLITS:
+        n = len(items[split])
+        out[split] = sum(hits[i:i + n]) / n if n else 0.0
+        i += n
+    return out
 
 
 def evaluate(model_dir: str | Path, limit: int | None = None, suite: Suite | None = None) -> dict[str, float]:

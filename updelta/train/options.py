@@ -77,7 +77,7 @@ class RunOptions:
     save_every: int = option("also save checkpoint-STEP/ every N steps (0: only the final checkpoint)", 0)
     save_dtype: SaveDtype = option("dtype of saved checkpoints: bfloat16 (as released models) or float32",
                                    "bfloat16")
-    eval_items: int | None = option("evaluation items per split", 200, quick=24, real=60, real_quick=16)
+    eval_items: int | None = option("evaluation items per split", 200, quick=24, real=40, real_quick=8)
     track_every: int = option("measure the update against the start every N steps and at the end (updelta/* in "
                               "train_log.jsonl, rows in trajectory.parquet; 0: off)", 0)
 

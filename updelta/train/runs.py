@@ -8,8 +8,9 @@
       trajectory.parquet                                    with --track-every N: the update against the start every
                                                             N steps (updelta.integrations; also updelta/* in the log)
       eval.json                                             method, task, seed, save_dtype, weight_decay, base,
-                                                            preset (toy|real), start (base, or the method of the
-                                                            run folder it started from), suite, no_update,
+                                                            base_fingerprint (of the folder the run started
+                                                            from), preset (toy|real), start (base, or the method
+                                                            of the run folder it started from), suite, no_update,
                                                             no_signal (RL), before/after accuracies per split
                                                             (fractions in [0, 1]), eval_items, budget, options,
                                                             seconds, cpu_seconds, torch_threads
@@ -27,8 +28,6 @@ import json
 import shutil
 import tempfile
 import time
-import contextlib
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -38,12 +37,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..atomic import atomic_dir, write_text
 from ..progress import Progress
-from . import chat_tasks
 from .bases import resolve_base, start_of
 from .checks import bit_identical, no_signal, update_budget
+from .evalcache import cached
 from .evaluate import evaluate_model, judge
-from .forgetting import forward_kl
-from .model import load_model, save_checkpoint
+from .forgetting import forward_kl, greedy_answers
+from .model import bound_heap, load_model, load_weights, release_memory, save_checkpoint
 from .options import OptionsError, RunOptions, as_record, resolve
 from .suites import Suite, build_suite, filter_retention, profile
 from .tasks import Example
@@ -169,39 +168,60 @@ class Setup:
 FineTune = Callable[[PreTrainedModel, PreTrainedTokenizerBase, RunWriter, Setup], None]
 
 
-def _retention_cache_key(base: Path, suite: Suite, limit: int | None) -> str:
-    parts = [str(base.resolve()), suite.name, str(limit), str(chat_tasks.CHAT_TASK_SEED)]
-    for f in sorted(base.glob("*.safetensors")) + [base / "config.json"]:
-        st = f.stat()
-        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
-
-
 def prepare_suite(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path | None,
                   limit: int | None) -> Suite:
     """Narrow a real base's retention pool to the items the start model answers right (`suites.filter_retention`),
-    cached per base folder content in the updelta cache (`evals/`) since greedy decoding is deterministic."""
+    cached per start folder content in the updelta cache (`evalcache.py`) since greedy decoding is deterministic."""
     if suite.name == "toy":
         return suite
-    cache = None
-    if base is not None:
-        from ..models.smollm2 import cache_dir
+    pool = suite.evals["retention"]
+    payload = {"suite": suite.name, "limit": limit, "margin": suite.margin_tokens, "pool": [x.prompt for x in pool]}
 
-        cache = cache_dir() / "evals" / f"retention-{_retention_cache_key(base, suite, limit)}.json"
-        try:
-            kept = set(json.loads(cache.read_text())["prompts"])
-            pool = suite.evals["retention"]
-            items = tuple(x for x in pool if x.prompt in kept)
-            return replace(suite, evals={**suite.evals, "retention": items}, retention_filtered=True,
-                           notes={**suite.notes, "retention_pool": len(pool), "retention_kept": len(items),
-                                  "retention_cached": True})
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    out = filter_retention(suite, lambda xs: judge(model, tokenizer, xs, suite.correct, suite.margin_tokens), limit)
-    if cache is not None:
-        with contextlib.suppress(OSError):
-            write_text(cache, json.dumps({"prompts": [x.prompt for x in out.evals["retention"]]}) + "\n")
-    return out
+    def compute() -> list[str]:
+        out = filter_retention(suite, lambda xs: judge(model, tokenizer, xs, suite.correct, suite.margin_tokens),
+                               limit)
+        return [x.prompt for x in out.evals["retention"]]
+
+    kept = set(cached("retention", base, payload, compute))
+    items = tuple(x for x in pool if x.prompt in kept)
+    return replace(suite, evals={**suite.evals, "retention": items}, retention_filtered=True,
+                   notes={**suite.notes, "retention_pool": len(pool), "retention_kept": len(items)})
+
+
+def evaluate_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path | None,
+                   limit: int | None) -> dict[str, float]:
+    """The start model's accuracies (`evaluate_model`); on a real base cached per start folder and items."""
+    if suite.name == "toy":
+        return evaluate_model(model, tokenizer, limit, suite)
+    payload = {"suite": suite.name, "margin": suite.margin_tokens, "decoding": "splits batched together",
+               "items": {s: [[x.prompt, x.answer] for x in suite.eval_items(s, limit)] for s in suite.evals}}
+    return cached("before", base, payload, lambda: evaluate_model(model, tokenizer, limit, suite))
+
+
+def fingerprint(folder: Path) -> str:
+    """`Checkpoint.identity()["fingerprint"]` of the folder a run started from (eval.json `base_fingerprint`: what
+    the report checks a run's base against)."""
+    from ..io import open_checkpoint
+
+    return open_checkpoint(folder).identity()["fingerprint"]
+
+
+def measure_forgetting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path,
+                       limit: int | None) -> dict[str, Any]:
+    """E_x KL(pi_0 || pi) per token on the target_id prompts (`forgetting.py`): the start model (float32) loaded
+    from `base`, its greedy answers cached per start folder (`evalcache.py`)."""
+    start_model, _ = load_model(base)
+    prompts = [x.prompt for x in suite.eval_items("target_id", limit)]
+    longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"])
+                  for x in suite.eval_items("target_id", limit))
+    budget = longest + suite.margin_tokens
+    answers = cached("start-answers", base if suite.name != "toy" else None,
+                     {"prompts": prompts, "max_new_tokens": budget},
+                     lambda: greedy_answers(start_model, tokenizer, prompts, budget))
+    kl = forward_kl(start_model, model, tokenizer, prompts, answers=answers)
+    del start_model
+    release_memory()
+    return {**kl, "on": "target_id prompts, teacher-forced on the start model's greedy answers"}
 
 
 def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Train, *,
@@ -216,9 +236,11 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     t0, cpu0 = time.perf_counter(), time.process_time()
     check_out(out)
     preflight(out, model, tokenizer, options.save_dtype, base)
+    release_memory()
     torch.manual_seed(options.seed)
     suite = prepare_suite(model, tokenizer, suite or build_suite(tokenizer), base, options.eval_items)
-    before = evaluate_model(model, tokenizer, options.eval_items, suite)
+    before = evaluate_start(model, tokenizer, suite, base, options.eval_items)
+    release_memory()
     with atomic_dir(out) as tmp:
         writer = RunWriter(tmp, model, tokenizer, save_dtype=options.save_dtype, save_every=options.save_every,
                            total_steps=steps, desc=f"{method} {task}", log_every=log_every,
@@ -237,23 +259,18 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
             if signal is not None:
                 flags["no_signal"] = signal
         record_budget = update_budget(model, base, *budget) if base is not None and budget else None
-        after_model, after_tokenizer = load_model(tmp)
-        after = evaluate_model(after_model, after_tokenizer, options.eval_items, suite)
-        forgetting = None
-        if base is not None:
-            # On a real model the start is held in bfloat16 beside the two float32 models (its logits are upcast).
-            start_model, _ = load_model(base, torch.bfloat16 if suite.name != "toy" else torch.float32)
-            target = suite.eval_items("target_id", options.eval_items)
-            longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in target)
-            forgetting = {**forward_kl(start_model, after_model, tokenizer, [x.prompt for x in target],
-                                       longest + suite.margin_tokens),
-                          "on": "target_id prompts, teacher-forced on the start model's greedy answers"}
-            del start_model
-        del after_model
+        # The saved checkpoint is evaluated: its weights are loaded into the training model (now free of optimizer
+        # state and gradients), so at most two models are held from here on: it and the start.
+        after_model = load_weights(model, tmp)
+        release_memory()
+        after = evaluate_model(after_model, tokenizer, options.eval_items, suite)
+        forgetting = measure_forgetting(after_model, tokenizer, suite, base, options.eval_items) \
+            if base is not None else None
         seconds = time.perf_counter() - t0
         record = {
             "method": method, "task": task, "seed": options.seed, "save_dtype": options.save_dtype,
             "weight_decay": options.weight_decay, "base": None if base is None else str(base.resolve()),
+            "base_fingerprint": None if base is None else fingerprint(base),
             **(extra or {}), "suite": suite.name, **flags, "before": before, "after": after,
             "eval_items": {s: len(suite.eval_items(s, options.eval_items)) for s in before},
             **({"suite_notes": suite.notes} if suite.notes else {}),
@@ -277,6 +294,7 @@ def finetune(method: str, options: RunOptions, train: FineTune, *, budget=None) 
     (optimizer steps, peak lr) for eval.json's update budget."""
     base = resolve_base(options.base)
     check_out(Path(options.out))
+    bound_heap()
     model, tokenizer = load_model(base)
     prof = profile(tokenizer)
     options = resolve(options, prof)
