@@ -40,7 +40,7 @@ from .runs import RunResult, RunWriter, Setup, finetune
 
 @dataclass(frozen=True, kw_only=True)
 class ESOptions(RunOptions):
-    iterations: int | None = option("ES iterations", 30, quick=2, real=6, real_quick=1)
+    iterations: int | None = option("ES iterations", 30, quick=2, real=3, real_quick=1)
     population: int | None = option("perturbations per iteration N (the paper: 30)", 12, quick=4, real=30,
                                     real_quick=4)
     sigma: float | None = option("noise scale of each perturbation (the paper: 1e-3 for billion-parameter models)",
@@ -48,7 +48,7 @@ class ESOptions(RunOptions):
     alpha: float | None = option("step size of the update, with no 1/sigma factor (the paper: 5e-4)", 5e-3,
                                  real=5e-4)
     reward_batch: int | None = option("training prompts each perturbation is scored on (greedy exact match)", 64,
-                                      quick=8, real=16, real_quick=8)
+                                      quick=8, real=8)
     weight_decay: float = option("decoupled decay: weights are multiplied by (1 - alpha * weight_decay) each "
                                  "iteration; 0 disables it", 0.0)
 

@@ -44,13 +44,13 @@ MARGIN_TOKENS = 4
 @dataclass(frozen=True, kw_only=True)
 class GRPOOptions(RunOptions):
     steps: int | None = option("rollout batches (each followed by --inner-steps optimizer steps)", 40, quick=2,
-                               real=12, real_quick=2)
-    prompts_per_step: int | None = option("prompts per rollout batch (P)", 16, quick=4, real=8, real_quick=2)
-    group_size: int | None = option("completions sampled per prompt (G)", 8, real_quick=4)
+                               real=8, real_quick=2)
+    prompts_per_step: int | None = option("prompts per rollout batch (P)", 16, quick=4, real=4, real_quick=2)
+    group_size: int | None = option("completions sampled per prompt (G)", 8, real=4)
     temperature: float = option("sampling temperature of the rollouts", 1.0)
     inner_steps: int | None = option("optimizer steps on each rollout batch (mu)", 2, real=1)
     grad_accum: int | None = option("micro-batches per optimizer step (on a real base 2 rollouts each, to bound "
-                                    "the memory)", 2, real=32, real_quick=4)
+                                    "the memory)", 2, real=8, real_quick=4)
     activation_checkpointing: bool | None = option("recompute each layer's activations in the backward pass (the same "
                                         "gradients, less memory, ~25% more compute)", False, real=True)
     lr: float | None = option("peak learning rate (AdamW betas 0.9/0.95, 10% warm-up, cosine, grad clip 1.0)", 2e-4,

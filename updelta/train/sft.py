@@ -24,9 +24,9 @@ from .supervised import Objective, shifted_logits, train_supervised
 
 @dataclass(frozen=True, kw_only=True)
 class SFTOptions(RunOptions):
-    steps: int | None = option("optimizer steps", 100, quick=8, real=40, real_quick=3)
+    steps: int | None = option("optimizer steps", 100, quick=8, real=20, real_quick=3)
     batch_size: int | None = option("examples per optimizer step, split into --grad-accum micro-batches", 32,
-                                    real=16, real_quick=8)
+                                    real=8)
     grad_accum: int = option("micro-batches per optimizer step (gradient accumulation)", 2)
     lr: float | None = option("peak learning rate (AdamW betas 0.9/0.95, 10% warm-up, cosine, grad clip 1.0)",
                               1e-4, quick=1e-3, real=3e-5, real_quick=5e-5)
