@@ -285,6 +285,7 @@ def direction_claims(result, idx) -> list[Claim]:
         for kb in methods[i + 1:]:
             seeds = sorted(set(idx[ka]) & set(idx[kb]))
             vals = [cos.get((idx[ka][s], idx[kb][s]), math.nan) for s in seeds]
+            vals = [v for v in vals if not math.isnan(v)]  # no pair: runs measured against different bases
             if vals:
                 parts.append(f"{ka[0]} vs {kb[0]}: {_spread(vals)}")
     out = []

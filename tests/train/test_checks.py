@@ -6,7 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from updelta.io import open_checkpoint
 from updelta.train.checks import half_ulp_bf16
+from updelta.train.model import default_base_path
 from updelta.train.cli import app
 
 
@@ -39,6 +41,13 @@ def test_tiny_lr_run_is_flagged_no_update(tmp_path):
     assert _invoke("sft", "--quick", "--steps", "2", "--eval-items", "4", "--out", out2).exit_code == 0
     ev2 = json.loads((out2 / "eval.json").read_text())
     assert ev2["no_update"] is False and 0 < ev2["budget"]["share_above_half_bf16_ulp"] <= 1
+    # base_fingerprint: the identity of the folder each run started from (the base, or a run folder)
+    assert ev["base_fingerprint"] == open_checkpoint(default_base_path()).identity()["fingerprint"]
+    out3 = tmp_path / "sft3"
+    assert _invoke("sft", "--quick", "--steps", "1", "--eval-items", "4", "--base", out2, "--out", out3).exit_code == 0
+    ev3 = json.loads((out3 / "eval.json").read_text())
+    assert ev3["start"] == "sft" and ev3["base"] == str(out2.resolve())
+    assert ev3["base_fingerprint"] == open_checkpoint(out2).identity()["fingerprint"] != ev["base_fingerprint"]
 
 
 def test_always_zero_reward_is_flagged_no_signal(tmp_path):

@@ -40,7 +40,7 @@ from .runs import RunResult, RunWriter, Setup, finetune
 
 @dataclass(frozen=True, kw_only=True)
 class ESOptions(RunOptions):
-    iterations: int | None = option("ES iterations", 30, quick=2, real=3, real_quick=1)
+    iterations: int | None = option("ES iterations", 30, quick=2, real=2, real_quick=1)
     population: int | None = option("perturbations per iteration N (the paper: 30)", 12, quick=4, real=30,
                                     real_quick=4)
     sigma: float | None = option("noise scale of each perturbation (the paper: 1e-3 for billion-parameter models)",

@@ -44,7 +44,7 @@ MARGIN_TOKENS = 4
 @dataclass(frozen=True, kw_only=True)
 class GRPOOptions(RunOptions):
     steps: int | None = option("rollout batches (each followed by --inner-steps optimizer steps)", 40, quick=2,
-                               real=8, real_quick=2)
+                               real=6, real_quick=2)
     prompts_per_step: int | None = option("prompts per rollout batch (P)", 16, quick=4, real=4, real_quick=2)
     group_size: int | None = option("completions sampled per prompt (G)", 8, real=4)
     temperature: float = option("sampling temperature of the rollouts", 1.0)

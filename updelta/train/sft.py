@@ -24,7 +24,7 @@ from .supervised import Objective, shifted_logits, train_supervised
 
 @dataclass(frozen=True, kw_only=True)
 class SFTOptions(RunOptions):
-    steps: int | None = option("optimizer steps", 100, quick=8, real=20, real_quick=3)
+    steps: int | None = option("optimizer steps", 100, quick=8, real=20, real_quick=2)
     batch_size: int | None = option("examples per optimizer step, split into --grad-accum micro-batches", 32,
                                     real=8)
     grad_accum: int = option("micro-batches per optimizer step (gradient accumulation)", 2)

@@ -40,7 +40,7 @@ def logits_from(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
     """Logits of input positions first .. T-2 ([B, T-1-first, V]), i.e. the scores of tokens first+1 .. T-1."""
     keep = input_ids.shape[1] - first
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                logits_to_keep=keep)
+                logits_to_keep=keep, use_cache=False)  # scoring only: no KV cache
     return out.logits[:, -keep:][:, :-1]
 
 
