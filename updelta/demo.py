@@ -61,8 +61,8 @@ DEMO_HELP = {
     "out": "Folder for the runs and the report (created; reused on a re-run).",
     "base": "The base: toy (the committed base), smollm2 (SmolLM2-135M-Instruct, from the updelta cache) or a "
             "local HF causal-LM folder; presets and tasks follow it (toy vs real).",
-    "quick": "Small preset for tests and CI: every run trains in seconds on the toy base, in about a minute on "
-             "SmolLM2.",
+    "quick": "Small preset for tests and CI: every run trains in seconds on the toy base, in about a minute of CPU "
+             "on SmolLM2 (the zoo without GRPO from SFT and the precision study).",
     "seeds": "Training seeds per method (claims need at least 2 to be more than inconclusive); default 2 on the "
              "toy base, 1 on a real one.",
     "force": "Retrain runs that are already finished in --out.",
