@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from updelta.train.evalcache import cached
-from updelta.train.evaluate import evaluate_model, generate, judge
+from updelta.train.evaluate import evaluate_model, generate, judge, pack_splits
 from updelta.train.model import activation_checkpointing, default_base_path, load_model, load_weights, save_checkpoint
 from updelta.train.suites import build_suite
 
@@ -64,8 +64,10 @@ def test_per_row_budgets_and_split_batching_match_separate_calls():
     prompts = ["12+34=", "5+7=", "color of kavo?"]
     together = generate(model, tok, prompts, [3, 9, 6])
     assert together == [generate(model, tok, [p], b)[0] for p, b in zip(prompts, [3, 9, 6])]
+    assert pack_splits({"a": 8, "b": 8, "c": 20, "d": 8}, 32) == [["a", "b"], ["c", "d"]]
+    assert pack_splits({"a": 200, "b": 200}, 256) == [["a"], ["b"]]
     suite = build_suite(tok)
-    got = evaluate_model(model, tok, 12, suite)
+    got = evaluate_model(model, tok, 12, suite)  # toy: 4 x 12 items, one batch
     for split, acc in got.items():
         items = suite.eval_items(split, 12)
         assert acc == sum(judge(model, tok, items, suite.correct, suite.margin_tokens)) / len(items)

@@ -89,19 +89,37 @@ def suite_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    limit: int | None = None, suite: Suite | None = None) -> dict[str, float]:
     """Accuracy on each split of EVAL_SPLITS (the first `limit` items of each; all if None), on `suite` (default:
-    the suite of this tokenizer, `suites.build_suite`). The splits are decoded together, in batches that may mix
-    them, each answer within its own split's budget (`budget`)."""
+    the suite of this tokenizer, `suites.build_suite`). Whole splits that fit one batch together (`pack_splits`)
+    are decoded together, each answer within its own split's budget (`budget`): on a real base with a few items per
+    split the prompts' prefill, not the decoding, is the cost, and one batch of 32 costs little more than one of 8."""
     suite = suite or build_suite(tokenizer)
     items = {split: suite.eval_items(split, limit) for split in EVAL_SPLITS}
-    examples = [x for split in EVAL_SPLITS for x in items[split]]
-    budgets = [budget(tokenizer, items[split], suite.margin_tokens) for split in EVAL_SPLITS for _ in items[split]]
-    hits = judge(model, tokenizer, examples, suite.correct, suite.margin_tokens, budgets=budgets)
-    out, i = {}, 0
-    for split in EVAL_SPLITS:
-        n = len(items[split])
-        out[split] = sum(hits[i:i + n]) / n if n else 0.0
-        i += n
-    return out
+    budgets_of = {s: budget(tokenizer, v, suite.margin_tokens) for s, v in items.items() if v}
+    out: dict[str, float] = {}
+    for group in pack_splits({s: len(v) for s, v in items.items()}, default_batch_size(tokenizer)):
+        examples = [x for split in group for x in items[split]]
+        budgets = [budgets_of[s] for s in group for _ in items[s]]
+        hits = judge(model, tokenizer, examples, suite.correct, suite.margin_tokens, budgets=budgets)
+        i = 0
+        for split in group:
+            n = len(items[split])
+            out[split] = sum(hits[i:i + n]) / n if n else 0.0
+            i += n
+    return {split: out[split] for split in EVAL_SPLITS}
+
+
+def pack_splits(sizes: dict[str, int], batch_size: int) -> list[list[str]]:
+    """Consecutive splits grouped while their items fit one batch; a split larger than a batch is a group alone."""
+    groups: list[list[str]] = []
+    room = 0
+    for split, n in sizes.items():
+        if groups and n <= room:
+            groups[-1].append(split)
+            room -= n
+        else:
+            groups.append([split])
+            room = batch_size - n
+    return groups
 
 
 def evaluate(model_dir: str | Path, limit: int | None = None, suite: Suite | None = None) -> dict[str, float]:

@@ -109,7 +109,7 @@ def bound_heap() -> None:
     """Let glibc's malloc give every allocation over 1 MiB its own mapping, returned to the operating system when
     freed (a no-op elsewhere). Without it malloc's adaptive threshold soon serves tensors of tens of MB from the heap,
     whose freed space stays resident: on SmolLM2, GRPO's peak RSS was ~0.2 GB higher. Process-wide and without
-    effect on any result; the trainer sets it once per run."""
+    effect on any result; the trainer sets it for a real base."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD

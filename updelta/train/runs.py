@@ -294,9 +294,10 @@ def finetune(method: str, options: RunOptions, train: FineTune, *, budget=None) 
     (optimizer steps, peak lr) for eval.json's update budget."""
     base = resolve_base(options.base)
     check_out(Path(options.out))
-    bound_heap()
     model, tokenizer = load_model(base)
     prof = profile(tokenizer)
+    if prof == "real":
+        bound_heap()  # a real model only: the toy model's small tensors would only pay the extra page faults
     options = resolve(options, prof)
     suite = build_suite(tokenizer, options.data)
     examples = list(suite.train[options.task])
