@@ -18,13 +18,14 @@ def _run(monkeypatch, capsys, *args):
 
 def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
-    code, cap = _run(monkeypatch, capsys, "--quick", "--out", out)
+    code, cap = _run(monkeypatch, capsys, "--quick", "--seeds", "1", "--out", out)
     assert code == 0, cap.err
     names = [f"{m}-{t}-s0" for m, t in ZOO]
     for n in names:
         ev = json.loads((out / "runs" / n / "eval.json").read_text())
         assert set(ev["before"]) == set(ev["after"]) == {"target_id", "target_ood", "knowledge", "retention"}
         assert ev["seed"] == 0 and ev["save_dtype"] == "bfloat16" and "weight_decay" in ev
+        assert ev["preset"] == "toy" and ev["start"] == "base" and ev["no_update"] is False and "budget" in ev
         assert n in cap.out  # one row per run in the terminal table
     for f in ["report.md", "report.html", "summary.json", "tables/tensors.parquet", "tables/pairs.parquet"]:
         assert (out / f).exists(), f
@@ -36,12 +37,12 @@ def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
     assert all(f["text"].split(":")[0] in ("reproduced", "not reproduced", "inconclusive") for f in claims)
     assert "Findings" in (out / "report.md").read_text()
     for header in ["target gain", "OOD gain", "retention change", "rel update", "sparse exact", "sparse atol",
-                   "sparse rtol", "median erank"]:
+                   "sparse rtol", "median erank", "flags"]:
         assert header in cap.out
     assert "report:" in cap.out and "1/4 base" in cap.err and "4/4 report" in cap.err
     # Re-running reuses every finished run and rewrites the report in place.
     mtimes = {n: (out / "runs" / n / "eval.json").stat().st_mtime_ns for n in names}
-    code, cap = _run(monkeypatch, capsys, "--quick", "--out", out)
+    code, cap = _run(monkeypatch, capsys, "--quick", "--seeds", "1", "--out", out)
     assert code == 0 and cap.err.count("reusing the finished run") == len(names)
     assert all((out / "runs" / n / "eval.json").stat().st_mtime_ns == mtimes[n] for n in names)
     assert (out / "report.md").exists()

@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass
 
 MIN_SEEDS = 2
-RUN_NAME = re.compile(r"^(?P<method>[a-z]+)-(?P<task>target|knowledge)-s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<method>[a-z][a-z0-9]*)-(?P<task>target|knowledge)-s(?P<seed>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,116 @@ def claims(result, evals: dict) -> list[Claim]:
         out.append(Claim("RL (GRPO) updates are much sparser than SFT updates",
                          "Mukherjee et al. 2025 (arXiv 2505.11711)",
                          verdict([a - b for a, b in zip(g, f)]), text))
+    from_sft = sparsity_from_sft_claim(result, idx)
+    if from_sft is not None:
+        out.append(from_sft)
+    precision = precision_claim(result, idx)
+    if precision is not None:
+        out.append(precision)
     out += direction_claims(result, idx)
+    razor = forgetting_claim(result, evals)
+    if razor is not None:
+        out.append(razor)
     return out
+
+
+def sparsity_from_sft_claim(result, idx) -> Claim | None:
+    """Mukherjee et al.'s setting: GRPO started from the SFT checkpoint (`grposft`, measured against that
+    checkpoint) against SFT (measured against the base), atol convention."""
+    seeds = sorted(set(idx.get(("grposft", "target"), {})) & set(idx.get(("sft", "target"), {})))
+    if not seeds:
+        return None
+    g = [_geometry(result, idx[("grposft", "target")][s], "sparsity_atol") for s in seeds]
+    f = [_geometry(result, idx[("sft", "target")][s], "sparsity_atol") for s in seeds]
+    text = (f"share of elements unchanged (|D| <= {result.info.options.atol:g}): GRPO from SFT (against the SFT "
+            f"checkpoint) {_spread(g, pct=True)}, SFT (against the base) {_spread(f, pct=True)}; published 68.5-96% "
+            f"for RL, 6-15% for SFT")
+    return Claim("RL started from an SFT checkpoint updates a small subnetwork (much sparser than SFT)",
+                 "Mukherjee et al. 2025 (arXiv 2505.11711)", verdict([a - b for a, b in zip(g, f)]), text)
+
+
+PRECISION_RUNS = (("grpo", "GRPO bf16"), ("grpofp32", "GRPO fp32"), ("grpolr10", "GRPO 10x lr"),
+                  ("sft", "SFT bf16"), ("sftfp32", "SFT fp32"))
+CONVENTIONS = (("sparsity_exact", "exact"), ("sparsity_atol", "atol"), ("sparsity_rtol", "rtol"))
+
+
+def precision_claim(result, idx) -> Claim | None:
+    """Zhu et al.: much of RL's apparent sparsity is bf16 rounding, fading with fp32 storage or a higher lr. Per seed
+    the difference is min(exact sparsity of GRPO bf16 - GRPO fp32, GRPO bf16 - GRPO 10x lr); every run's sparsity
+    under the three conventions is in the text."""
+    keys = [(m, "target") for m, _ in PRECISION_RUNS[:3]]
+    seeds = sorted(set.intersection(*(set(idx.get(k, {})) for k in keys)))
+    if not seeds:
+        return None
+    table = []
+    for m, label in PRECISION_RUNS:
+        runs = idx.get((m, "target"), {})
+        if runs:
+            table.append(f"{label}: " + ", ".join(
+                f"{conv} {_spread([_geometry(result, runs[s], col) for s in seeds if s in runs], pct=True)}"
+                for col, conv in CONVENTIONS))
+    exact = {m: [_geometry(result, idx[(m, "target")][s], "sparsity_exact") for s in seeds] for m, _ in keys}
+    diffs = [min(b - f, b - h) for b, f, h in zip(exact["grpo"], exact["grpofp32"], exact["grpolr10"])]
+    return Claim("RL's apparent sparsity is largely bf16 rounding: it fades with fp32 storage or a 10x higher lr",
+                 "Zhu et al. 2025, The Path Not Taken (arXiv 2511.08567): precision-induced sparsity", verdict(diffs),
+                 "share of elements unchanged per convention: " + "; ".join(table))
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Rank correlation (average ranks for ties); nan when either side is constant or shorter than 3."""
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return math.nan
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+
+
+GEOMETRY = (("rel_delta", "rel_delta"), ("sparsity_atol", "sparsity"), ("erank", "stable/effective rank"))
+
+
+def forgetting_claim(result, evals: dict) -> Claim | None:
+    """RL's Razor: across one seed's runs, forgetting (retention lost) ranks with the forward KL to the base on the
+    target prompts (eval.json `forgetting.kl_per_token`) better than with the update's geometry. Per seed the
+    difference is rho(forgetting, KL) - rho(forgetting, rel_delta), judged by the verdict rule."""
+    by_seed: dict[int, list[str]] = {}
+    for r in result.runs:
+        m = RUN_NAME.match(r)
+        e = evals.get(r)
+        kl = ((e.extra or {}).get("forgetting") or {}).get("kl_per_token") if e is not None else None
+        if m and isinstance(kl, (int, float)) and "retention" in e.gains:
+            by_seed.setdefault(int(m["seed"]), []).append(r)
+    if not by_seed:
+        return None
+    diffs, parts = [], []
+    for seed, runs in sorted(by_seed.items()):
+        lost = [-evals[r].gains["retention"] for r in runs]
+        rho_kl = spearman(lost, [evals[r].extra["forgetting"]["kl_per_token"] for r in runs])
+        rhos = {label: spearman(lost, [_geometry(result, r, col) for r in runs]) for col, label in GEOMETRY
+                if col in result.summary.columns}
+        parts.append(f"seed {seed} ({len(runs)} runs): rho(forgetting, KL) {rho_kl:.2f}, "
+                     + ", ".join(f"rho(forgetting, {k}) {v:.2f}" for k, v in rhos.items()))
+        base_rho = rhos.get("rel_delta", math.nan)
+        if not math.isnan(rho_kl) and not math.isnan(base_rho):
+            diffs.append(rho_kl - base_rho)
+    text = ("; ".join(parts) + ". Forgetting = retention lost (before - after); KL = E_x KL(pi_0 || pi) per token on "
+            "the target prompts, teacher-forced on the base's greedy answers; a constant side gives nan")
+    return Claim("Forgetting is predicted by the forward KL to the base on the new task, not by the size of the "
+                 "weight change", "Shenfeld et al. 2025, RL's Razor (arXiv 2509.04259)", verdict(diffs), text)
 
 
 def direction_claims(result, idx) -> list[Claim]:
@@ -177,6 +285,7 @@ def direction_claims(result, idx) -> list[Claim]:
         for kb in methods[i + 1:]:
             seeds = sorted(set(idx[ka]) & set(idx[kb]))
             vals = [cos.get((idx[ka][s], idx[kb][s]), math.nan) for s in seeds]
+            vals = [v for v in vals if not math.isnan(v)]  # no pair: runs measured against different bases
             if vals:
                 parts.append(f"{ka[0]} vs {kb[0]}: {_spread(vals)}")
     out = []

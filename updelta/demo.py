@@ -1,13 +1,21 @@
-"""`updelta demo`: train a zoo of fine-tunes of the built-in base and compare them in one report.
+"""`updelta demo`: train a zoo of fine-tunes of one base and compare them in one report.
 
 Stages (each announced on stderr, each training run with its own progress bar):
-1. the base: the committed one (`updelta.train.default_base_path()`), or pretrained into DIR/base if absent;
+1. the base: `--base toy` (the committed one, `updelta.train.default_base_path()`, or pretrained into DIR/base if
+   absent), `smollm2` (SmolLM2-135M-Instruct from the updelta cache) or a local HF causal-LM folder;
 2. per seed: SFT, DFT, GRPO and ES on the target task, SFT and DFT on the knowledge task, each in
-   DIR/runs/METHOD-TASK-sSEED/ (a finished run with the same preset and seed is reused unless `force`);
+   DIR/runs/METHOD-TASK-sSEED/ (a finished run with the same preset, seed and base is reused unless `force`); on a
+   real base without --quick also GRPO started from that seed's SFT checkpoint (`grposft-target-sSEED`, eval.json
+   `start: sft`) and the precision study (`PRECISION`: GRPO and SFT saved in float32, GRPO at 10x its lr). The toy
+   zoo without --quick trains ES and GRPO at half their `updelta train` budgets (`TOY_DEMO_BUDGET`), so that the
+   default two seeds, which the claims' verdict rule needs, take about as long as one seed at the full budgets;
 3. every run is evaluated on all splits by the trainer (before and after, in its eval.json);
-4. compare + report over all runs, every update measured against the base it started from, with the
-   evaluations and the literature's claims (`updelta.claims`): DIR/report.md, report.html, summary.json,
-   figures/, tables/.
+4. compare + report over the runs that start from the base (spectral work: full, except `off` for a real base with
+   --quick, where SVDs of 135M parameters would dominate a CI run), with the evaluations and the literature's claims
+   (`updelta.claims`): DIR/report.md, report.html, summary.json, figures/, tables/. Runs started from another run's
+   checkpoint (GRPO from SFT) are measured against that checkpoint by a separate compare (`from_start`); their rows
+   join the table and the claims, not the cross-run pairs (which need a shared base), and are written to
+   tables/from_start.parquet.
 """
 from __future__ import annotations
 
@@ -19,13 +27,22 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from .claims import Claim, claims, zoo_name
+from .claims import RUN_NAME, Claim, claims, zoo_name
 from .errors import UpdeltaError
 
 ZOO = (("sft", "target"), ("dft", "target"), ("grpo", "target"), ("es", "target"),
        ("sft", "knowledge"), ("dft", "knowledge"))
+FROM_SFT = ("grposft", "target")  # GRPO started from the same seed's sft-target run (real base, full demo only)
+# The precision study (Zhu et al.; real base, full demo only): run name -> (trainer, option overrides). "lr10"
+# is 10x the trainer's preset lr on a real base.
+PRECISION = {("grpofp32", "target"): ("grpo", {"save_dtype": "float32"}),
+             ("sftfp32", "target"): ("sft", {"save_dtype": "float32"}),
+             ("grpolr10", "target"): ("grpo", {"lr": "lr10"})}
+TOY_DEMO_BUDGET = {"es": {"iterations": 15}, "grpo": {"steps": 20}}  # toy zoo without --quick: half the ES and GRPO
+DEFAULT_SEEDS = {"toy": 2, "real": 1}  # the verdict rule needs two seeds; one real-base seed takes most of an hour
 REPORT_ENTRIES = ("report.md", "report.html", "summary.json", "figures", "tables")
 
 
@@ -34,15 +51,20 @@ class DemoOptions:
     """Options of `updelta demo` (help text shared with the CLI)."""
 
     out: Path = Path("updelta-demo")
+    base: str = "toy"
     quick: bool = False
-    seeds: int = 1
+    seeds: int | None = None
     force: bool = False
 
 
 DEMO_HELP = {
     "out": "Folder for the runs and the report (created; reused on a re-run).",
-    "quick": "Small preset for tests and CI: every run trains in seconds.",
-    "seeds": "Training seeds per method (claims need at least 2 to be more than inconclusive).",
+    "base": "The base: toy (the committed base), smollm2 (SmolLM2-135M-Instruct, from the updelta cache) or a "
+            "local HF causal-LM folder; presets and tasks follow it (toy vs real).",
+    "quick": "Small preset for tests and CI: every run trains in seconds on the toy base, in about a minute of CPU "
+             "on SmolLM2 (the zoo without GRPO from SFT and the precision study).",
+    "seeds": "Training seeds per method (claims need at least 2 to be more than inconclusive); default 2 on the "
+             "toy base, 1 on a real one.",
     "force": "Retrain runs that are already finished in --out.",
 }
 
@@ -60,18 +82,31 @@ def _stage(msg: str) -> None:
     print(f"updelta demo: {msg}", file=sys.stderr, flush=True)
 
 
-def _reusable(folder: Path, quick: bool, seed: int) -> bool:
-    """A finished run (eval.json written last) trained with the same preset and seed."""
+def _reusable(folder: Path, quick: bool, seed: int, base: Path | None = None, overrides: dict | None = None) -> bool:
+    """A finished run (eval.json written last) trained with the same preset, seed, base and option overrides."""
     try:
         ev = json.loads((folder / "eval.json").read_text())
     except (OSError, ValueError):
         return False
-    return bool(ev.get("options", {}).get("quick")) == quick and ev.get("seed") == seed
+    same_base = base is None or ev.get("base") is None or ev.get("base") == str(Path(base).resolve())
+    options = ev.get("options", {})
+    same_options = all(options.get(k) == v for k, v in (overrides or {}).items())
+    return bool(options.get("quick")) == quick and ev.get("seed") == seed and same_base and same_options
 
 
-def _base(out: Path, quick: bool) -> Path:
+def _base(out: Path, quick: bool, name: str = "toy") -> Path:
     from .train import PretrainOptions, default_base_path, pretrain
 
+    if name != "toy":
+        from .train.bases import resolve_base
+        from .train.options import OptionsError
+
+        try:
+            base = resolve_base(name)
+        except OptionsError as e:
+            raise UpdeltaError(str(e)) from None
+        _stage(f"1/4 base: {base}")
+        return base
     base = default_base_path()
     if (base / "config.json").exists():
         _stage(f"1/4 base: using the committed base {base}")
@@ -85,23 +120,80 @@ def _base(out: Path, quick: bool) -> Path:
     return mine
 
 
-def train_zoo(out: Path, base: Path, quick: bool, seeds: int, force: bool) -> dict[str, Path]:
+def _is_real(base: Path) -> bool:
+    """Whether `base` gets the real-model presets and tasks (`updelta.train.suites.profile` of its tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from .train.suites import profile
+
+    return profile(AutoTokenizer.from_pretrained(base)) == "real"
+
+
+def zoo_of(real: bool, quick: bool) -> tuple[tuple[str, str], ...]:
+    """The (method, task) runs of one seed: ZOO, plus GRPO from SFT and the precision study on a real base without
+    --quick."""
+    return ZOO + ((FROM_SFT, *PRECISION) if real and not quick else ())
+
+
+def _trainer(method: str, task: str, real: bool, quick: bool) -> tuple[str, dict]:
+    """(the `updelta train` method, option overrides) of a zoo run."""
+    from dataclasses import fields
+
+    from .train import METHODS
+
+    if (method, task) in PRECISION:
+        trainer, overrides = PRECISION[(method, task)]
+        if overrides.get("lr") == "lr10":
+            lr = next(f for f in fields(METHODS[trainer].options) if f.name == "lr").metadata
+            overrides = {**overrides, "lr": 10 * lr["real_quick" if quick else "real"]}
+        return trainer, overrides
+    if method == FROM_SFT[0]:
+        return "grpo", {}
+    return method, (TOY_DEMO_BUDGET.get(method, {}) if not real and not quick else {})
+
+
+def train_zoo(out: Path, base: Path, quick: bool, seeds: int, force: bool, real: bool = False) -> dict[str, Path]:
     """Train (or reuse) every run of the zoo; returns {run name: folder} in a fixed order."""
     from .train import METHODS, run_method
 
     runs: dict[str, Path] = {}
-    todo = [(s, m, t) for s in range(seeds) for m, t in ZOO]
+    todo = [(s, m, t) for s in range(seeds) for m, t in zoo_of(real, quick)]
     for i, (seed, method, task) in enumerate(todo, 1):
         name = zoo_name(method, task, seed)
         folder = out / "runs" / name
-        if not force and _reusable(folder, quick, seed):
+        start = start_folder(out, base, method, task, seed)
+        trainer, overrides = _trainer(method, task, real, quick)
+        if not force and _reusable(folder, quick, seed, start, overrides):
             _stage(f"2/4 run {i}/{len(todo)} {name}: reusing the finished run in {folder}")
         else:
             _stage(f"2/4 run {i}/{len(todo)} {name}: training")
-            opts = METHODS[method].options(out=folder, base=base, task=task, seed=seed, quick=quick)
-            run_method(method, opts)
+            opts = METHODS[trainer].options(out=folder, base=str(start), task=task, seed=seed, quick=quick,
+                                            **overrides)
+            result = run_method(trainer, opts)
+            for flag in result.warnings:
+                _stage(f"warning: {name}: {flag} (see its eval.json)")
         runs[name] = folder
     return runs
+
+
+def start_folder(out: Path, base: Path, method: str, task: str, seed: int) -> Path:
+    """The folder a zoo run starts from: the same seed's SFT run for GRPO-from-SFT, else the base."""
+    return out / "runs" / zoo_name("sft", task, seed) if method == FROM_SFT[0] else base
+
+
+def from_start(runs: dict[str, Path], starts: dict[str, Path], options: dict):
+    """Measure each run against the checkpoint it started from, one compare per start folder; returns the merged
+    per-run summary (a DataFrame, None without such runs). Kept apart so that per-run bases of `compare` can
+    replace it."""
+    import pandas as pd
+
+    from .api import compare
+
+    frames = []
+    for start in sorted(set(starts.values()), key=str):
+        group = {n: runs[n] for n, s in starts.items() if s == start}
+        frames.append(compare(start, group, **options).summary.assign(start=str(start)))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def _install_report(tmp: Path, out: Path) -> None:
@@ -115,6 +207,12 @@ def _install_report(tmp: Path, out: Path) -> None:
         elif dst.exists():
             dst.unlink()
         os.replace(src, dst)
+
+
+def _flags(e) -> str:
+    """The no-op checks that fired for a run (eval.json no_update / no_signal), as the table shows them."""
+    extra = getattr(e, "extra", None) or {}
+    return ",".join(name.replace("_", "-") for name in ("no_update", "no_signal") if extra.get(name)) or ""
 
 
 def summary_table(result, evals: dict) -> list[dict]:
@@ -136,6 +234,7 @@ def summary_table(result, evals: dict) -> list[dict]:
             "sparsity_atol": r["sparsity_atol"],
             "sparsity_rtol": r["sparsity_rtol"],
             "median_erank": r["erank"] if "erank" in r.index else math.nan,
+            "flags": _flags(e),
         })
     return rows
 
@@ -144,10 +243,11 @@ def format_table(rows: list[dict]) -> str:
     from .text import fmt, table
 
     header = ["run", "target gain", "OOD gain", "knowledge gain", "retention change", "rel update",
-              "sparse exact", "sparse atol", "sparse rtol", "median erank"]
+              "sparse exact", "sparse atol", "sparse rtol", "median erank", "flags"]
     body = [[r["run"], f"{r['target_gain']:+.3f}", f"{r['ood_gain']:+.3f}", f"{r['knowledge_gain']:+.3f}",
              f"{r['retention_change']:+.3f}", fmt(r["rel_delta"]), fmt(r["sparsity_exact"], "pct"),
-             fmt(r["sparsity_atol"], "pct"), fmt(r["sparsity_rtol"], "pct"), fmt(r["median_erank"])] for r in rows]
+             fmt(r["sparsity_atol"], "pct"), fmt(r["sparsity_rtol"], "pct"), fmt(r["median_erank"]),
+             r.get("flags") or "-"] for r in rows]
     return table(body, header)
 
 
@@ -157,23 +257,68 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
     from .evals import load_evals
     from .report import Finding, write_report
 
-    if opts.seeds < 1:
+    if opts.seeds is not None and opts.seeds < 1:
         raise UpdeltaError(f"--seeds must be at least 1, got {opts.seeds}")
     t0 = time.perf_counter()
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise UpdeltaError(f"{out}: exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    base = _base(out, opts.quick)
-    runs = train_zoo(out, base, opts.quick, opts.seeds, opts.force)
-    _stage(f"3/4 compare: {len(runs)} runs against {base}")
-    result = compare(base, runs, spectral="full", histogram=True)
+    base = _base(out, opts.quick, opts.base)
+    real = _is_real(base)
+    seeds = opts.seeds if opts.seeds is not None else DEFAULT_SEEDS["real" if real else "toy"]
+    runs = train_zoo(out, base, opts.quick, seeds, opts.force, real)
+    starts = {n: start_folder(out, base, *_parts(n)) for n in runs}
+    shared = {n: f for n, f in runs.items() if starts[n] == base}
+    others = {n: starts[n] for n in runs if n not in shared}
+    options = {"spectral": "off" if real and opts.quick else "full", "histogram": True}
+    _stage(f"3/4 compare: {len(shared)} runs against {base}"
+           + (f", {len(others)} against the checkpoint each started from" if others else ""))
+    result = compare(base, shared, **options)
+    own = from_start(runs, others, options)
     evals = load_evals({name: folder / "eval.json" for name, folder in runs.items()})
-    found = claims(result, evals)
+    found = claims(ZooView(result, own), evals)
     extra = [Finding("claim", c.claim, f"{c.verdict}: {c.text}", c.source) for c in found]
     _stage(f"4/4 report into {out}")
     with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
-        outcome = write_report(result, Path(tmp) / "report", evals=evals, extra_findings=extra)
+        outcome = write_report(result, Path(tmp) / "report", evals={n: evals[n] for n in shared},
+                               extra_findings=extra)
+        if own is not None:
+            (Path(tmp) / "report" / "tables").mkdir(parents=True, exist_ok=True)
+            own.to_parquet(Path(tmp) / "report" / "tables" / "from_start.parquet")
         _install_report(Path(tmp) / "report", out)
-    rows = summary_table(result, evals)
+    rows = summary_table(ZooView(result, own), evals)
     return DemoOutcome(out, rows, found, outcome, time.perf_counter() - t0)
+
+
+def _parts(name: str) -> tuple[str, str, int]:
+    m = RUN_NAME.match(name)
+    return m["method"], m["task"], int(m["seed"])
+
+
+@dataclass
+class ZooView:
+    """What the table and the claims read of a compare `Result`, with the rows of runs measured against their own
+    start (`from_start`) added to the summary; cross-run pairs stay those of runs sharing the base."""
+
+    result: object
+    own: object = None  # DataFrame or None
+
+    @property
+    def runs(self) -> list[str]:
+        return list(self.result.runs) + ([] if self.own is None else list(self.own["run"]))
+
+    @cached_property
+    def summary(self):
+        import pandas as pd
+
+        return self.result.summary if self.own is None else pd.concat(
+            [self.result.summary, self.own.drop(columns="start")], ignore_index=True)
+
+    @property
+    def pairs_summary(self):
+        return self.result.pairs_summary
+
+    @property
+    def info(self):
+        return self.result.info

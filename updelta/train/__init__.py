@@ -4,8 +4,13 @@ diff tools have real checkpoints to compare.
 Command line (mounted as `updelta train`, see `cli.py`):
 
     updelta train pretrain --out base/ [--seed 0] [--quick]
-    updelta train sft|dft|grpo|es [--base DIR] --task target|knowledge --out runs/NAME [--seed S] [--quick]
-                                  [--save-every N] [--save-dtype bfloat16|float32] [method options]
+    updelta train sft|dft|grpo|es [--base toy|smollm2|DIR] --task target|knowledge --out runs/NAME [--seed S]
+                                  [--quick] [--data FILE.jsonl] [--save-every N] [--save-dtype bfloat16|float32]
+                                  [method options]
+
+The base decides the presets and the tasks (`suites.py`: the toy suite on the committed char-level base, the
+chat suite of `chat_tasks.py` on a real model); `--data` replaces the target task by the user's records
+(`data.py`). Every run is checked for no-ops (`checks.py`: no_update, no_signal, the update budget).
 
 Python API:
 
@@ -18,8 +23,8 @@ Python API:
 - `run_method(method, options) -> RunResult`; the same as `METHODS[method].train(options)`.
 - Options classes (frozen dataclasses; their fields are the CLI flags, with help in the field metadata):
   `SFTOptions`, `DFTOptions` (+ prob_floor, weighting, anchor_weight for ASFT), `GRPOOptions`, `ESOptions`,
-  `PretrainOptions`. Shared fields (`RunOptions`): out, base (None = the committed base), task, seed, quick,
-  save_every, save_dtype, eval_items; every method also has weight_decay.
+  `PretrainOptions`. Shared fields (`RunOptions`): out, base (None or "toy" = the committed base, "smollm2",
+  or a folder), data, task, seed, quick, save_every, save_dtype, eval_items; every method also has weight_decay.
 - `pretrain(PretrainOptions) -> RunResult` makes a base; `default_base_path()` is the committed one.
 - `evaluate(model_dir, limit=None) -> dict[str, float]`: exact-match accuracy (greedy, batched) per split.
 - `OptionsError`: bad input (missing folder, unknown choice); the CLI turns it into a one-line error, exit code 2.
@@ -27,7 +32,7 @@ Python API:
 
 A run folder holds the final checkpoint (loadable with `AutoModelForCausalLM` / `AutoTokenizer`), optional
 `checkpoint-STEP/` folders, `train_log.jsonl` and `eval.json` (method, task, seed, save_dtype, weight_decay, base,
-before/after accuracies as fractions in [0, 1]); see `runs.py`. The same seed gives the same checkpoint on the same
+preset, start, no_update, no_signal, budget, before/after accuracies as fractions in [0, 1]); see `runs.py`. The same seed gives the same checkpoint on the same
 machine (with the same number of torch threads).
 """
 from __future__ import annotations

@@ -75,3 +75,9 @@ def micro_batches(examples: Sequence[Example], grad_accum: int) -> list[Sequence
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that count only real tokens, so left- and right-padded rows see the same positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def until_end(completion: torch.Tensor, end_id: int) -> torch.Tensor:
+    """[B, T] bool: the tokens up to and including each row's first end token (all of a row that has none)."""
+    is_end = (completion == end_id).long()
+    return (is_end.cumsum(-1) - is_end) == 0

@@ -19,6 +19,11 @@ from .options import OptionsError
 from .pretrain import PretrainOptions, pretrain
 from .runs import RunResult
 
+WARNINGS = {"no_update": "the saved checkpoint is bit-identical to its start: nothing was learned (raise --lr or "
+                         "the steps, or save in float32)",
+            "no_signal": "every rollout's reward was constant (all 0 or all equal): the advantages were zero, so "
+                         "the run had no learning signal"}
+
 app = typer.Typer(help="Train small checkpoints on CPU with no downloads: pretrain a base, then fine-tune it by "
                        "SFT, DFT, GRPO or ES and record before/after accuracies.", no_args_is_help=True)
 
@@ -30,6 +35,8 @@ def _command(options_cls: type, run: Callable[[Any], RunResult], doc: str) -> Ca
         result = run(opts)
         changes = ", ".join(f"{k} {result.before[k]:.3f} -> {result.after[k]:.3f}" for k in result.after)
         print(f"wrote {result.out} in {result.seconds:.1f}s: {changes}")
+        for flag in getattr(result, "warnings", {}):
+            print(f"warning: {result.out}: {WARNINGS[flag]} ({flag}: true in eval.json)", file=sys.stderr)
 
     command.__doc__ = doc
     generated = with_options(options_cls)(command)

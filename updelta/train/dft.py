@@ -6,7 +6,6 @@ The log also records `ce`, the plain cross-entropy of the same batch, since the 
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -14,11 +13,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batching import Batch, shuffled_batches
 from .losses import WEIGHTINGS, Weighting, asft_loss, dft_loss, sft_loss
-from .options import OptionsError, check_choice, option, resolve
-from .runs import RunResult, RunWriter, finetune
+from .options import OptionsError, check_choice, option
+from .runs import RunResult, RunWriter, Setup, finetune
 from .sft import SFTOptions
-from .supervised import Objective, shifted_logits, train_supervised
-from .tasks import train_examples
+from .supervised import Objective, frozen_reference, shifted_logits, train_supervised
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,13 +58,11 @@ def objective(options: DFTOptions, reference: PreTrainedModel | None) -> Objecti
 
 def train(options: DFTOptions) -> RunResult:
     """Fine-tune the base on the task by DFT (or ASFT with --anchor-weight) and write the run folder."""
-    options = resolve(options)
-    examples = train_examples(options.task)
+    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter, setup: Setup) -> None:
+        o = setup.options
+        reference = frozen_reference(model) if o.anchor_weight > 0 else None
+        train_supervised(model, tokenizer, shuffled_batches(setup.examples, o.batch_size, o.seed),
+                         objective(o, reference), steps=o.steps, grad_accum=o.grad_accum,
+                         lr=o.lr, weight_decay=o.weight_decay, on_step=writer.step)
 
-    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter) -> None:
-        reference = copy.deepcopy(model).eval().requires_grad_(False) if options.anchor_weight > 0 else None
-        train_supervised(model, tokenizer, shuffled_batches(examples, options.batch_size, options.seed),
-                         objective(options, reference), steps=options.steps, grad_accum=options.grad_accum,
-                         lr=options.lr, weight_decay=options.weight_decay, on_step=writer.step)
-
-    return finetune("dft", options, options.steps, run)
+    return finetune("dft", options, run, budget=lambda o: (o.steps, o.lr))

@@ -34,25 +34,28 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batching import shuffled_batches
 from .evaluate import accuracy
-from .options import OptionsError, RunOptions, option, resolve
-from .runs import RunResult, RunWriter, finetune
-from .tasks import train_examples
+from .options import OptionsError, RunOptions, option
+from .runs import RunResult, RunWriter, Setup, finetune
 
 
 @dataclass(frozen=True, kw_only=True)
 class ESOptions(RunOptions):
-    iterations: int | None = option("ES iterations", 30, quick=2)
-    population: int | None = option("perturbations per iteration N (the paper: 30)", 12, quick=4)
-    sigma: float = option("noise scale of each perturbation (the paper: 1e-3 for billion-parameter models)", 1e-2)
-    alpha: float = option("step size of the update, with no 1/sigma factor (the paper: 5e-4)", 5e-3)
+    iterations: int | None = option("ES iterations", 30, quick=2, real=2, real_quick=1)
+    population: int | None = option("perturbations per iteration N (the paper: 30)", 12, quick=4, real=30,
+                                    real_quick=4)
+    sigma: float | None = option("noise scale of each perturbation (the paper: 1e-3 for billion-parameter models)",
+                                 1e-2, real=1e-3)
+    alpha: float | None = option("step size of the update, with no 1/sigma factor (the paper: 5e-4)", 5e-3,
+                                 real=5e-4)
     reward_batch: int | None = option("training prompts each perturbation is scored on (greedy exact match)", 64,
-                                      quick=8)
+                                      quick=8, real=8)
     weight_decay: float = option("decoupled decay: weights are multiplied by (1 - alpha * weight_decay) each "
                                  "iteration; 0 disables it", 0.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sigma <= 0 or self.alpha < 0 or self.weight_decay < 0:
+        if (self.sigma is not None and self.sigma <= 0) or (self.alpha is not None and self.alpha < 0) \
+                or self.weight_decay < 0:
             raise OptionsError("--sigma must be > 0, --alpha and --weight-decay >= 0")
 
 
@@ -84,11 +87,10 @@ def restore(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> No
 
 def train(options: ESOptions) -> RunResult:
     """Fine-tune the base on the task by evolution strategies (reward: exact-match answers); write the run folder."""
-    options = resolve(options)
-    batches = shuffled_batches(train_examples(options.task), options.reward_batch, options.seed)
-    seeds = random.Random(options.seed)
-
-    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter) -> None:
+    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter, setup: Setup) -> None:
+        options, suite = setup.options, setup.suite
+        batches = shuffled_batches(setup.examples, options.reward_batch, options.seed)
+        seeds = random.Random(options.seed)
         model.eval()
         params = [p for p in model.parameters()]
         with torch.no_grad():
@@ -101,7 +103,8 @@ def train(options: ESOptions) -> RunResult:
             for seed in population:
                 with torch.no_grad():
                     add_noise(params, seed, options.sigma)
-                rewards.append(accuracy(model, tokenizer, batch))
+                rewards.append(accuracy(model, tokenizer, batch, correct=suite.correct,
+                                        margin_tokens=suite.margin_tokens))
                 restore(params, saved)
             es_update(params, population, z_scores(rewards), options.alpha)
             with torch.no_grad():
@@ -113,6 +116,7 @@ def train(options: ESOptions) -> RunResult:
             r = torch.tensor(rewards)
             writer.step(it + 1, {
                 "step": it + 1, "reward_mean": float(r.mean()), "reward_std": float(r.std(correction=0)),
-                "update_norm": float(update_norm), "lr": options.alpha, "seconds": time.perf_counter() - t0})
+                "update_norm": float(update_norm), "lr": options.alpha, "seconds": time.perf_counter() - t0,
+                "signal": bool(r.std(correction=0) > 0)})
 
-    return finetune("es", options, options.iterations, run)
+    return finetune("es", options, run, budget=lambda o: (o.iterations, o.alpha))

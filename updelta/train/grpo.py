@@ -14,14 +14,14 @@ kl (k3 to the base, mean over completion tokens) and completion_length (mean tok
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import IGNORE, position_ids, shuffled_batches
+from .batching import IGNORE, shuffled_batches, until_end
 from .losses import (
     AGGREGATIONS,
     Aggregation,
@@ -32,22 +32,29 @@ from .losses import (
     token_logprobs,
 )
 from .optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
-from .options import OptionsError, RunOptions, check_choice, option, resolve
-from .runs import RunResult, RunWriter, finetune
-from .tasks import Example, extract_answer, train_examples
+from .model import activation_checkpointing, release_memory
+from .options import OptionsError, RunOptions, check_choice, option
+from .runs import RunResult, RunWriter, Setup, finetune
+from .supervised import frozen_reference, logits_from
+from .tasks import Example, extract_answer
 
 MARGIN_TOKENS = 4
 
 
 @dataclass(frozen=True, kw_only=True)
 class GRPOOptions(RunOptions):
-    steps: int | None = option("rollout batches (each followed by --inner-steps optimizer steps)", 40, quick=2)
-    prompts_per_step: int | None = option("prompts per rollout batch (P)", 16, quick=4)
-    group_size: int = option("completions sampled per prompt (G)", 8)
+    steps: int | None = option("rollout batches (each followed by --inner-steps optimizer steps)", 40, quick=2,
+                               real=6, real_quick=2)
+    prompts_per_step: int | None = option("prompts per rollout batch (P)", 16, quick=4, real=4, real_quick=2)
+    group_size: int | None = option("completions sampled per prompt (G)", 8, real=4)
     temperature: float = option("sampling temperature of the rollouts", 1.0)
-    inner_steps: int = option("optimizer steps on each rollout batch (mu)", 2)
-    grad_accum: int = option("micro-batches per optimizer step", 2)
-    lr: float = option("peak learning rate (AdamW betas 0.9/0.95, 10% warm-up, cosine, grad clip 1.0)", 2e-4)
+    inner_steps: int | None = option("optimizer steps on each rollout batch (mu)", 2, real=1)
+    grad_accum: int | None = option("micro-batches per optimizer step (on a real base 2 rollouts each, to bound "
+                                    "the memory)", 2, real=8, real_quick=4)
+    activation_checkpointing: bool | None = option("recompute each layer's activations in the backward pass (the same "
+                                        "gradients, less memory, ~25% more compute)", False, real=True)
+    lr: float | None = option("peak learning rate (AdamW betas 0.9/0.95, 10% warm-up, cosine, grad clip 1.0)", 2e-4,
+                              real=3e-6)
     weight_decay: float = option("AdamW decoupled weight decay on matrices (TRL's GRPO default 0.0)", 0.0)
     eps_low: float = option("lower clip range of the importance ratio: clip(rho, 1 - eps_low, ...)", 0.2)
     eps_high: float = option("upper clip range: clip(rho, ..., 1 + eps_high); DAPO uses 0.28", 0.2)
@@ -60,9 +67,11 @@ class GRPOOptions(RunOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        if self.group_size < 2:
+        if self.group_size is not None and self.group_size < 2:
             raise OptionsError(f"--group-size must be at least 2, got {self.group_size}")
-        if self.temperature <= 0 or self.lr <= 0 or self.inner_steps < 1 or self.grad_accum < 1:
+        if self.temperature <= 0 or (self.lr is not None and self.lr <= 0) or \
+                (self.inner_steps is not None and self.inner_steps < 1) or \
+                (self.grad_accum is not None and self.grad_accum < 1):
             raise OptionsError("need --temperature > 0, --lr > 0, --inner-steps >= 1 and --grad-accum >= 1")
 
 
@@ -78,34 +87,33 @@ class Rollouts:
         return self.input_ids.shape[1] - self.completion_mask.shape[1]
 
 
-def reward(text: str, example: Example, format_reward: float) -> float:
-    """1 for the exact answer, plus `format_reward` if the text ends in '>' and something."""
+def reward(text: str, example: Example, format_reward: float, correct: Callable[[str, Example], bool] | None = None
+           ) -> float:
+    """1 for the exact answer (`correct`, default the toy rule), plus `format_reward` if the text ends in '>' and
+    something (the toy format)."""
     well_formed = ">" in text and extract_answer(text) != ""
-    return float(extract_answer(text) == example.answer) + (format_reward if well_formed else 0.0)
-
-
-def until_end(completion: torch.Tensor, end_id: int) -> torch.Tensor:
-    """[B, T] bool: the tokens up to and including each row's first end token (all of a row that has none)."""
-    is_end = (completion == end_id).long()
-    return (is_end.cumsum(-1) - is_end) == 0
+    right = correct(text, example) if correct is not None else extract_answer(text) == example.answer
+    return float(right) + (format_reward if well_formed else 0.0)
 
 
 @torch.no_grad()
 def sample_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Example],
-                    group_size: int, temperature: float, format_reward: float) -> Rollouts:
+                    group_size: int, temperature: float, format_reward: float,
+                    correct: Callable[[str, Example], bool] | None = None,
+                    margin_tokens: int = MARGIN_TOKENS) -> Rollouts:
     """G sampled completions per prompt, their masks and rewards."""
     group = [x for x in prompts for _ in range(group_size)]
     longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in prompts)
     enc = tokenizer([x.prompt for x in group], padding=True, return_tensors="pt")
     model.eval()
     out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                         max_new_tokens=longest + MARGIN_TOKENS)
+                         max_new_tokens=longest + margin_tokens)
     model.train()
     completion = out[:, enc["input_ids"].shape[1]:]
     completion_mask = until_end(completion, tokenizer.eos_token_id)
     texts = tokenizer.batch_decode(completion.masked_fill(~completion_mask, tokenizer.pad_token_id),
                                    skip_special_tokens=True)
-    rewards = torch.tensor([reward(t, x, format_reward) for t, x in zip(texts, group)])
+    rewards = torch.tensor([reward(t, x, format_reward, correct) for t, x in zip(texts, group)])
     attention = torch.cat([enc["attention_mask"], completion_mask.long()], dim=1)
     return Rollouts(out, attention, completion_mask, rewards)
 
@@ -113,10 +121,10 @@ def sample_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 def completion_logprobs(model: PreTrainedModel, rollouts: Rollouts, rows: slice, temperature: float) -> torch.Tensor:
     """log p(sampled token) under `model` for rows `rows`: [b, Tc], 0 outside the completion mask."""
     ids, mask = rollouts.input_ids[rows], rollouts.attention_mask[rows]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
     start = rollouts.prompt_width
+    logits = logits_from(model, ids, mask, start - 1)  # only the completion's columns: [b, Tc, V]
     labels = ids[:, start:].masked_fill(~rollouts.completion_mask[rows], IGNORE)
-    logp, _ = token_logprobs(logits[:, start - 1:-1] / temperature, labels)
+    logp, _ = token_logprobs(logits / temperature, labels)
     return logp
 
 
@@ -125,7 +133,7 @@ def row_slices(rows: int, parts: int) -> list[slice]:
     return [slice(i, i + size) for i in range(0, rows, size)]
 
 
-def policy_update(model: PreTrainedModel, reference: PreTrainedModel, optimizer: torch.optim.Optimizer,
+def policy_update(model: PreTrainedModel, reference: PreTrainedModel | None, optimizer: torch.optim.Optimizer,
                   rollouts: Rollouts, advantages: torch.Tensor, options: GRPOOptions, first_update: int,
                   total_updates: int) -> dict[str, float]:
     """`options.inner_steps` AdamW steps on one batch of rollouts; returns that batch's log metrics."""
@@ -133,7 +141,8 @@ def policy_update(model: PreTrainedModel, reference: PreTrainedModel, optimizer:
     micro = row_slices(rollouts.rewards.numel(), options.grad_accum)
     with torch.no_grad():
         old = [completion_logprobs(model, rollouts, rows, options.temperature) for rows in micro]
-        ref = [completion_logprobs(reference, rollouts, rows, options.temperature) for rows in micro]
+        ref = [completion_logprobs(reference, rollouts, rows, options.temperature) if reference is not None
+               else None for rows in micro]
     num_items = int(rollouts.completion_mask.sum())              # completion tokens of the whole batch (dapo)
     losses, clip_fractions, kls = [], [], []
     for inner in range(options.inner_steps):
@@ -151,36 +160,46 @@ def policy_update(model: PreTrainedModel, reference: PreTrainedModel, optimizer:
             loss_sum += loss.item()
             clip_fractions.append(clipped_fraction(logp.detach(), old_logp, advantages[rows], mask,
                                                    eps_low=options.eps_low, eps_high=options.eps_high))
-            delta = (ref_logp - logp.detach())[mask]
-            kls.append(float((delta.exp() - delta - 1).mean()))
+            if ref_logp is not None:
+                delta = (ref_logp - logp.detach())[mask]
+                kls.append(float((delta.exp() - delta - 1).mean()))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss_sum)
     return {"loss": sum(losses) / len(losses), "lr": lr, "grad_norm": float(grad_norm),
-            "clip_fraction": sum(clip_fractions) / len(clip_fractions), "kl": sum(kls) / len(kls)}
+            "clip_fraction": sum(clip_fractions) / len(clip_fractions),
+            **({"kl": sum(kls) / len(kls)} if kls else {})}
 
 
 def train(options: GRPOOptions) -> RunResult:
     """Fine-tune the base on the task by GRPO (rule reward: exact-match answer) and write the run folder."""
-    options = resolve(options)
-    prompts = shuffled_batches(train_examples(options.task), options.prompts_per_step, options.seed)
-    scale = options.scale_rewards if options.scale_rewards is not None else options.aggregation != "dr_grpo"
-
-    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter) -> None:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter, setup: Setup) -> None:
+        options, suite = setup.options, setup.suite
+        prompts = shuffled_batches(setup.examples, options.prompts_per_step, options.seed)
+        scale = options.scale_rewards if options.scale_rewards is not None else options.aggregation != "dr_grpo"
+        # The frozen base is needed only for the KL term; it is kept on the toy base to log the KL (k3) as well.
+        keep_reference = options.beta != 0 or setup.profile == "toy"
+        reference = frozen_reference(model) if keep_reference else None
         optimizer = build_optimizer(model, options.lr, options.weight_decay)
+        if options.activation_checkpointing:  # train mode only: rollouts run in eval mode, with the KV cache
+            activation_checkpointing(model, True)
         for step in range(options.steps):
             t0 = time.perf_counter()
             rollouts = sample_rollouts(model, tokenizer, next(prompts), options.group_size, options.temperature,
-                                       options.format_reward)
-            advantages = group_advantages(rollouts.rewards.view(-1, options.group_size), scale=scale).flatten()
+                                       options.format_reward, suite.correct, suite.margin_tokens)
+            release_memory()  # the rollouts' freed cache, before the backward passes' peak
+            grouped = rollouts.rewards.view(-1, options.group_size)
+            advantages = group_advantages(grouped, scale=scale).flatten()
             metrics = policy_update(model, reference, optimizer, rollouts, advantages, options,
                                     step * options.inner_steps, options.steps * options.inner_steps)
-            tokens = int(rollouts.attention_mask.sum()) * (options.inner_steps + 2)  # forwards: old, ref, inner
+            tokens = int(rollouts.attention_mask.sum()) * (options.inner_steps + 1 + keep_reference)
             writer.step(step + 1, {
                 "step": step + 1, **metrics, "tokens_per_s": tokens / (time.perf_counter() - t0),
                 "reward_mean": float(rollouts.rewards.mean()), "reward_std": float(rollouts.rewards.std()),
-                "completion_length": float(rollouts.completion_mask.sum(-1).float().mean())})
+                "completion_length": float(rollouts.completion_mask.sum(-1).float().mean()),
+                "signal": bool((grouped.std(dim=1) > 0).any())})
+        if options.activation_checkpointing:
+            activation_checkpointing(model, False)
 
-    return finetune("grpo", options, options.steps, run)
+    return finetune("grpo", options, run, budget=lambda o: (o.steps * o.inner_steps, o.lr))

@@ -8,9 +8,12 @@
       trajectory.parquet                                    with --track-every N: the update against the start every
                                                             N steps (updelta.integrations; also updelta/* in the log)
       eval.json                                             method, task, seed, save_dtype, weight_decay, base,
-                                                            base_fingerprint (what `report --eval` checks),
-                                                            before/after accuracies per split (fractions in
-                                                            [0, 1]), options, seconds, cpu_seconds, torch_threads
+                                                            base_fingerprint (of the folder the run started
+                                                            from), preset (toy|real), start (base, or the method
+                                                            of the run folder it started from), suite, no_update,
+                                                            no_signal (RL), before/after accuracies per split
+                                                            (fractions in [0, 1]), eval_items, budget, options,
+                                                            seconds, cpu_seconds, torch_threads
 
 The folder is built under a temporary name beside `out` and renamed into place when the run succeeds, so a failed run
 leaves nothing half-written and a finished one replaces an earlier run of the same name. Before any training step,
@@ -25,7 +28,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,9 +37,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..atomic import atomic_dir, write_text
 from ..progress import Progress
-from .evaluate import evaluate, evaluate_model
-from .model import default_base_path, load_model, save_checkpoint
-from .options import OptionsError, RunOptions, as_record
+from .bases import resolve_base, start_of
+from .checks import bit_identical, no_signal, update_budget
+from .evalcache import cached
+from .evaluate import evaluate_model, judge
+from .forgetting import forward_kl, greedy_answers
+from .model import bound_heap, load_model, load_weights, release_memory, save_checkpoint
+from .options import OptionsError, RunOptions, as_record, resolve
+from .suites import Suite, build_suite, filter_retention, profile
+from .tasks import Example
 
 
 @dataclass(frozen=True)
@@ -45,14 +54,8 @@ class RunResult:
     before: dict[str, float]
     after: dict[str, float]
     seconds: float
+    warnings: dict[str, bool] = field(default_factory=dict)  # the no-op checks that fired (checks.py)
 
-
-def fingerprint(folder: Path) -> str:
-    """`Checkpoint.identity()["fingerprint"]` of the folder a run started from (eval.json `base_fingerprint`: what
-    the report checks a run's base against)."""
-    from ..io import open_checkpoint
-
-    return open_checkpoint(folder).identity()["fingerprint"]
 
 def check_out(out: Path) -> None:
     """Refuse to replace a non-empty folder that is not a previous output (no eval.json, no config.json)."""
@@ -153,16 +156,91 @@ class RunWriter:
 Train = Callable[[PreTrainedModel, PreTrainedTokenizerBase, RunWriter], None]
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a fine-tuning method gets beside the model: its resolved options, the suite and its training set."""
+    options: Any
+    suite: Suite
+    examples: list[Example]
+    profile: str
+
+
+FineTune = Callable[[PreTrainedModel, PreTrainedTokenizerBase, RunWriter, Setup], None]
+
+
+def prepare_suite(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path | None,
+                  limit: int | None) -> Suite:
+    """Narrow a real base's retention pool to the items the start model answers right (`suites.filter_retention`),
+    cached per start folder content in the updelta cache (`evalcache.py`) since greedy decoding is deterministic."""
+    if suite.name == "toy":
+        return suite
+    pool = suite.evals["retention"]
+    payload = {"suite": suite.name, "limit": limit, "margin": suite.margin_tokens, "pool": [x.prompt for x in pool]}
+
+    def compute() -> list[str]:
+        out = filter_retention(suite, lambda xs: judge(model, tokenizer, xs, suite.correct, suite.margin_tokens),
+                               limit)
+        return [x.prompt for x in out.evals["retention"]]
+
+    kept = set(cached("retention", base, payload, compute))
+    items = tuple(x for x in pool if x.prompt in kept)
+    return replace(suite, evals={**suite.evals, "retention": items}, retention_filtered=True,
+                   notes={**suite.notes, "retention_pool": len(pool), "retention_kept": len(items)})
+
+
+def evaluate_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path | None,
+                   limit: int | None) -> dict[str, float]:
+    """The start model's accuracies (`evaluate_model`); on a real base cached per start folder and items."""
+    if suite.name == "toy":
+        return evaluate_model(model, tokenizer, limit, suite)
+    payload = {"suite": suite.name, "margin": suite.margin_tokens, "decoding": "splits batched together",
+               "items": {s: [[x.prompt, x.answer] for x in suite.eval_items(s, limit)] for s in suite.evals}}
+    return cached("before", base, payload, lambda: evaluate_model(model, tokenizer, limit, suite))
+
+
+def fingerprint(folder: Path) -> str:
+    """`Checkpoint.identity()["fingerprint"]` of the folder a run started from (eval.json `base_fingerprint`: what
+    the report checks a run's base against)."""
+    from ..io import open_checkpoint
+
+    return open_checkpoint(folder).identity()["fingerprint"]
+
+
+def measure_forgetting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path,
+                       limit: int | None) -> dict[str, Any]:
+    """E_x KL(pi_0 || pi) per token on the target_id prompts (`forgetting.py`): the start model (float32) loaded
+    from `base`, its greedy answers cached per start folder (`evalcache.py`)."""
+    start_model, _ = load_model(base)
+    prompts = [x.prompt for x in suite.eval_items("target_id", limit)]
+    longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"])
+                  for x in suite.eval_items("target_id", limit))
+    budget = longest + suite.margin_tokens
+    answers = cached("start-answers", base if suite.name != "toy" else None,
+                     {"prompts": prompts, "max_new_tokens": budget},
+                     lambda: greedy_answers(start_model, tokenizer, prompts, budget))
+    kl = forward_kl(start_model, model, tokenizer, prompts, answers=answers)
+    del start_model
+    release_memory()
+    return {**kl, "on": "target_id prompts, teacher-forced on the start model's greedy answers"}
+
+
 def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Train, *,
-               method: str, task: str, base: Path | None, options: Any, steps: int, log_every: int = 1) -> RunResult:
+               method: str, task: str, base: Path | None, options: Any, steps: int, log_every: int = 1,
+               suite: Suite | None = None, extra: dict[str, Any] | None = None,
+               budget: tuple[int, float] | None = None) -> RunResult:
     """Evaluate `model`, run `train(model, tokenizer, writer)`, save, evaluate the saved checkpoint, and write the
     run folder `out` (atomically). `options` is the resolved options dataclass of the command: its seed, eval_items,
-    save_dtype, save_every and weight_decay fields are used, and all of it is recorded in eval.json."""
+    save_dtype, save_every and weight_decay fields are used, and all of it is recorded in eval.json, with `extra`.
+    With a `base`, the run is checked against it (`checks.py`: no_update, no_signal, and with `budget` = (optimizer
+    steps, peak lr) the update budget)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     check_out(out)
     preflight(out, model, tokenizer, options.save_dtype, base)
+    release_memory()
     torch.manual_seed(options.seed)
-    before = evaluate_model(model, tokenizer, options.eval_items)
+    suite = prepare_suite(model, tokenizer, suite or build_suite(tokenizer), base, options.eval_items)
+    before = evaluate_start(model, tokenizer, suite, base, options.eval_items)
+    release_memory()
     with atomic_dir(out) as tmp:
         writer = RunWriter(tmp, model, tokenizer, save_dtype=options.save_dtype, save_every=options.save_every,
                            total_steps=steps, desc=f"{method} {task}", log_every=log_every,
@@ -174,23 +252,57 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
             keep_interrupted(tmp, out, writer.records, writer.saved)
             raise
         writer.finish()
-        after = evaluate(tmp, options.eval_items)
+        flags: dict[str, Any] = {}
+        if base is not None:
+            flags["no_update"] = bit_identical(base, tmp)
+            signal = no_signal(writer.records)
+            if signal is not None:
+                flags["no_signal"] = signal
+        record_budget = update_budget(model, base, *budget) if base is not None and budget else None
+        # The saved checkpoint is evaluated: its weights are loaded into the training model (now free of optimizer
+        # state and gradients), so at most two models are held from here on: it and the start.
+        after_model = load_weights(model, tmp)
+        release_memory()
+        after = evaluate_model(after_model, tokenizer, options.eval_items, suite)
+        forgetting = measure_forgetting(after_model, tokenizer, suite, base, options.eval_items) \
+            if base is not None else None
         seconds = time.perf_counter() - t0
         record = {
             "method": method, "task": task, "seed": options.seed, "save_dtype": options.save_dtype,
             "weight_decay": options.weight_decay, "base": None if base is None else str(base.resolve()),
             "base_fingerprint": None if base is None else fingerprint(base),
-            "before": before, "after": after, "options": as_record(options),
+            **(extra or {}), "suite": suite.name, **flags, "before": before, "after": after,
+            "eval_items": {s: len(suite.eval_items(s, options.eval_items)) for s in before},
+            **({"suite_notes": suite.notes} if suite.notes else {}),
+            **({"budget": record_budget} if record_budget else {}),
+            **({"forgetting": forgetting} if forgetting else {}),
+            "options": as_record(options),
             "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
             "torch_threads": torch.get_num_threads()}
         write_text(tmp / "eval.json", json.dumps(record, indent=2) + "\n")
-    return RunResult(out, before, after, seconds)
+    return RunResult(out, before, after, seconds, {k: v for k, v in flags.items() if v})
 
 
-def finetune(method: str, options: RunOptions, steps: int, train: Train) -> RunResult:
-    """Load the base (options.base, or the committed one) and fine-tune it in a run folder (see `run_folder`)."""
-    base = Path(options.base) if options.base is not None else default_base_path()
+def steps_of(options: Any) -> int:
+    """The progress-bar steps of a resolved options object: rollout batches, optimizer steps or ES iterations."""
+    return int(getattr(options, "steps", None) or getattr(options, "iterations"))
+
+
+def finetune(method: str, options: RunOptions, train: FineTune, *, budget=None) -> RunResult:
+    """Load the base (`bases.resolve_base(options.base)`), resolve the options' presets for it (toy or real),
+    build its suite (with --data), and fine-tune it in a run folder (see `run_folder`). `budget(options)` gives
+    (optimizer steps, peak lr) for eval.json's update budget."""
+    base = resolve_base(options.base)
     check_out(Path(options.out))
     model, tokenizer = load_model(base)
-    return run_folder(Path(options.out), model, tokenizer, train, method=method, task=options.task, base=base,
-                      options=options, steps=steps)
+    prof = profile(tokenizer)
+    if prof == "real":
+        bound_heap()  # a real model only: the toy model's small tensors would only pay the extra page faults
+    options = resolve(options, prof)
+    suite = build_suite(tokenizer, options.data)
+    examples = list(suite.train[options.task])
+    setup = Setup(options, suite, examples, prof)
+    extra = {"preset": prof, "start": start_of(base), **({"data": str(options.data)} if options.data else {})}
+    return run_folder(Path(options.out), model, tokenizer, lambda m, t, w: train(m, t, w, setup), method=method,
+                      task=options.task, base=base, options=options, steps=steps_of(options), suite=suite,
+                      extra=extra, budget=budget(options) if budget else None)

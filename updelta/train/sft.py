@@ -17,19 +17,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batching import Batch, shuffled_batches
 from .losses import NORMALIZATIONS, Normalization, sft_loss
-from .options import OptionsError, RunOptions, check_choice, option, resolve
-from .runs import RunResult, RunWriter, finetune
+from .options import OptionsError, RunOptions, check_choice, option
+from .runs import RunResult, RunWriter, Setup, finetune
 from .supervised import Objective, shifted_logits, train_supervised
-from .tasks import train_examples
 
 
 @dataclass(frozen=True, kw_only=True)
 class SFTOptions(RunOptions):
-    steps: int | None = option("optimizer steps", 100, quick=8)
-    batch_size: int = option("examples per optimizer step, split into --grad-accum micro-batches", 32)
+    steps: int | None = option("optimizer steps", 100, quick=8, real=20, real_quick=2)
+    batch_size: int | None = option("examples per optimizer step, split into --grad-accum micro-batches", 32,
+                                    real=8)
     grad_accum: int = option("micro-batches per optimizer step (gradient accumulation)", 2)
     lr: float | None = option("peak learning rate (AdamW betas 0.9/0.95, 10% warm-up, cosine, grad clip 1.0)",
-                              1e-4, quick=1e-3)
+                              1e-4, quick=1e-3, real=3e-5, real_quick=5e-5)
     weight_decay: float = option("AdamW decoupled weight decay on matrices (the DFT paper's 0.01)", 0.01)
     normalization: Normalization = option(
         "loss normalisation: global (token mean over the accumulated batch, as TRL) or microbatch "
@@ -40,7 +40,7 @@ class SFTOptions(RunOptions):
         check_choice("normalization", self.normalization, NORMALIZATIONS)
         bad_lr = self.lr is not None and self.lr <= 0
         bad_steps = self.steps is not None and self.steps < 1
-        if not 1 <= self.grad_accum <= self.batch_size or bad_lr or bad_steps:
+        if not 1 <= self.grad_accum <= (self.batch_size or self.grad_accum) or bad_lr or bad_steps:
             raise OptionsError("need 1 <= --grad-accum <= --batch-size, --lr > 0 and --steps >= 1")
 
 
@@ -57,12 +57,10 @@ def objective(normalization: Normalization = "global") -> Objective:
 
 def train(options: SFTOptions) -> RunResult:
     """Fine-tune the base on the task by cross-entropy (SFT) and write the run folder."""
-    options = resolve(options)
-    examples = train_examples(options.task)
+    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter, setup: Setup) -> None:
+        o = setup.options
+        train_supervised(model, tokenizer, shuffled_batches(setup.examples, o.batch_size, o.seed),
+                         objective(o.normalization), steps=o.steps, grad_accum=o.grad_accum,
+                         lr=o.lr, weight_decay=o.weight_decay, on_step=writer.step)
 
-    def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, writer: RunWriter) -> None:
-        train_supervised(model, tokenizer, shuffled_batches(examples, options.batch_size, options.seed),
-                         objective(options.normalization), steps=options.steps, grad_accum=options.grad_accum,
-                         lr=options.lr, weight_decay=options.weight_decay, on_step=writer.step)
-
-    return finetune("sft", options, options.steps, run)
+    return finetune("sft", options, run, budget=lambda o: (o.steps, o.lr))

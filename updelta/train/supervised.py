@@ -5,13 +5,14 @@ loss (see `losses.py`), then gradient clipping, then AdamW at the scheduled lear
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import Batch, collate, micro_batches, position_ids
+from .batching import IGNORE, Batch, collate, micro_batches, position_ids
 from .optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
 from .tasks import Example
 
@@ -24,10 +25,32 @@ class Objective(Protocol):
 
 
 def shifted_logits(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [B, T-1, V], labels [B, T-1]) with logits[b, t] scoring labels[b, t]."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position_ids(batch.attention_mask))
-    return out.logits[:, :-1], batch.labels[:, 1:]
+    """(logits [B, T', V], labels [B, T']) with logits[b, t] scoring labels[b, t]: the shifted columns from the
+    first one that holds a target token to the end (T' <= T - 1). The model computes logits only for those
+    positions (`logits_to_keep`), so on a real vocabulary the prompt's columns never become a [B, T, V] tensor;
+    the losses are the same since the dropped columns carry no target."""
+    labels = batch.labels[:, 1:]
+    cols = (labels != IGNORE).any(0).nonzero()
+    first = int(cols[0]) if len(cols) else labels.shape[1] - 1
+    return logits_from(model, batch.input_ids, batch.attention_mask, first), labels[:, first:]
+
+
+def logits_from(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                first: int) -> torch.Tensor:
+    """Logits of input positions first .. T-2 ([B, T-1-first, V]), i.e. the scores of tokens first+1 .. T-1."""
+    keep = input_ids.shape[1] - first
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=keep, use_cache=False)  # scoring only: no KV cache
+    return out.logits[:, -keep:][:, :-1]
+
+
+def frozen_reference(model: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of `model` for KL terms: bfloat16 on a real model (over 10M parameters, to halve its memory;
+    its logits are upcast to float32 by the losses), float32 on the toy base."""
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    if sum(p.numel() for p in ref.parameters()) > 10_000_000:
+        ref = ref.to(torch.bfloat16)
+    return ref
 
 
 def accumulate_gradients(model: PreTrainedModel, micro: Sequence[Batch], objective: Objective) -> dict[str, float]:
