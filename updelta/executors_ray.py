@@ -24,11 +24,13 @@ so a long-lived worker never reads a file through a stale descriptor.
 
 Failures: a worker process that dies is retried (`max_retries`, Ray's own mechanism); an exception raised by a
 job (a corrupt shard) is raised again here as itself, unwrapped from Ray's `RayTaskError`, so it is the same
-one-line `UpdeltaError` as with the local executors. Closing the generator (an error, Ctrl-C) cancels the
-tasks still outstanding (`ray.cancel`).
+one-line `UpdeltaError` as with the local executors. Closing the generator (an error, Ctrl-C) force-cancels the
+tasks still outstanding and waits until Ray reports them done (`RayExecutor._cancel` says why force, and why
+cancelling again).
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from .errors import UpdeltaError
@@ -38,6 +40,8 @@ R = TypeVar("R")
 
 MAX_RETRIES = 3  # Ray retries of a task whose worker process died (not of a job that raised)
 WAIT_S = 0.5  # ray.wait timeout: the driver returns to Python this often (Ctrl-C is handled promptly)
+CANCEL_RETRY_S = 0.5  # a task not done this long after its cancel is cancelled again (`_cancel`)
+CANCEL_DEADLINE_S = 10.0  # how long closing waits for the cancels to land
 
 
 def _run_task(fn, job):
@@ -146,11 +150,29 @@ class RayExecutor:
             self._cancel(inflight)
 
     def _cancel(self, refs) -> None:
-        for r in list(refs):
+        """Force-cancel `refs` and wait until Ray reports each one done, cancelling again every CANCEL_RETRY_S.
+
+        force=True, because a polite cancel raises KeyboardInterrupt only when the task next runs Python bytecode
+        (an SVD or a read in C runs on) and can leave a reused worker half-way through an import (a later task
+        then fails importing torch); a force cancel kills the worker process and Ray starts a fresh one. Cancelling
+        again, because a cancel that reaches a task between its lease and its start on the worker is sometimes
+        lost (seen with Ray 2.60); CANCEL_DEADLINE_S bounds the wait."""
+        ray = self.ray
+        pending = list(refs)
+        deadline = time.monotonic() + CANCEL_DEADLINE_S
+        while pending:
+            for r in pending:
+                try:
+                    ray.cancel(r, force=True)
+                except Exception:  # already finished, or the cluster is gone: nothing to cancel
+                    pass
+            if time.monotonic() >= deadline:
+                break
             try:
-                self.ray.cancel(r)
-            except Exception:  # already finished, or the cluster is gone: nothing to cancel
-                pass
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=CANCEL_RETRY_S, fetch_local=False)
+            except Exception:  # the cluster is gone
+                break
+        for r in list(refs):
             self._outstanding.discard(r)
 
     def close(self) -> None:
