@@ -148,8 +148,12 @@ def _block_reads(job: CheapJob, base, readers: dict, bufs: _Buffers):
 def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> None:
     t, o = job.tensor, job.opts
     dtypes = {s.run: s.loc.dtype for s in t.sides}
+    fused = where.kernel_sums(job, raw0, raws, part, part.hists)  # None: this block has no where work
     a, ka = _kernel_input(raw0, t.base.dtype)
     for r, raw in raws.items():
+        if fused is not None:
+            part.sums[r].append(fused[r])
+            continue
         b, kb = _kernel_input(raw, dtypes[r])
         part.sums[r].append(_fused.stats(a, ka, b, kb, o.atol, o.eta, part.hists.get(r)))
     if t.pairs:
@@ -158,7 +162,6 @@ def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) ->
         wide = {r: _widen_f32(raw, dtypes[r], bufs.get(("w", r), n * 4, np.float32)) for r, raw in raws.items()}
         for ra, rb in t.pairs:
             part.pair_sums[(ra, rb)].append(_fused.pair(w0, wide[ra], wide[rb], o.atol, o.eta))
-    where.block(job, raw0, raws, part, raw=True)
 
 
 def _torch_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: _Buffers) -> None:

@@ -1,8 +1,11 @@
 """Where an update sits, computed in the cheap pass: the hooks `jobs.run_job` and `jobs.tensor_records` call.
 
 - `start(job)`: the per-part state (None when `DiffOptions.where` is off or the tensor is not 2-D);
-- `block(job, w0, ws, part)`: one block's row/column reductions (`metrics.concentration.block`) for every run,
-  and the per-head dot products of every run pair when the tensor has heads (`plan.TensorSpec.heads`);
+- `kernel_sums(job, raw0, raws, part, hists)`: on the C kernel, one block's cheap sums and its row/column
+  reductions in one pass (`_fused.stats_rowcol`, `_fused.stats_heads`) for every run, and the per-head dot
+  products of every run pair when the tensor has heads (`plan.TensorSpec.heads`);
+- `block(job, w0, ws, part)`: the same reductions in torch (`metrics.concentration.block`: the reference, and
+  the CUDA path);
 - `finish(spec, parts, records)`: adds the concentration columns to each run's record and returns the rows of
   the `heads`, `pairs_heads` and `neurons` tables (docs/metrics.md, "Where an update sits").
 
@@ -35,55 +38,58 @@ def start(job) -> WherePart | None:
     return WherePart(job.start, int(job.opts.top_neurons), {s.run: conc.AxisBlocks() for s in t.sides}, pairs)
 
 
-def block(job, w0, ws: dict, part, raw: bool = False) -> None:
-    """Row/column reductions of one block; `w0`, `ws[run]`: the block's values as torch tensors (any dtype), or
-    with `raw` the storage arrays the C kernel reads (its `rowcol` then sums the energies of a tensor without
-    heads in one pass; head tensors take the torch path)."""
+def kernel_sums(job, raw0, raws: dict, part, hists: dict) -> dict | None:
+    """One block of a 2-D tensor under `where`, on the C kernel: every run's cheap sums (what `_fused.stats`
+    returns, bit for bit) and its row/column reductions from one pass over the block (`_fused.stats_rowcol`,
+    or `_fused.stats_heads` for a tensor with heads), and the per-head dot products of every run pair. Returns
+    {run: sums}, or None when the block has no where work (the caller then calls `_fused.stats`)."""
+    st = part.where
+    if st is None:
+        return None
+    from .jobs import _fused, _kernel_input, raw_to_torch
+
+    t, o = job.tensor, job.opts
+    axis = t.heads.axis if t.heads is not None else None
+    shape = (int(t.shape[0]), int(t.shape[1]))
+    dtypes = {s.run: s.loc.dtype for s in t.sides}
+    a, ka = _kernel_input(raw0, t.base.dtype)
+    n, cols = int(a.size), shape[1]
+    r0, nrows = st.pos // cols, (st.pos + n - 1) // cols - st.pos // cols + 1
+    sums = {}
+    for r, x in raws.items():
+        b, kb = _kernel_input(x, dtypes[r])
+        if axis is None:
+            rows, col = np.zeros(nrows), np.zeros(cols)
+            sums[r] = _fused.stats_rowcol(a, ka, b, kb, o.atol, o.eta, hists.get(r), st.pos, cols, rows, col)
+            st.runs[r].rows.append((r0, {"ss_delta": rows}))
+            st.runs[r].cols.append({"ss_delta": col})
+            continue
+        rs, cs = np.zeros((6, nrows)), np.zeros((6, cols))
+        sums[r] = _fused.stats_heads(a, ka, b, kb, o.atol, o.eta, hists.get(r), st.pos, cols, axis, rs, cs)
+        rows, col = {"ss_delta": rs[0]}, {"ss_delta": cs[0]}
+        src, dst = (rs, rows) if axis == 0 else (cs, col)
+        for i, k in enumerate(conc.HEAD_STATS[1:], 1):
+            dst[k] = src[i] if k == "ss_base" else src[i].astype(np.int64)
+        st.runs[r].rows.append((r0, rows))
+        st.runs[r].cols.append(col)
+    if st.pairs:
+        t0 = raw_to_torch(raw0, t.base.dtype)
+        dd = {r: conc._masked(t0, raw_to_torch(x, dtypes[r]))[3] for r, x in raws.items()}
+        for (ra, rb), out in st.pairs.items():
+            conc.pair_block(dd[ra], dd[rb], st.pos, shape, axis, out)
+    st.pos += n
+    return sums
+
+
+def block(job, w0, ws: dict, part) -> None:
+    """Row/column reductions of one block in torch (the reference of `kernel_sums`, and the CUDA path): `w0`,
+    `ws[run]`: the block's values as torch tensors (any dtype)."""
     st = part.where
     if st is None:
         return
     t, o = job.tensor, job.opts
     axis = t.heads.axis if t.heads is not None else None
     shape = (int(t.shape[0]), int(t.shape[1]))
-    if raw:
-        from .jobs import _fused, _kernel_input, raw_to_torch
-
-        dtypes = {s.run: s.loc.dtype for s in t.sides}
-        if axis is None and hasattr(_fused, "rowcol"):
-            a, ka = _kernel_input(w0, t.base.dtype)
-            n, cols = int(a.size), shape[1]
-            r0 = st.pos // cols
-            for r, x in ws.items():
-                b, kb = _kernel_input(x, dtypes[r])
-                rows, col = np.zeros((st.pos + n - 1) // cols - r0 + 1), np.zeros(cols)
-                _fused.rowcol(a, ka, b, kb, st.pos, cols, rows, col)
-                st.runs[r].rows.append((r0, {"ss_delta": rows}))
-                st.runs[r].cols.append({"ss_delta": col})
-            st.pos += n
-            return
-        if axis is not None and hasattr(_fused, "rowcol_heads"):
-            a, ka = _kernel_input(w0, t.base.dtype)
-            n, cols = int(a.size), shape[1]
-            r0 = st.pos // cols
-            for r, x in ws.items():
-                b, kb = _kernel_input(x, dtypes[r])
-                rs, cs = np.zeros((6, (st.pos + n - 1) // cols - r0 + 1)), np.zeros((6, cols))
-                _fused.rowcol_heads(a, ka, b, kb, o.atol, o.eta, st.pos, cols, rs, cs)
-                rows, col = {"ss_delta": rs[0]}, {"ss_delta": cs[0]}
-                src, dst = (rs, rows) if axis == 0 else (cs, col)
-                for i, k in enumerate(conc.HEAD_STATS[1:], 1):
-                    dst[k] = src[i] if k == "ss_base" else src[i].astype(np.int64)
-                st.runs[r].rows.append((r0, rows))
-                st.runs[r].cols.append(col)
-            if st.pairs:
-                t0 = raw_to_torch(w0, t.base.dtype)
-                dd = {r: conc._masked(t0, raw_to_torch(x, dtypes[r]))[3] for r, x in ws.items()}
-                for (ra, rb), out in st.pairs.items():
-                    conc.pair_block(dd[ra], dd[rb], st.pos, shape, axis, out)
-            st.pos += n
-            return
-        w0 = raw_to_torch(w0, t.base.dtype)
-        ws = {r: raw_to_torch(x, dtypes[r]) for r, x in ws.items()}
     dd = {r: conc.block(w0, w, st.pos, shape, axis, o.atol, o.eta, st.runs[r]) for r, w in ws.items()}
     for (ra, rb), out in st.pairs.items():
         conc.pair_block(dd[ra], dd[rb], st.pos, shape, axis, out)

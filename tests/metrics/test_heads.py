@@ -174,3 +174,46 @@ def test_report_draws_the_heads_figure_or_says_why_not(planted):
     bare = updelta.diff(base / "model.safetensors", ft / "model.safetensors", spectral="off")
     why = heads_spec(bare)[3]
     assert why.startswith("no per-head rows (") and "config.json" in why
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt_neox"])
+def test_c_kernel_equals_torch_reference_and_leaves_the_cheap_sums_alone(planted, case, tmp_path, monkeypatch):
+    """The fused kernels (`_fused.stats_rowcol`, `_fused.stats_heads`: the cheap sums and the where sums in one
+    pass) against the torch path (`jobs_where.block`) on every where table, with a second run so that the
+    pairs' per-head cosines are exercised, blocks ending mid-row; and the cheap columns with the where work
+    bit for bit those without it (`--no-where`: the plain `stats` kernel)."""
+    from updelta import engine
+
+    if engine._fused is None:
+        pytest.fail("the C kernel updelta._fused was not built")
+    base, ft, _ = planted[case]
+    ft2 = tmp_path / "ft2"
+    _plant(base, ft2, CASES[case][2], _plants(case), seed=5)
+    sd = load_file(str(ft2 / "model.safetensors"))  # and every other 2-D tensor (MLP, embeddings) moved a little
+    g = torch.Generator().manual_seed(9)
+    for k, w in sd.items():
+        if w.dim() == 2 and "attention" not in k and "attn" not in k:
+            sd[k] = w + torch.randn(w.shape, generator=g).to(w.dtype) * 1e-3 * torch.rand(w.shape[0], 1, generator=g)
+    save_file(sd, str(ft2 / "model.safetensors"))
+    runs = {"a": ft, "b": ft2}
+    fast = updelta.compare(base, runs, spectral="off", block_elems=1000, histogram=True)
+    plain = updelta.compare(base, runs, spectral="off", block_elems=1000, histogram=True, where=False)
+    cheap = ["delta_fro", "base_fro", "rel_delta", "delta_max", "delta_mean_abs", "cos_delta_base",
+             "sparsity_exact", "sparsity_atol", "sparsity_rtol", "n_compared"]
+    assert fast.tensors[cheap].equals(plain.tensors[cheap])
+    assert [list(h) for h in fast.tensors["hist"]] == [list(h) for h in plain.tensors["hist"]]
+    monkeypatch.setattr(engine, "_fused", None)
+    slow = updelta.compare(base, runs, spectral="off", block_elems=1000, histogram=True)
+    conc = [c for c in fast.tensors.columns if c.startswith(("row_", "col_", "rows_", "cols_"))]
+    assert len(conc) == 8
+    import numpy as np
+    np.testing.assert_allclose(fast.tensors[conc].to_numpy(float), slow.tensors[conc].to_numpy(float), rtol=1e-9,
+                               atol=1e-12)
+    for table in ("heads", "pairs_heads", "neurons"):
+        a, b = getattr(fast, table), getattr(slow, table)
+        assert len(a) == len(b) > 0, table
+        for c in a.columns:
+            if a[c].dtype.kind == "f":
+                np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9, atol=1e-15, err_msg=c)
+            else:
+                assert a[c].tolist() == b[c].tolist(), (table, c)

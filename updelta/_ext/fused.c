@@ -40,7 +40,7 @@ typedef struct {
 
 /* Body of one element. Finiteness is a test on exponent bits, masking instead of branching;
  * max(|a|,|b|) is an integer max on sign-cleared bits (no fmaxf, which blocks vectorisation). */
-#define STATS_ELEM(LA, LB, HIST)                                              \
+#define STATS_ELEM(LA, LB, HIST, EXTRA)                                       \
     {                                                                         \
         uint32_t ua = LA(pa, i), ub = LB(pb, i);                              \
         int32_t fa = ((ua >> 23) & 0xFFu) != 0xFFu;                           \
@@ -62,6 +62,7 @@ typedef struct {
         at += (ad <= atol) & m;                                               \
         rt += (ad <= eta * big) & m;                                          \
         HIST                                                                  \
+        EXTRA                                                                 \
     }
 
 #define HIST_ON                                                               \
@@ -71,16 +72,12 @@ typedef struct {
     }
 #define HIST_OFF
 
-#define DEF_STATS(NAME, LA, LB, HIST)                                         \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
-                 float eta, int64_t *hist, Stats *s) {                        \
-    (void)hist;                                                               \
-    for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
-        Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;                      \
+/* Elements [c0, c1) of the block (one chunk) into *s; EXTRA runs per element with `d` in scope. */
+#define STATS_CHUNK(LA, LB, HIST, EXTRA)                                      \
+    {                                                                         \
         int32_t used = 0, nfa = 0, nfb = 0, eq = 0, at = 0, rt = 0, mx = 0;   \
         float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
-        for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, HIST)         \
+        for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, HIST, EXTRA)  \
         s->used += used; s->nfa += nfa; s->nfb += nfb; s->eq += eq;           \
         s->at += at; s->rt += rt;                                             \
         if (F_OVERFLOW(ss_d) || F_OVERFLOW(ss_a) || F_OVERFLOW(dot) ||        \
@@ -102,6 +99,16 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
         s->dot += dot; s->sabs += sabs;                                       \
         if ((double)bits2f((uint32_t)mx) > s->maxd)                           \
             s->maxd = (double)bits2f((uint32_t)mx);                           \
+    }
+
+#define DEF_STATS(NAME, LA, LB, HIST)                                         \
+__attribute__((target_clones("avx2", "default")))                             \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s) {                        \
+    (void)hist;                                                               \
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
+        Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;                      \
+        STATS_CHUNK(LA, LB, HIST, )                                           \
     }                                                                         \
 }
 
@@ -282,154 +289,243 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* rowcol(a, kind_a, b, kind_b, start, cols, rows_out, cols_out): the row and column energies of one block
- * (docs/metrics.md, Where an update sits). The block holds elements [start, start + n) of a row-major
- * tensor with `cols` columns; e = d * d in double, d = b - a in float32 as in `stats` (again in double when
- * the float difference overflows), pairs with a non-finite value left out. rows_out[r - start / cols] and
- * cols_out[c] (float64, zeroed by the caller) receive the sums of e. */
-#define ROWCOL_LOOP(LA, LB)                                                   \
+/* stats_rowcol(a, kind_a, b, kind_b, atol, eta, hist_or_None, start, cols, rows_out, cols_out) -> tuple:
+ * `stats` and the row and column energies of one block (docs/metrics.md, Where an update sits) in one pass,
+ * each element read and decoded once. The stats sums are those of `stats` bit for bit (the same chunks, the
+ * same loop). The block holds elements [start, start + n) of a row-major tensor with `cols` columns; the
+ * energy of an element is e = d * d in double, d = b - a in float32 as in `stats` (a chunk whose float
+ * difference overflowed again in double), pairs with a non-finite value left out; rows_out[r - start / cols]
+ * and cols_out[c] (float64, zeroed by the caller) receive the sums of e (the torch reference:
+ * updelta/metrics/concentration.py, `block`). */
+#define ENERGY_OF_D { double de_ = (double)d; et[i - c0] = de_ * de_; }
+
+#define DEF_STATS_ROWCOL(NAME, LA, LB, HIST)                                  \
+__attribute__((target_clones("avx2", "default")))                             \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
+                 Py_ssize_t cols, double *rowp, double *colp) {               \
+    (void)hist;                                                               \
     double et[CHUNK];                                                         \
-    for (Py_ssize_t i = 0; i < n;) {                                          \
-        Py_ssize_t idx = start + i, c0 = idx % cols;                          \
-        Py_ssize_t len = cols - c0 < n - i ? cols - c0 : n - i;               \
-        double acc = 0.0;                                                     \
-        for (Py_ssize_t j0 = 0; j0 < len; j0 += CHUNK) {                      \
-            Py_ssize_t m = len - j0 < CHUNK ? len - j0 : CHUNK;               \
-            const Py_ssize_t base = i + j0;                                   \
-            double cs = 0.0;                                                  \
+    Py_ssize_t ri = 0, cc = start % cols;  /* row (from the block's first) and column of element c0 */ \
+    double racc = 0.0;                                                        \
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
+        Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
+        STATS_CHUNK(LA, LB, HIST, ENERGY_OF_D)                                \
+        double cs = 0.0;                                                      \
+        for (Py_ssize_t j = 0; j < m; j++) cs += et[j];                       \
+        if (F_OVERFLOW(cs)) { /* a float32 difference overflowed: in double */ \
             for (Py_ssize_t j = 0; j < m; j++) {                              \
-                uint32_t ua = LA(pa, base + j), ub = LB(pb, base + j);        \
+                uint32_t ua = LA(pa, c0 + j), ub = LB(pb, c0 + j);            \
                 uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
                                           (((ub >> 23) & 0xFFu) != 0xFFu));   \
-                double d = (double)(bits2f(ub & mm) - bits2f(ua & mm));       \
+                double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
                 et[j] = d * d;                                                \
-                cs += et[j];                                                  \
             }                                                                 \
-            if (F_OVERFLOW(cs)) { /* a float32 difference overflowed: in double */ \
-                cs = 0.0;                                                     \
-                for (Py_ssize_t j = 0; j < m; j++) {                          \
-                    uint32_t ua = LA(pa, base + j), ub = LB(pb, base + j);    \
-                    uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) & \
-                                              (((ub >> 23) & 0xFFu) != 0xFFu)); \
-                    double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
-                    et[j] = d * d;                                            \
-                    cs += et[j];                                              \
-                }                                                             \
-            }                                                                 \
-            double *cp = colp + c0 + j0;                                      \
-            for (Py_ssize_t j = 0; j < m; j++) cp[j] += et[j];                \
-            acc += cs;                                                        \
         }                                                                     \
-        rowp[idx / cols - r0] += acc;                                         \
-        i += len;                                                             \
-    }
-
-#define DEF_ROWCOL(NAME, LA, LB)                                              \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, Py_ssize_t start, Py_ssize_t cols,      \
-                 double *rowp, double *colp) {                                \
-    Py_ssize_t r0 = start / cols;                                             \
-    ROWCOL_LOOP(LA, LB)                                                       \
+        for (Py_ssize_t j = 0; j < m;) {                                      \
+            Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
+            double *cp = colp + cc, acc = 0.0;                                \
+            for (Py_ssize_t k = 0; k < len; k++) { cp[k] += et[j + k]; acc += et[j + k]; } \
+            racc += acc; j += len; cc += len;                                 \
+            if (cc == cols) { rowp[ri++] += racc; racc = 0.0; cc = 0; }       \
+        }                                                                     \
+    }                                                                         \
+    if (cc != 0) rowp[ri] += racc;                                            \
 }
-DEF_ROWCOL(rowcol_ff, LOAD_F32, LOAD_F32)
-DEF_ROWCOL(rowcol_fb, LOAD_F32, LOAD_BF16)
-DEF_ROWCOL(rowcol_bf, LOAD_BF16, LOAD_F32)
-DEF_ROWCOL(rowcol_bb, LOAD_BF16, LOAD_BF16)
-typedef void (*rowcol_fn)(const void *, const void *, Py_ssize_t, Py_ssize_t, Py_ssize_t, double *, double *);
-static rowcol_fn ROWCOL_FNS[2][2] = {{rowcol_ff, rowcol_fb}, {rowcol_bf, rowcol_bb}};
+DEF_STATS_ROWCOL(sr_ff, LOAD_F32, LOAD_F32, HIST_OFF)
+DEF_STATS_ROWCOL(sr_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
+DEF_STATS_ROWCOL(sr_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
+DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
+DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
+DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
+DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
+DEF_STATS_ROWCOL(sr_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+typedef void (*sr_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
+                      Py_ssize_t, double *, double *);
+static sr_fn SR_FNS[2][2][2] = {
+    {{sr_ff, sr_ff_h}, {sr_fb, sr_fb_h}},
+    {{sr_bf, sr_bf_h}, {sr_bb, sr_bb_h}},
+};
 
-static PyObject *py_rowcol(PyObject *self, PyObject *args) {
-    PyObject *oa, *ob, *orow, *ocol;
+static PyObject *py_stats_rowcol(PyObject *self, PyObject *args) {
+    PyObject *oa, *ob, *oh, *orow, *ocol;
     int ka, kb;
+    float atol, eta;
     Py_ssize_t start, cols;
-    if (!PyArg_ParseTuple(args, "OiOinnOO", &oa, &ka, &ob, &kb, &start, &cols, &orow, &ocol)) return NULL;
-    Py_buffer va, vb, vr, vc;
+    if (!PyArg_ParseTuple(args, "OiOiffOnnOO", &oa, &ka, &ob, &kb, &atol, &eta, &oh, &start, &cols, &orow, &ocol))
+        return NULL;
+    Py_buffer va, vb, vh, vr, vc;
     Py_ssize_t na, nb;
+    int has_hist = oh != Py_None, nbuf = 0;
     if (get_kind_buffer(oa, ka, &va, &na) < 0) return NULL;
     if (get_kind_buffer(ob, kb, &vb, &nb) < 0) { PyBuffer_Release(&va); return NULL; }
-    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail2;
-    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) { PyBuffer_Release(&vr); goto fail2; }
+    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail4;
+    nbuf = 1;
+    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail4;
+    nbuf = 2;
+    if (has_hist) {
+        if (PyObject_GetBuffer(oh, &vh, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail4;
+        nbuf = 3;
+        if (vh.len != 257 * 8) {
+            PyErr_SetString(PyExc_ValueError, "hist must be a writable int64 array of length 257");
+            goto fail4;
+        }
+    }
     if (na != nb || cols < 1 || start < 0 || vc.len != cols * 8 ||
         (na > 0 && vr.len < ((start + na - 1) / cols - start / cols + 1) * 8)) {
-        PyErr_SetString(PyExc_ValueError, "rowcol: blocks differ in size or the output arrays do not fit");
-        PyBuffer_Release(&vr); PyBuffer_Release(&vc);
-        goto fail2;
+        PyErr_SetString(PyExc_ValueError, "stats_rowcol: blocks differ in size or the output arrays do not fit");
+        goto fail4;
     }
+    Stats s;
+    memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
-    ROWCOL_FNS[ka][kb](va.buf, vb.buf, na, start, cols, (double *)vr.buf, (double *)vc.buf);
+    SR_FNS[ka][kb][has_hist](va.buf, vb.buf, na, atol, eta, has_hist ? (int64_t *)vh.buf : NULL, &s, start, cols,
+                             (double *)vr.buf, (double *)vc.buf);
     Py_END_ALLOW_THREADS
+    if (has_hist) PyBuffer_Release(&vh);
     PyBuffer_Release(&vr); PyBuffer_Release(&vc); PyBuffer_Release(&va); PyBuffer_Release(&vb);
-    Py_RETURN_NONE;
-fail2:
+    return Py_BuildValue("(LLLdddddLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
+                         s.ss_d, s.ss_a, s.dot, s.sabs, s.maxd,
+                         (long long)s.eq, (long long)s.at, (long long)s.rt);
+fail4:
+    if (nbuf >= 3) PyBuffer_Release(&vh);
+    if (nbuf >= 2) PyBuffer_Release(&vc);
+    if (nbuf >= 1) PyBuffer_Release(&vr);
     PyBuffer_Release(&va); PyBuffer_Release(&vb);
     return NULL;
 }
 
-/* rowcol_heads(a, kind_a, b, kind_b, atol, eta, start, cols, rows_out, cols_out): as rowcol, for the
- * attention weights whose heads are row or column ranges: rows_out [6, nrows] and cols_out [6, cols]
- * (float64, zeroed) receive per row and per column the sums of d^2, a^2 and the counts of finite pairs,
- * a == b, |d| <= atol and |d| <= eta * max(|a|, |b|) (the cheap sums of `stats`, docs/metrics.md). */
-#define HEADS_LOOP(LA, LB)                                                    \
-    for (Py_ssize_t i = 0; i < n;) {                                          \
-        Py_ssize_t idx = start + i, c0 = idx % cols;                          \
-        Py_ssize_t len = cols - c0 < n - i ? cols - c0 : n - i;               \
-        double acc[6] = {0, 0, 0, 0, 0, 0};                                   \
-        for (Py_ssize_t j = 0; j < len; j++) {                                \
-            uint32_t ua = LA(pa, i + j), ub = LB(pb, i + j);                  \
-            int32_t m = (((ua >> 23) & 0xFFu) != 0xFFu) & (((ub >> 23) & 0xFFu) != 0xFFu); \
-            uint32_t mm = -(uint32_t)m;                                       \
-            float a = bits2f(ua & mm), b = bits2f(ub & mm);                   \
-            float d = b - a, ad = fabsf(d);                                   \
-            double dd = isfinite(d) ? (double)d : (double)b - (double)a;      \
-            int32_t ia = (int32_t)(ua & mm & 0x7FFFFFFFu), ib = (int32_t)(ub & mm & 0x7FFFFFFFu); \
-            float big = bits2f((uint32_t)(ia > ib ? ia : ib));                \
-            double v[6] = {dd * dd, (double)a * (double)a, (double)m, (double)((a == b) & m), \
-                           (double)((ad <= atol) & m), (double)((ad <= eta * big) & m)}; \
-            for (int k = 0; k < 6; k++) { acc[k] += v[k]; colp[k * cols + c0 + j] += v[k]; } \
+/* stats_heads(a, kind_a, b, kind_b, atol, eta, hist_or_None, start, cols, axis, rows_out, cols_out) -> tuple:
+ * as stats_rowcol, for a tensor whose heads are row (axis 0) or column (axis 1) ranges: the head sums (the
+ * cheap sums of `stats` per row or column) in the same pass. rows_out [6, nrows] and cols_out [6, cols] (float64, zeroed): index 0 (the energies) on
+ * both axes, indices 1-5 (a^2 and the counts of finite pairs, a == b, |d| <= atol, |d| <= eta max(|a|, |b|)) on
+ * the head axis only. The stats sums are those of `stats` bit for bit. */
+#define HEAD_TERMS_OF_D                                                       \
+    { double de_ = (double)d; et[i - c0] = de_ * de_;                         \
+      a2[i - c0] = (double)a * (double)a;                                     \
+      fl[i - c0] = m | (((a == b) & m) << 1) | (((ad <= atol) & m) << 2) | (((ad <= eta * big) & m) << 3); }
+
+#define DEF_STATS_HEADS(NAME, LA, LB, HIST)                                   \
+__attribute__((target_clones("avx2", "default")))                             \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
+                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp) { \
+    (void)hist;                                                               \
+    double et[CHUNK], a2[CHUNK];                                              \
+    int32_t fl[CHUNK];                                                        \
+    Py_ssize_t ri = 0, cc = start % cols;                                     \
+    double racc[6] = {0, 0, 0, 0, 0, 0};                                      \
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
+        Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
+        STATS_CHUNK(LA, LB, HIST, HEAD_TERMS_OF_D)                            \
+        double cs = 0.0;                                                      \
+        for (Py_ssize_t j = 0; j < m; j++) cs += et[j];                       \
+        if (F_OVERFLOW(cs)) { /* a float32 difference overflowed: in double */ \
+            for (Py_ssize_t j = 0; j < m; j++) {                              \
+                uint32_t ua = LA(pa, c0 + j), ub = LB(pb, c0 + j);            \
+                uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
+                                          (((ub >> 23) & 0xFFu) != 0xFFu));   \
+                double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
+                et[j] = d * d;                                                \
+            }                                                                 \
         }                                                                     \
-        for (int k = 0; k < 6; k++) rowp[k * nrows + idx / cols - r0] += acc[k]; \
-        i += len;                                                             \
-    }
-
-#define DEF_HEADS(NAME, LA, LB)                                               \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, float eta, Py_ssize_t start, \
-                 Py_ssize_t cols, Py_ssize_t nrows, double *rowp, double *colp) {                      \
-    Py_ssize_t r0 = start / cols;                                             \
-    HEADS_LOOP(LA, LB)                                                        \
+        for (Py_ssize_t j = 0; j < m;) {                                      \
+            Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
+            const double *e = et + j, *q = a2 + j;                            \
+            const int32_t *f = fl + j;                                        \
+            if (axis == 0) {                                                  \
+                double *cp = colp + cc, s0 = 0, s1 = 0;                       \
+                int32_t n0 = 0, n1 = 0, n2 = 0, n3 = 0;                       \
+                for (Py_ssize_t k = 0; k < len; k++) {                        \
+                    cp[k] += e[k]; s0 += e[k]; s1 += q[k];                    \
+                    n0 += f[k] & 1; n1 += (f[k] >> 1) & 1;                    \
+                    n2 += (f[k] >> 2) & 1; n3 += (f[k] >> 3) & 1;             \
+                }                                                             \
+                racc[0] += s0; racc[1] += s1; racc[2] += n0; racc[3] += n1;   \
+                racc[4] += n2; racc[5] += n3;                                 \
+            } else {                                                          \
+                double *c0p = colp + cc, *c1p = c0p + cols, *c2p = c1p + cols, \
+                       *c3p = c2p + cols, *c4p = c3p + cols, *c5p = c4p + cols; \
+                double s0 = 0;                                                \
+                for (Py_ssize_t k = 0; k < len; k++) {                        \
+                    c0p[k] += e[k]; c1p[k] += q[k]; s0 += e[k];               \
+                    c2p[k] += f[k] & 1; c3p[k] += (f[k] >> 1) & 1;            \
+                    c4p[k] += (f[k] >> 2) & 1; c5p[k] += (f[k] >> 3) & 1;     \
+                }                                                             \
+                racc[0] += s0;                                                \
+            }                                                                 \
+            j += len; cc += len;                                              \
+            if (cc == cols) {                                                 \
+                for (int k = 0; k < 6; k++) { rowp[k * nrows + ri] += racc[k]; racc[k] = 0; } \
+                ri++; cc = 0;                                                 \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+    if (cc != 0)                                                              \
+        for (int k = 0; k < 6; k++) rowp[k * nrows + ri] += racc[k];          \
 }
-DEF_HEADS(heads_ff, LOAD_F32, LOAD_F32)
-DEF_HEADS(heads_fb, LOAD_F32, LOAD_BF16)
-DEF_HEADS(heads_bf, LOAD_BF16, LOAD_F32)
-DEF_HEADS(heads_bb, LOAD_BF16, LOAD_BF16)
-typedef void (*heads_fn)(const void *, const void *, Py_ssize_t, float, float, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                         double *, double *);
-static heads_fn HEADS_FNS[2][2] = {{heads_ff, heads_fb}, {heads_bf, heads_bb}};
+DEF_STATS_HEADS(sh_ff, LOAD_F32, LOAD_F32, HIST_OFF)
+DEF_STATS_HEADS(sh_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
+DEF_STATS_HEADS(sh_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
+DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
+DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
+DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
+DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
+DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+typedef void (*sh_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
+                      Py_ssize_t, int, Py_ssize_t, double *, double *);
+static sh_fn SH_FNS[2][2][2] = {
+    {{sh_ff, sh_ff_h}, {sh_fb, sh_fb_h}},
+    {{sh_bf, sh_bf_h}, {sh_bb, sh_bb_h}},
+};
 
-static PyObject *py_rowcol_heads(PyObject *self, PyObject *args) {
-    PyObject *oa, *ob, *orow, *ocol;
-    int ka, kb;
+static PyObject *py_stats_heads(PyObject *self, PyObject *args) {
+    PyObject *oa, *ob, *oh, *orow, *ocol;
+    int ka, kb, axis;
     float atol, eta;
     Py_ssize_t start, cols;
-    if (!PyArg_ParseTuple(args, "OiOiffnnOO", &oa, &ka, &ob, &kb, &atol, &eta, &start, &cols, &orow, &ocol))
+    if (!PyArg_ParseTuple(args, "OiOiffOnniOO", &oa, &ka, &ob, &kb, &atol, &eta, &oh, &start, &cols, &axis,
+                          &orow, &ocol))
         return NULL;
-    Py_buffer va, vb, vr, vc;
+    Py_buffer va, vb, vh, vr, vc;
     Py_ssize_t na, nb;
+    int has_hist = oh != Py_None, nbuf = 0;
     if (get_kind_buffer(oa, ka, &va, &na) < 0) return NULL;
     if (get_kind_buffer(ob, kb, &vb, &nb) < 0) { PyBuffer_Release(&va); return NULL; }
-    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail3;
-    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) { PyBuffer_Release(&vr); goto fail3; }
-    Py_ssize_t nrows = na > 0 && cols > 0 ? (start + na - 1) / cols - start / cols + 1 : 0;
-    if (na != nb || cols < 1 || start < 0 || vc.len != 6 * cols * 8 || vr.len != 6 * nrows * 8) {
-        PyErr_SetString(PyExc_ValueError, "rowcol_heads: blocks differ in size or the output arrays do not fit");
-        PyBuffer_Release(&vr); PyBuffer_Release(&vc);
-        goto fail3;
+    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail5;
+    nbuf = 1;
+    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail5;
+    nbuf = 2;
+    if (has_hist) {
+        if (PyObject_GetBuffer(oh, &vh, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail5;
+        nbuf = 3;
+        if (vh.len != 257 * 8) {
+            PyErr_SetString(PyExc_ValueError, "hist must be a writable int64 array of length 257");
+            goto fail5;
+        }
     }
+    Py_ssize_t nrows = na > 0 && cols > 0 ? (start + na - 1) / cols - start / cols + 1 : 0;
+    if (na != nb || cols < 1 || start < 0 || (axis != 0 && axis != 1) || vc.len != 6 * cols * 8 ||
+        vr.len != 6 * nrows * 8) {
+        PyErr_SetString(PyExc_ValueError, "stats_heads: blocks differ in size, axis is not 0 or 1, or the output "
+                        "arrays do not fit");
+        goto fail5;
+    }
+    Stats s;
+    memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
-    HEADS_FNS[ka][kb](va.buf, vb.buf, na, atol, eta, start, cols, nrows, (double *)vr.buf, (double *)vc.buf);
+    SH_FNS[ka][kb][has_hist](va.buf, vb.buf, na, atol, eta, has_hist ? (int64_t *)vh.buf : NULL, &s, start, cols,
+                             axis, nrows, (double *)vr.buf, (double *)vc.buf);
     Py_END_ALLOW_THREADS
+    if (has_hist) PyBuffer_Release(&vh);
     PyBuffer_Release(&vr); PyBuffer_Release(&vc); PyBuffer_Release(&va); PyBuffer_Release(&vb);
-    Py_RETURN_NONE;
-fail3:
+    return Py_BuildValue("(LLLdddddLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
+                         s.ss_d, s.ss_a, s.dot, s.sabs, s.maxd,
+                         (long long)s.eq, (long long)s.at, (long long)s.rt);
+fail5:
+    if (nbuf >= 3) PyBuffer_Release(&vh);
+    if (nbuf >= 2) PyBuffer_Release(&vc);
+    if (nbuf >= 1) PyBuffer_Release(&vr);
     PyBuffer_Release(&va); PyBuffer_Release(&vb);
     return NULL;
 }
@@ -438,8 +534,8 @@ static PyMethodDef methods[] = {
     {"stats", py_stats, METH_VARARGS, "Fused per-block statistics of base vs fine-tuned weights."},
     {"pair", py_pair, METH_VARARGS, "Fused per-block statistics of two updates of one base."},
     {"widen_bf16", py_widen_bf16, METH_VARARGS, "Exact bfloat16 -> float32 widening."},
-    {"rowcol", py_rowcol, METH_VARARGS, "Row and column energies of one block of an update."},
-    {"rowcol_heads", py_rowcol_heads, METH_VARARGS, "Per-row and per-column cheap sums of one block."},
+    {"stats_rowcol", py_stats_rowcol, METH_VARARGS, "stats and the row and column energies of one block in one pass."},
+    {"stats_heads", py_stats_heads, METH_VARARGS, "stats and the head-axis sums of one block in one pass."},
     {NULL, NULL, 0, NULL},
 };
 
