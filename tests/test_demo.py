@@ -46,3 +46,32 @@ def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
     assert code == 0 and cap.err.count("reusing the finished run") == len(names)
     assert all((out / "runs" / n / "eval.json").stat().st_mtime_ns == mtimes[n] for n in names)
     assert (out / "report.md").exists()
+
+
+def test_seeds_in_worker_processes_train_the_same_runs(tmp_path, monkeypatch, capfd):
+    """Two seeds in two spawned processes (one torch thread each) write bit for bit the checkpoints and
+    evaluations that one process writes training them one after the other at one thread."""
+    import torch
+
+    from updelta import demo
+    from updelta.train import default_base_path
+
+    monkeypatch.setattr(demo, "zoo_of", lambda real, quick: (("sft", "target"),))
+    monkeypatch.setattr(demo, "_cores", lambda: 2)
+    base = default_base_path()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = demo.train_zoo(tmp_path / "one", base, quick=True, seeds=2, force=False, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    two = demo.train_zoo(tmp_path / "two", base, quick=True, seeds=2, force=False, workers=2)
+    err = capfd.readouterr().err
+    assert "in 2 processes (1 torch thread each)" in err and err.count(": done in ") == 2
+    assert list(one) == list(two) == ["sft-target-s0", "sft-target-s1"]
+    for name in one:
+        a, b = (json.loads((d[name] / "eval.json").read_text()) for d in (one, two))
+        assert a["after"] == b["after"] and a["torch_threads"] == b["torch_threads"] == 1
+        assert (one[name] / "model.safetensors").read_bytes() == (two[name] / "model.safetensors").read_bytes()
+    w0 = (one["sft-target-s0"] / "model.safetensors").read_bytes()
+    assert w0 != (one["sft-target-s1"] / "model.safetensors").read_bytes()  # the seeds differ

@@ -9,6 +9,7 @@ Stages (each announced on stderr, each training run with its own progress bar):
    `start: sft`) and the precision study (`PRECISION`: GRPO and SFT saved in float32, GRPO at 10x its lr). The toy
    zoo without --quick trains ES and GRPO at half their `updelta train` budgets (`TOY_DEMO_BUDGET`), so that the
    default two seeds, which the claims' verdict rule needs, take about as long as one seed at the full budgets;
+   seeds train in parallel, one process per core (`workers`, `train_zoo`), bit for bit as one after another;
 3. every run is evaluated on all splits by the trainer (before and after, in its eval.json);
 4. compare + report over the runs that start from the base (spectral work: full, except `off` for a real base with
    --quick, where SVDs of 135M parameters would dominate a CI run), with the evaluations and the literature's claims
@@ -55,6 +56,7 @@ class DemoOptions:
     quick: bool = False
     seeds: int | None = None
     force: bool = False
+    workers: int | None = None
 
 
 DEMO_HELP = {
@@ -66,6 +68,8 @@ DEMO_HELP = {
     "seeds": "Training seeds per method (claims need at least 2 to be more than inconclusive); default 2 on the "
              "toy base, 1 on a real one.",
     "force": "Retrain runs that are already finished in --out.",
+    "workers": "Seeds trained at once, each in its own process with cores / workers torch threads (default: one "
+               "per core, at most one per seed; 1 trains them one after another in this process).",
 }
 
 
@@ -152,28 +156,69 @@ def _trainer(method: str, task: str, real: bool, quick: bool) -> tuple[str, dict
     return method, (TOY_DEMO_BUDGET.get(method, {}) if not real and not quick else {})
 
 
-def train_zoo(out: Path, base: Path, quick: bool, seeds: int, force: bool, real: bool = False) -> dict[str, Path]:
-    """Train (or reuse) every run of the zoo; returns {run name: folder} in a fixed order."""
-    from .train import METHODS, run_method
-
-    runs: dict[str, Path] = {}
+def train_zoo(out: Path, base: Path, quick: bool, seeds: int, force: bool, real: bool = False,
+              workers: int = 1) -> dict[str, Path]:
+    """Train (or reuse) every run of the zoo; returns {run name: folder} in a fixed order. With `workers` > 1 the
+    seeds still to train go to that many spawned processes, one seed's runs in order per process (GRPO from SFT
+    needs its seed's SFT run), each with cores / workers torch threads and its progress bars off; the stage
+    lines say when each run starts and ends."""
     todo = [(s, m, t) for s in range(seeds) for m, t in zoo_of(real, quick)]
+    runs: dict[str, Path] = {}
+    chains: dict[int, list[tuple]] = {}
     for i, (seed, method, task) in enumerate(todo, 1):
         name = zoo_name(method, task, seed)
         folder = out / "runs" / name
         start = start_folder(out, base, method, task, seed)
         trainer, overrides = _trainer(method, task, real, quick)
+        runs[name] = folder
         if not force and _reusable(folder, quick, seed, start, overrides):
             _stage(f"2/4 run {i}/{len(todo)} {name}: reusing the finished run in {folder}")
-        else:
-            _stage(f"2/4 run {i}/{len(todo)} {name}: training")
-            opts = METHODS[trainer].options(out=folder, base=str(start), task=task, seed=seed, quick=quick,
-                                            **overrides)
-            result = run_method(trainer, opts)
-            for flag in result.warnings:
-                _stage(f"warning: {name}: {flag} (see its eval.json)")
-        runs[name] = folder
+            continue
+        chains.setdefault(seed, []).append((f"{i}/{len(todo)}", name, trainer,
+                                            dict(out=folder, base=str(start), task=task, seed=seed, quick=quick,
+                                                 **overrides)))
+    workers = max(1, min(int(workers), len(chains)))
+    if workers == 1:
+        for chain in chains.values():
+            _train_chain(chain, threads=None, bars=True)
+        return runs
+    threads = max(1, _cores() // workers)
+    _stage(f"2/4 training {sum(map(len, chains.values()))} runs of {len(chains)} seeds in {workers} processes "
+           f"({threads} torch thread{'s' if threads > 1 else ''} each)")
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        for f in [pool.submit(_train_chain, chain, threads, False) for chain in chains.values()]:
+            f.result()  # a run's error is raised here, as itself
     return runs
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _train_chain(chain: list[tuple], threads: int | None, bars: bool) -> None:
+    """Train one seed's runs in order (`train_zoo`; in a worker process when `threads` is set)."""
+    from .train import METHODS, run_method
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if not bars:
+        os.environ["UPDELTA_PROGRESS"] = "0"
+    for step, name, trainer, kwargs in chain:
+        _stage(f"2/4 run {step} {name}: training")
+        t0 = time.perf_counter()
+        result = run_method(trainer, METHODS[trainer].options(**kwargs))
+        if not bars:
+            _stage(f"2/4 run {step} {name}: done in {time.perf_counter() - t0:.0f} s")
+        for flag in result.warnings:
+            _stage(f"warning: {name}: {flag} (see its eval.json)")
 
 
 def start_folder(out: Path, base: Path, method: str, task: str, seed: int) -> Path:
@@ -267,7 +312,10 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
     base = _base(out, opts.quick, opts.base)
     real = _is_real(base)
     seeds = opts.seeds if opts.seeds is not None else DEFAULT_SEEDS["real" if real else "toy"]
-    runs = train_zoo(out, base, opts.quick, seeds, opts.force, real)
+    if opts.workers is not None and opts.workers < 1:
+        raise UpdeltaError(f"--workers must be at least 1, got {opts.workers}")
+    workers = opts.workers if opts.workers is not None else min(seeds, _cores())
+    runs = train_zoo(out, base, opts.quick, seeds, opts.force, real, workers)
     starts = {n: start_folder(out, base, *_parts(n)) for n in runs}
     shared = {n: f for n, f in runs.items() if starts[n] == base}
     others = {n: starts[n] for n in runs if n not in shared}
