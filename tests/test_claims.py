@@ -82,9 +82,7 @@ def test_spearman_known_values():
 def test_precision_and_from_sft_claims(tmp_path):
     """Planted precision study: GRPO bf16 touches 10% of the elements, fp32 storage and 10x lr 90%: the precision
     claim is reproduced with two seeds and states all three conventions; GRPO from SFT (measured against the SFT
-    checkpoint, as the demo's `from_start` does) is sparser than SFT."""
-    from updelta.demo import ZooView, from_start
-
+    checkpoint through `run_bases`, as the demo does) is sparser than SFT."""
     base = ckpt.llama_state()
     b = ckpt.save(base, tmp_path / "base")
     runs, evals, starts = {}, {}, {}
@@ -99,10 +97,9 @@ def test_precision_and_from_sft_claims(tmp_path):
         runs[name] = ckpt.save(ckpt.perturb(sft, frac=0.05, seed=60 + seed), tmp_path / name)
         starts[name] = ckpt.save(sft, tmp_path / f"sft-start-{seed}")
         evals[name] = _ev("grpo", "target", seed, {})
-    shared = {n: p for n, p in runs.items() if n not in starts}
-    own = from_start(runs, starts, {"spectral": "off"})
-    view = ZooView(updelta.compare(b, shared, spectral="off"), own)
-    assert set(view.runs) == set(runs) and set(own["run"]) == set(starts)
+    view = updelta.compare(b, runs, spectral="off", run_bases=starts)
+    own = view.summary[view.summary["run"].isin(list(starts))]
+    assert set(view.runs) == set(runs) and len(own) == len(starts)
     by = {c.claim: c for c in claims(view, load_evals(evals))}
     prec = next(c for k, c in by.items() if k.startswith("RL's apparent sparsity"))
     assert prec.verdict == "reproduced"

@@ -2,8 +2,22 @@
 import json
 import sys
 
+import pytest
+
 from updelta.cli import main
 from updelta.demo import ZOO
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """One torch thread, as in tests/train: the suite runs as 2 pytest workers on 2 cores, and oversubscribed
+    OpenMP threads made this file's toy training 5x slower (999 s against ~180 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _run(monkeypatch, capsys, *args):
@@ -17,10 +31,30 @@ def _run(monkeypatch, capsys, *args):
 
 
 def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
+    """The quick zoo plus the full real-base demo's GRPO-from-SFT run (on the toy base here): that run is trained
+    from its seed's SFT folder and measured from it (a per-run base: its rows in every table, no cross-run pair
+    with the runs of the common base, the from-SFT claim computed)."""
+    import pandas as pd
+
+    from updelta import demo
+
+    monkeypatch.setattr(demo, "zoo_of", lambda real, quick: ZOO + (demo.FROM_SFT,))
     out = tmp_path / "demo"
     code, cap = _run(monkeypatch, capsys, "--quick", "--seeds", "1", "--out", out)
     assert code == 0, cap.err
     names = [f"{m}-{t}-s0" for m, t in ZOO]
+    sft, grposft = out / "runs" / "sft-target-s0", out / "runs" / "grposft-target-s0"
+    ev = json.loads((grposft / "eval.json").read_text())
+    assert ev["method"] == "grpo" and ev["start"] == "sft" and ev["base"] == str(sft.resolve())
+    summary = pd.read_parquet(out / "tables" / "summary.parquet").set_index("run")
+    assert summary.loc["grposft-target-s0", "base"] == str(sft)
+    assert (summary.drop(index="grposft-target-s0")["base"] != str(sft)).all()
+    pairs = pd.read_parquet(out / "tables" / "pairs_summary.parquet")
+    other = pairs[(pairs["run_a"] == "grposft-target-s0") | (pairs["run_b"] == "grposft-target-s0")]
+    assert len(other) == len(names) and (other["n_tensors"] == 0).all() and other["delta_cos"].isna().all()
+    assert (pairs.drop(index=other.index)["n_tensors"] > 0).all()
+    assert "grposft-target-s0" in cap.out and "grposft-target-s0" in (out / "report.md").read_text()
+    assert "RL started from an SFT checkpoint" in cap.out
     for n in names:
         ev = json.loads((out / "runs" / n / "eval.json").read_text())
         assert set(ev["before"]) == set(ev["after"]) == {"target_id", "target_ood", "knowledge", "retention"}
@@ -29,8 +63,8 @@ def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
         assert n in cap.out  # one row per run in the terminal table
     for f in ["report.md", "report.html", "summary.json", "tables/tensors.parquet", "tables/pairs.parquet"]:
         assert (out / f).exists(), f
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["runs"]) == set(names)
+    summary = json.loads((out / "summary.json").read_text())  # the report's, beside the tables' summary
+    assert set(summary["runs"]) == set(names) | {"grposft-target-s0"}
     assert all(summary["runs"][n]["evaluation"]["method"] == n.split("-")[0] for n in names)
     claims = [f for f in summary["findings"] if f["topic"] == "claim"]
     assert len(claims) >= 5
@@ -43,7 +77,7 @@ def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
     # Re-running reuses every finished run and rewrites the report in place.
     mtimes = {n: (out / "runs" / n / "eval.json").stat().st_mtime_ns for n in names}
     code, cap = _run(monkeypatch, capsys, "--quick", "--seeds", "1", "--out", out)
-    assert code == 0 and cap.err.count("reusing the finished run") == len(names)
+    assert code == 0 and cap.err.count("reusing the finished run") == len(names) + 1
     assert all((out / "runs" / n / "eval.json").stat().st_mtime_ns == mtimes[n] for n in names)
     assert (out / "report.md").exists()
 
@@ -59,12 +93,8 @@ def test_seeds_in_worker_processes_train_the_same_runs(tmp_path, monkeypatch, ca
     monkeypatch.setattr(demo, "zoo_of", lambda real, quick: (("sft", "target"),))
     monkeypatch.setattr(demo, "_cores", lambda: 2)
     base = default_base_path()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one = demo.train_zoo(tmp_path / "one", base, quick=True, seeds=2, force=False, workers=1)
-    finally:
-        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == 1  # the autouse fixture
+    one = demo.train_zoo(tmp_path / "one", base, quick=True, seeds=2, force=False, workers=1)
     two = demo.train_zoo(tmp_path / "two", base, quick=True, seeds=2, force=False, workers=2)
     err = capfd.readouterr().err
     assert "in 2 processes (1 torch thread each)" in err and err.count(": done in ") == 2
@@ -75,3 +105,4 @@ def test_seeds_in_worker_processes_train_the_same_runs(tmp_path, monkeypatch, ca
         assert (one[name] / "model.safetensors").read_bytes() == (two[name] / "model.safetensors").read_bytes()
     w0 = (one["sft-target-s0"] / "model.safetensors").read_bytes()
     assert w0 != (one["sft-target-s1"] / "model.safetensors").read_bytes()  # the seeds differ
+

@@ -9,14 +9,14 @@ Stages (each announced on stderr, each training run with its own progress bar):
    `start: sft`) and the precision study (`PRECISION`: GRPO and SFT saved in float32, GRPO at 10x its lr). The toy
    zoo without --quick trains ES and GRPO at half their `updelta train` budgets (`TOY_DEMO_BUDGET`), so that the
    default two seeds, which the claims' verdict rule needs, take about as long as one seed at the full budgets;
-   seeds train in parallel, one process per core (`workers`, `train_zoo`), bit for bit as one after another;
+   seeds train in parallel, one process per core (`workers`, `train_zoo`), the same runs bit for bit as one
+   process training them one after another at the same torch threads;
 3. every run is evaluated on all splits by the trainer (before and after, in its eval.json);
-4. compare + report over the runs that start from the base (spectral work: full, except `off` for a real base with
-   --quick, where SVDs of 135M parameters would dominate a CI run), with the evaluations and the literature's claims
-   (`updelta.claims`): DIR/report.md, report.html, summary.json, figures/, tables/. Runs started from another run's
-   checkpoint (GRPO from SFT) are measured against that checkpoint by a separate compare (`from_start`); their rows
-   join the table and the claims, not the cross-run pairs (which need a shared base), and are written to
-   tables/from_start.parquet.
+4. one compare + report over every run (spectral work: full, except `off` for a real base with --quick, where SVDs
+   of 135M parameters would dominate a CI run), with the evaluations and the literature's claims
+   (`updelta.claims`): DIR/report.md, report.html, summary.json, figures/, tables/. A run started from another
+   run's checkpoint (GRPO from SFT) is measured from that checkpoint (`run_bases` of `compare`); cross-run metrics
+   are computed only between runs that share a base (docs/inputs.md, Per-run bases).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from .claims import RUN_NAME, Claim, claims, zoo_name
@@ -226,21 +225,6 @@ def start_folder(out: Path, base: Path, method: str, task: str, seed: int) -> Pa
     return out / "runs" / zoo_name("sft", task, seed) if method == FROM_SFT[0] else base
 
 
-def from_start(runs: dict[str, Path], starts: dict[str, Path], options: dict):
-    """Measure each run against the checkpoint it started from, one compare per start folder; returns the merged
-    per-run summary (a DataFrame, None without such runs). Kept apart so that per-run bases of `compare` can
-    replace it."""
-    import pandas as pd
-
-    from .api import compare
-
-    frames = []
-    for start in sorted(set(starts.values()), key=str):
-        group = {n: runs[n] for n, s in starts.items() if s == start}
-        frames.append(compare(start, group, **options).summary.assign(start=str(start)))
-    return pd.concat(frames, ignore_index=True) if frames else None
-
-
 def _install_report(tmp: Path, out: Path) -> None:
     """Move the report's files from `tmp` into `out`, replacing an earlier report's, leaving runs/ alone."""
     for entry in REPORT_ENTRIES:
@@ -316,57 +300,22 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
         raise UpdeltaError(f"--workers must be at least 1, got {opts.workers}")
     workers = opts.workers if opts.workers is not None else min(seeds, _cores())
     runs = train_zoo(out, base, opts.quick, seeds, opts.force, real, workers)
-    starts = {n: start_folder(out, base, *_parts(n)) for n in runs}
-    shared = {n: f for n, f in runs.items() if starts[n] == base}
-    others = {n: starts[n] for n in runs if n not in shared}
+    run_bases = {n: str(s) for n in runs if (s := start_folder(out, base, *_parts(n))) != base}
     options = {"spectral": "off" if real and opts.quick else "full", "histogram": True}
-    _stage(f"3/4 compare: {len(shared)} runs against {base}"
-           + (f", {len(others)} against the checkpoint each started from" if others else ""))
-    result = compare(base, shared, **options)
-    own = from_start(runs, others, options)
+    _stage(f"3/4 compare: {len(runs)} runs against {base}"
+           + (f" ({len(run_bases)} against the checkpoint each started from)" if run_bases else ""))
+    result = compare(base, runs, run_bases=run_bases, **options)
     evals = load_evals({name: folder / "eval.json" for name, folder in runs.items()})
-    found = claims(ZooView(result, own), evals)
+    found = claims(result, evals)
     extra = [Finding("claim", c.claim, f"{c.verdict}: {c.text}", c.source) for c in found]
     _stage(f"4/4 report into {out}")
     with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
-        outcome = write_report(result, Path(tmp) / "report", evals={n: evals[n] for n in shared},
-                               extra_findings=extra)
-        if own is not None:
-            (Path(tmp) / "report" / "tables").mkdir(parents=True, exist_ok=True)
-            own.to_parquet(Path(tmp) / "report" / "tables" / "from_start.parquet")
+        outcome = write_report(result, Path(tmp) / "report", evals=evals, extra_findings=extra)
         _install_report(Path(tmp) / "report", out)
-    rows = summary_table(ZooView(result, own), evals)
+    rows = summary_table(result, evals)
     return DemoOutcome(out, rows, found, outcome, time.perf_counter() - t0)
 
 
 def _parts(name: str) -> tuple[str, str, int]:
     m = RUN_NAME.match(name)
     return m["method"], m["task"], int(m["seed"])
-
-
-@dataclass
-class ZooView:
-    """What the table and the claims read of a compare `Result`, with the rows of runs measured against their own
-    start (`from_start`) added to the summary; cross-run pairs stay those of runs sharing the base."""
-
-    result: object
-    own: object = None  # DataFrame or None
-
-    @property
-    def runs(self) -> list[str]:
-        return list(self.result.runs) + ([] if self.own is None else list(self.own["run"]))
-
-    @cached_property
-    def summary(self):
-        import pandas as pd
-
-        return self.result.summary if self.own is None else pd.concat(
-            [self.result.summary, self.own.drop(columns="start")], ignore_index=True)
-
-    @property
-    def pairs_summary(self):
-        return self.result.pairs_summary
-
-    @property
-    def info(self):
-        return self.result.info
