@@ -297,7 +297,7 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
  * difference overflowed again in double), pairs with a non-finite value left out; rows_out[r - start / cols]
  * and cols_out[c] (float64, zeroed by the caller) receive the sums of e (the torch reference:
  * updelta/metrics/concentration.py, `block`). */
-#define ENERGY_OF_D { double de_ = (double)d; et[i - c0] = de_ * de_; }
+#define KEEP_D { dt[i - c0] = d; }
 
 #define DEF_STATS_ROWCOL(NAME, LA, LB, HIST)                                  \
 __attribute__((target_clones("avx2", "default")))                             \
@@ -305,15 +305,20 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
                  Py_ssize_t cols, double *rowp, double *colp) {               \
     (void)hist;                                                               \
+    float dt[CHUNK];                                                          \
     double et[CHUNK];                                                         \
     Py_ssize_t ri = 0, cc = start % cols;  /* row (from the block's first) and column of element c0 */ \
     double racc = 0.0;                                                        \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
-        STATS_CHUNK(LA, LB, HIST, ENERGY_OF_D)                                \
-        double cs = 0.0;                                                      \
-        for (Py_ssize_t j = 0; j < m; j++) cs += et[j];                       \
-        if (F_OVERFLOW(cs)) { /* a float32 difference overflowed: in double */ \
+        STATS_CHUNK(LA, LB, HIST, KEEP_D)                                     \
+        uint32_t big = 0;                                                     \
+        for (Py_ssize_t j = 0; j < m; j++) {                                  \
+            uint32_t u = f2bits(dt[j]) & 0x7FFFFFFFu;                         \
+            big = u > big ? u : big;                                          \
+        }                                                                     \
+        int wide = big >= 0x7F800000u;  /* a float32 difference overflowed: this chunk in double */ \
+        if (wide) {                                                           \
             for (Py_ssize_t j = 0; j < m; j++) {                              \
                 uint32_t ua = LA(pa, c0 + j), ub = LB(pb, c0 + j);            \
                 uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
@@ -325,7 +330,15 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
         for (Py_ssize_t j = 0; j < m;) {                                      \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
             double *cp = colp + cc, acc = 0.0;                                \
-            for (Py_ssize_t k = 0; k < len; k++) { cp[k] += et[j + k]; acc += et[j + k]; } \
+            if (wide) {                                                       \
+                for (Py_ssize_t k = 0; k < len; k++) { cp[k] += et[j + k]; acc += et[j + k]; } \
+            } else {                                                          \
+                const float *q = dt + j;                                      \
+                for (Py_ssize_t k = 0; k < len; k++) {                        \
+                    double e = (double)q[k] * (double)q[k];                   \
+                    cp[k] += e; acc += e;                                     \
+                }                                                             \
+            }                                                                 \
             racc += acc; j += len; cc += len;                                 \
             if (cc == cols) { rowp[ri++] += racc; racc = 0.0; cc = 0; }       \
         }                                                                     \
@@ -400,9 +413,8 @@ fail4:
  * cheap sums of `stats` per row or column) in the same pass. rows_out [6, nrows] and cols_out [6, cols] (float64, zeroed): index 0 (the energies) on
  * both axes, indices 1-5 (a^2 and the counts of finite pairs, a == b, |d| <= atol, |d| <= eta max(|a|, |b|)) on
  * the head axis only. The stats sums are those of `stats` bit for bit. */
-#define HEAD_TERMS_OF_D                                                       \
-    { double de_ = (double)d; et[i - c0] = de_ * de_;                         \
-      a2[i - c0] = (double)a * (double)a;                                     \
+#define KEEP_HEAD_TERMS                                                       \
+    { dt[i - c0] = d; av[i - c0] = a;                                         \
       fl[i - c0] = m | (((a == b) & m) << 1) | (((ad <= atol) & m) << 2) | (((ad <= eta * big) & m) << 3); }
 
 #define DEF_STATS_HEADS(NAME, LA, LB, HIST)                                   \
@@ -411,16 +423,20 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
                  Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp) { \
     (void)hist;                                                               \
-    double et[CHUNK], a2[CHUNK];                                              \
+    float dt[CHUNK], av[CHUNK];                                               \
+    double et[CHUNK];                                                         \
     int32_t fl[CHUNK];                                                        \
     Py_ssize_t ri = 0, cc = start % cols;                                     \
     double racc[6] = {0, 0, 0, 0, 0, 0};                                      \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
-        STATS_CHUNK(LA, LB, HIST, HEAD_TERMS_OF_D)                            \
-        double cs = 0.0;                                                      \
-        for (Py_ssize_t j = 0; j < m; j++) cs += et[j];                       \
-        if (F_OVERFLOW(cs)) { /* a float32 difference overflowed: in double */ \
+        STATS_CHUNK(LA, LB, HIST, KEEP_HEAD_TERMS)                            \
+        uint32_t big = 0;                                                     \
+        for (Py_ssize_t j = 0; j < m; j++) {                                  \
+            uint32_t u = f2bits(dt[j]) & 0x7FFFFFFFu;                         \
+            big = u > big ? u : big;                                          \
+        }                                                                     \
+        if (big >= 0x7F800000u) { /* a float32 difference overflowed: this chunk in double */ \
             for (Py_ssize_t j = 0; j < m; j++) {                              \
                 uint32_t ua = LA(pa, c0 + j), ub = LB(pb, c0 + j);            \
                 uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
@@ -428,16 +444,19 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                 double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
                 et[j] = d * d;                                                \
             }                                                                 \
+        } else {                                                              \
+            for (Py_ssize_t j = 0; j < m; j++) et[j] = (double)dt[j] * (double)dt[j]; \
         }                                                                     \
         for (Py_ssize_t j = 0; j < m;) {                                      \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
-            const double *e = et + j, *q = a2 + j;                            \
+            const double *e = et + j;                                         \
+            const float *q = av + j;                                          \
             const int32_t *f = fl + j;                                        \
             if (axis == 0) {                                                  \
                 double *cp = colp + cc, s0 = 0, s1 = 0;                       \
                 int32_t n0 = 0, n1 = 0, n2 = 0, n3 = 0;                       \
                 for (Py_ssize_t k = 0; k < len; k++) {                        \
-                    cp[k] += e[k]; s0 += e[k]; s1 += q[k];                    \
+                    cp[k] += e[k]; s0 += e[k]; s1 += (double)q[k] * (double)q[k]; \
                     n0 += f[k] & 1; n1 += (f[k] >> 1) & 1;                    \
                     n2 += (f[k] >> 2) & 1; n3 += (f[k] >> 3) & 1;             \
                 }                                                             \
@@ -448,7 +467,7 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                        *c3p = c2p + cols, *c4p = c3p + cols, *c5p = c4p + cols; \
                 double s0 = 0;                                                \
                 for (Py_ssize_t k = 0; k < len; k++) {                        \
-                    c0p[k] += e[k]; c1p[k] += q[k]; s0 += e[k];               \
+                    c0p[k] += e[k]; c1p[k] += (double)q[k] * (double)q[k]; s0 += e[k]; \
                     c2p[k] += f[k] & 1; c3p[k] += (f[k] >> 1) & 1;            \
                     c4p[k] += (f[k] >> 2) & 1; c5p[k] += (f[k] >> 3) & 1;     \
                 }                                                             \

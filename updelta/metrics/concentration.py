@@ -147,42 +147,53 @@ def cols_total(blocks: list, stat: str, n: int) -> np.ndarray:
 # ---- concentration figures --------------------------------------------------------------------------
 def top_share(e: np.ndarray, p: float) -> float:
     """Share of sum(e) held by the largest ceil(p * m) entries of e (m = len(e)); NaN when e sums to 0."""
-    e = np.asarray(e, dtype=np.float64)
-    tot = e.sum()
-    if e.size == 0 or not tot > 0:
-        return math.nan
-    k = max(1, math.ceil(p * e.size - 1e-9))
-    return float(np.sort(e)[::-1][:k].sum() / tot)
+    return _top_share(np.sort(np.asarray(e, dtype=np.float64)), p)
 
 
 def gini(e: np.ndarray) -> float:
     """Gini coefficient of the non-negative energies e: 0 when uniform, (m - 1) / m when one entry holds all."""
-    e = np.sort(np.asarray(e, dtype=np.float64))
-    m, tot = e.size, e.sum()
-    if m == 0 or not tot > 0:
-        return math.nan
-    i = np.arange(1, m + 1, dtype=np.float64)
-    return float(max(0.0, 2.0 * (i * e).sum() / (m * tot) - (m + 1) / m))
+    return _gini(np.sort(np.asarray(e, dtype=np.float64)))
 
 
 def count_for(e: np.ndarray, q: float = 0.9) -> int | None:
     """Fewest entries of e whose sum reaches q of the total (a relative 1e-12 allowance for rounding)."""
-    e = np.asarray(e, dtype=np.float64)
-    tot = e.sum()
-    if e.size == 0 or not tot > 0:
+    return _count_for(np.sort(np.asarray(e, dtype=np.float64)), q)
+
+
+# The same three on e sorted ascending (float64), so that `concentration` sorts each axis once.
+def _top_share(s: np.ndarray, p: float) -> float:
+    tot = s.sum()
+    if s.size == 0 or not tot > 0:
+        return math.nan
+    k = max(1, math.ceil(p * s.size - 1e-9))
+    return float(s[::-1][:k].sum() / tot)
+
+
+def _gini(s: np.ndarray) -> float:
+    m, tot = s.size, s.sum()
+    if m == 0 or not tot > 0:
+        return math.nan
+    i = np.arange(1, m + 1, dtype=np.float64)
+    return float(max(0.0, 2.0 * (i * s).sum() / (m * tot) - (m + 1) / m))
+
+
+def _count_for(s: np.ndarray, q: float) -> int | None:
+    tot = s.sum()
+    if s.size == 0 or not tot > 0:
         return None
-    c = np.cumsum(np.sort(e)[::-1])
-    return int(min(np.searchsorted(c, q * tot * (1 - 1e-12)) + 1, e.size))
+    c = np.cumsum(s[::-1])
+    return int(min(np.searchsorted(c, q * tot * (1 - 1e-12)) + 1, s.size))
 
 
 def concentration(e: np.ndarray, f: np.ndarray) -> dict:
     """The concentration columns of one tensor from its row energies e and column energies f."""
     out = {}
     for axis, x in (("row", e), ("col", f)):
-        out[f"{axis}_top1_share"] = top_share(x, SHARES[0])
-        out[f"{axis}_top10_share"] = top_share(x, SHARES[1])
-        out[f"{axis}_gini"] = gini(x)
-        out[f"{axis}s_for_90"] = count_for(x, 0.9)
+        s = np.sort(np.asarray(x, dtype=np.float64))
+        out[f"{axis}_top1_share"] = _top_share(s, SHARES[0])
+        out[f"{axis}_top10_share"] = _top_share(s, SHARES[1])
+        out[f"{axis}_gini"] = _gini(s)
+        out[f"{axis}s_for_90"] = _count_for(s, 0.9)
     return out
 
 
@@ -223,7 +234,11 @@ def top_rows(x: np.ndarray, n: int) -> list[tuple[int, float, float]]:
     tot = float(x.sum())
     if not tot > 0 or n <= 0:
         return []
-    idx = np.argsort(-x, kind="stable")[:n]
+    if n < x.size:  # the candidates: entries at least the n-th largest (ties included), in index order
+        cand = np.flatnonzero(x >= np.partition(x, x.size - n)[x.size - n])
+        idx = cand[np.argsort(-x[cand], kind="stable")][:n]
+    else:
+        idx = np.argsort(-x, kind="stable")[:n]
     return [(int(i), float(x[i]), float(x[i] / tot)) for i in idx if x[i] > 0]
 
 
