@@ -6,6 +6,9 @@ elements) with 24 layers and with 48 layers, and a tiny pair. Measures whole pro
 - `updelta diff --spectral off` with and without `--no-where` (the row/column energies and head sums,
   alternated, ratio printed), and the naive way (load both state dicts, loop per tensor in torch),
 - `python -c "import torch"` and `updelta diff` of a tiny pair (start-up cost),
+- the cheap pass itself with and without the where figures, in one warm process (`updelta.diff`, alternated,
+  best of `--repeat`; wall and CPU seconds of the pass, no start-up, serial and with 2 threads): the ratio the
+  where figures cost, free of the start-up's noise,
 - `updelta diff --spectral fast` with the logit lens (`--lens-k 4`, the default) and without (`--lens-k 0`),
   alternated: the lens's top-k vector solve of each output-side update and its push through the unembedding;
 and prints wall time, throughput as a ratio to the plain read with start-up taken off, and peak RSS.
@@ -19,7 +22,9 @@ alternation with this one, so old and new are compared under the same machine lo
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +32,33 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import DATA, PY, ensure_pair, folder_bytes, measure  # noqa: E402
 
 UPDELTA = str(Path(sys.executable).parent / "updelta")
+
+IN_PROCESS = """
+import json, sys, time
+import updelta
+b, f, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+updelta.diff(b, f, spectral="off", where=False)  # warm: imports, page cache, the kernel's first calls
+out = {}
+for executor in ("serial", "threads"):
+    best = {}
+    for _ in range(repeat):
+        for where in (False, True):
+            t0, c0 = time.perf_counter(), time.process_time()
+            updelta.diff(b, f, spectral="off", where=where, executor=executor)
+            w, c = time.perf_counter() - t0, time.process_time() - c0
+            k = "on" if where else "off"
+            best[k] = min(best.get(k, (w, c)), (w, c))
+    out[executor] = best
+print(json.dumps(out))
+"""
+
+
+def cheap_pass_where(b, f, repeat: int) -> dict:
+    """{executor: {"on"|"off": (wall s, CPU s)}} of the cheap pass in one warm process (see the docstring)."""
+    env = {**os.environ, "UPDELTA_PROGRESS": "0"}
+    res = subprocess.run([PY, "-c", IN_PROCESS, str(b), str(f), str(repeat)], capture_output=True, text=True,
+                         env=env, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -57,6 +89,7 @@ def main() -> None:
             off.append(measure([*diff24, "--no-where"], 1))
         rows["updelta diff, 0.5B (24 layers)"] = min(on, key=lambda r: r["wall_s"])
         rows["0.5B, --no-where"] = min(off, key=lambda r: r["wall_s"])
+        inproc = cheap_pass_where(b24, f24, args.repeat)
     else:  # alternate, best of `repeat` each
         env = {"PYTHONPATH": str(args.baseline.resolve())}
         new, old = [], []
@@ -102,6 +135,11 @@ def main() -> None:
         w, nw = rows["updelta diff, 0.5B (24 layers)"]["wall_s"], rows["0.5B, --no-where"]["wall_s"]
         print(f"where figures (row/column energies, head sums, top neurons): {w:.2f} s vs {nw:.2f} s without, "
               f"ratio {w / nw:.2f} (whole process; {(w - t_start) / max(nw - t_start, 1e-9):.2f} with start-up off)")
+    if args.baseline is None:
+        for ex, r in inproc.items():
+            (w1, c1), (w0, c0) = r["on"], r["off"]
+            print(f"cheap pass in process, {ex}: {w1:.2f} s wall / {c1:.2f} s CPU with the where figures vs "
+                  f"{w0:.2f} / {c0:.2f} without: ratio {w1 / w0:.2f} wall, {c1 / c0:.2f} CPU")
     if lens:
         w, nw = lens["on"]["wall_s"], lens["off"]["wall_s"]
         print(f"logit lens (--spectral fast, 0.5B pair): {w:.2f} s with --lens-k 4 vs {nw:.2f} s with --lens-k 0, "
