@@ -106,3 +106,10 @@ def test_seeds_in_worker_processes_train_the_same_runs(tmp_path, monkeypatch, ca
     w0 = (one["sft-target-s0"] / "model.safetensors").read_bytes()
     assert w0 != (one["sft-target-s1"] / "model.safetensors").read_bytes()  # the seeds differ
 
+
+
+def test_bad_counts_fail_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    for flag in ("--seeds", "--workers"):
+        code, cap = _run(monkeypatch, capsys, flag, "0", "--out", tmp_path / "d")
+        assert code == 2 and f"{flag} must be at least 1, got 0" in cap.err and "Traceback" not in cap.err
+        assert not (tmp_path / "d").exists()

@@ -288,6 +288,8 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
 
     if opts.seeds is not None and opts.seeds < 1:
         raise UpdeltaError(f"--seeds must be at least 1, got {opts.seeds}")
+    if opts.workers is not None and opts.workers < 1:
+        raise UpdeltaError(f"--workers must be at least 1, got {opts.workers}")
     t0 = time.perf_counter()
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
@@ -296,8 +298,6 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
     base = _base(out, opts.quick, opts.base)
     real = _is_real(base)
     seeds = opts.seeds if opts.seeds is not None else DEFAULT_SEEDS["real" if real else "toy"]
-    if opts.workers is not None and opts.workers < 1:
-        raise UpdeltaError(f"--workers must be at least 1, got {opts.workers}")
     workers = opts.workers if opts.workers is not None else min(seeds, _cores())
     runs = train_zoo(out, base, opts.quick, seeds, opts.force, real, workers)
     run_bases = {n: str(s) for n in runs if (s := start_folder(out, base, *_parts(n))) != base}
