@@ -143,6 +143,12 @@ static int get_kind_buffer(PyObject *obj, int kind, Py_buffer *view, Py_ssize_t 
     return 0;
 }
 
+static PyObject *stats_tuple(const Stats *s) {
+    return Py_BuildValue("(LLLdddddLLL)", (long long)s->used, (long long)s->nfa, (long long)s->nfb,
+                         s->ss_d, s->ss_a, s->dot, s->sabs, s->maxd,
+                         (long long)s->eq, (long long)s->at, (long long)s->rt);
+}
+
 /* stats(a, kind_a, b, kind_b, atol, eta, hist_or_None) -> tuple */
 static PyObject *py_stats(PyObject *self, PyObject *args) {
     PyObject *oa, *ob, *oh;
@@ -177,9 +183,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     if (has_hist) PyBuffer_Release(&vh);
     PyBuffer_Release(&va);
     PyBuffer_Release(&vb);
-    return Py_BuildValue("(LLLdddddLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
-                         s.ss_d, s.ss_a, s.dot, s.sabs, s.maxd,
-                         (long long)s.eq, (long long)s.at, (long long)s.rt);
+    return stats_tuple(&s);
 fail:
     PyBuffer_Release(&va);
     PyBuffer_Release(&vb);
@@ -289,6 +293,29 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* After STATS_CHUNK has kept each element's float32 difference in dt[0..m): `wide` says whether one of them
+ * overflowed (|b - a| beyond float range: only damaged files); then et[0..m) receives the chunk's energies from
+ * differences taken in double, pairs with a non-finite value counted as 0. */
+#define WIDE_ENERGIES(LA, LB)                                                 \
+    int wide;                                                                 \
+    {                                                                         \
+        uint32_t big_ = 0;                                                    \
+        for (Py_ssize_t j = 0; j < m; j++) {                                  \
+            uint32_t u = f2bits(dt[j]) & 0x7FFFFFFFu;                         \
+            big_ = u > big_ ? u : big_;                                       \
+        }                                                                     \
+        wide = big_ >= 0x7F800000u;                                           \
+        if (wide) {                                                           \
+            for (Py_ssize_t j = 0; j < m; j++) {                              \
+                uint32_t ua = LA(pa, c0 + j), ub = LB(pb, c0 + j);            \
+                uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
+                                          (((ub >> 23) & 0xFFu) != 0xFFu));   \
+                double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
+                et[j] = d * d;                                                \
+            }                                                                 \
+        }                                                                     \
+    }
+
 /* stats_rowcol(a, kind_a, b, kind_b, atol, eta, hist_or_None, start, cols, rows_out, cols_out) -> tuple:
  * `stats` and the row and column energies of one block (docs/metrics.md, Where an update sits) in one pass,
  * each element read and decoded once. The stats sums are those of `stats` bit for bit (the same chunks, the
@@ -312,21 +339,7 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
         STATS_CHUNK(LA, LB, HIST, KEEP_D)                                     \
-        uint32_t big = 0;                                                     \
-        for (Py_ssize_t j = 0; j < m; j++) {                                  \
-            uint32_t u = f2bits(dt[j]) & 0x7FFFFFFFu;                         \
-            big = u > big ? u : big;                                          \
-        }                                                                     \
-        int wide = big >= 0x7F800000u;  /* a float32 difference overflowed: this chunk in double */ \
-        if (wide) {                                                           \
-            for (Py_ssize_t j = 0; j < m; j++) {                              \
-                uint32_t ua = LA(pa, c0 + j), ub = LB(pb, c0 + j);            \
-                uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
-                                          (((ub >> 23) & 0xFFu) != 0xFFu));   \
-                double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
-                et[j] = d * d;                                                \
-            }                                                                 \
-        }                                                                     \
+        WIDE_ENERGIES(LA, LB)                                                 \
         for (Py_ssize_t j = 0; j < m;) {                                      \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
             double *cp = colp + cc, acc = 0.0;                                \
@@ -360,52 +373,70 @@ static sr_fn SR_FNS[2][2][2] = {
     {{sr_bf, sr_bf_h}, {sr_bb, sr_bb_h}},
 };
 
+/* The buffers of a fused call: a, b (storage of kinds ka, kb, equal element counts), the optional histogram
+ * (writable int64[257]) and the two writable float64 outputs. Returns 0, or -1 with the error set and every
+ * buffer released. */
+typedef struct {
+    Py_buffer a, b, h, r, c;
+    Py_ssize_t n;
+    int has_hist;
+} FusedIO;
+
+static void release_io(FusedIO *io) {
+    if (io->has_hist) PyBuffer_Release(&io->h);
+    PyBuffer_Release(&io->c); PyBuffer_Release(&io->r); PyBuffer_Release(&io->b); PyBuffer_Release(&io->a);
+}
+
+static int acquire_io(PyObject *oa, int ka, PyObject *ob, int kb, PyObject *oh, PyObject *orow, PyObject *ocol,
+                      FusedIO *io) {
+    Py_ssize_t nb;
+    io->has_hist = oh != Py_None;
+    if (get_kind_buffer(oa, ka, &io->a, &io->n) < 0) return -1;
+    if (get_kind_buffer(ob, kb, &io->b, &nb) < 0) { PyBuffer_Release(&io->a); return -1; }
+    if (PyObject_GetBuffer(orow, &io->r, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto f2;
+    if (PyObject_GetBuffer(ocol, &io->c, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto f3;
+    if (io->has_hist && PyObject_GetBuffer(oh, &io->h, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto f4;
+    if (io->has_hist && io->h.len != 257 * 8) {
+        PyErr_SetString(PyExc_ValueError, "hist must be a writable int64 array of length 257");
+        release_io(io);
+        return -1;
+    }
+    if (io->n != nb) {
+        PyErr_SetString(PyExc_ValueError, "blocks differ in element count");
+        release_io(io);
+        return -1;
+    }
+    return 0;
+f4: PyBuffer_Release(&io->c);
+f3: PyBuffer_Release(&io->r);
+f2: PyBuffer_Release(&io->b); PyBuffer_Release(&io->a);
+    return -1;
+}
+
 static PyObject *py_stats_rowcol(PyObject *self, PyObject *args) {
     PyObject *oa, *ob, *oh, *orow, *ocol;
     int ka, kb;
     float atol, eta;
     Py_ssize_t start, cols;
+    FusedIO io;
     if (!PyArg_ParseTuple(args, "OiOiffOnnOO", &oa, &ka, &ob, &kb, &atol, &eta, &oh, &start, &cols, &orow, &ocol))
         return NULL;
-    Py_buffer va, vb, vh, vr, vc;
-    Py_ssize_t na, nb;
-    int has_hist = oh != Py_None, nbuf = 0;
-    if (get_kind_buffer(oa, ka, &va, &na) < 0) return NULL;
-    if (get_kind_buffer(ob, kb, &vb, &nb) < 0) { PyBuffer_Release(&va); return NULL; }
-    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail4;
-    nbuf = 1;
-    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail4;
-    nbuf = 2;
-    if (has_hist) {
-        if (PyObject_GetBuffer(oh, &vh, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail4;
-        nbuf = 3;
-        if (vh.len != 257 * 8) {
-            PyErr_SetString(PyExc_ValueError, "hist must be a writable int64 array of length 257");
-            goto fail4;
-        }
-    }
-    if (na != nb || cols < 1 || start < 0 || vc.len != cols * 8 ||
-        (na > 0 && vr.len < ((start + na - 1) / cols - start / cols + 1) * 8)) {
-        PyErr_SetString(PyExc_ValueError, "stats_rowcol: blocks differ in size or the output arrays do not fit");
-        goto fail4;
+    if (acquire_io(oa, ka, ob, kb, oh, orow, ocol, &io) < 0) return NULL;
+    Py_ssize_t na = io.n;
+    if (cols < 1 || start < 0 || io.c.len != cols * 8 ||
+        (na > 0 && io.r.len < ((start + na - 1) / cols - start / cols + 1) * 8)) {
+        PyErr_SetString(PyExc_ValueError, "stats_rowcol: the output arrays do not fit the block");
+        release_io(&io);
+        return NULL;
     }
     Stats s;
     memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
-    SR_FNS[ka][kb][has_hist](va.buf, vb.buf, na, atol, eta, has_hist ? (int64_t *)vh.buf : NULL, &s, start, cols,
-                             (double *)vr.buf, (double *)vc.buf);
+    SR_FNS[ka][kb][io.has_hist](io.a.buf, io.b.buf, na, atol, eta, io.has_hist ? (int64_t *)io.h.buf : NULL, &s,
+                                start, cols, (double *)io.r.buf, (double *)io.c.buf);
     Py_END_ALLOW_THREADS
-    if (has_hist) PyBuffer_Release(&vh);
-    PyBuffer_Release(&vr); PyBuffer_Release(&vc); PyBuffer_Release(&va); PyBuffer_Release(&vb);
-    return Py_BuildValue("(LLLdddddLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
-                         s.ss_d, s.ss_a, s.dot, s.sabs, s.maxd,
-                         (long long)s.eq, (long long)s.at, (long long)s.rt);
-fail4:
-    if (nbuf >= 3) PyBuffer_Release(&vh);
-    if (nbuf >= 2) PyBuffer_Release(&vc);
-    if (nbuf >= 1) PyBuffer_Release(&vr);
-    PyBuffer_Release(&va); PyBuffer_Release(&vb);
-    return NULL;
+    release_io(&io);
+    return stats_tuple(&s);
 }
 
 /* stats_heads(a, kind_a, b, kind_b, atol, eta, hist_or_None, start, cols, axis, rows_out, cols_out) -> tuple:
@@ -431,22 +462,9 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
         STATS_CHUNK(LA, LB, HIST, KEEP_HEAD_TERMS)                            \
-        uint32_t big = 0;                                                     \
-        for (Py_ssize_t j = 0; j < m; j++) {                                  \
-            uint32_t u = f2bits(dt[j]) & 0x7FFFFFFFu;                         \
-            big = u > big ? u : big;                                          \
-        }                                                                     \
-        if (big >= 0x7F800000u) { /* a float32 difference overflowed: this chunk in double */ \
-            for (Py_ssize_t j = 0; j < m; j++) {                              \
-                uint32_t ua = LA(pa, c0 + j), ub = LB(pb, c0 + j);            \
-                uint32_t mm = -(uint32_t)((((ua >> 23) & 0xFFu) != 0xFFu) &   \
-                                          (((ub >> 23) & 0xFFu) != 0xFFu));   \
-                double d = (double)bits2f(ub & mm) - (double)bits2f(ua & mm); \
-                et[j] = d * d;                                                \
-            }                                                                 \
-        } else {                                                              \
+        WIDE_ENERGIES(LA, LB)                                                 \
+        if (!wide)                                                            \
             for (Py_ssize_t j = 0; j < m; j++) et[j] = (double)dt[j] * (double)dt[j]; \
-        }                                                                     \
         for (Py_ssize_t j = 0; j < m;) {                                      \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
             const double *e = et + j;                                         \
@@ -503,50 +521,26 @@ static PyObject *py_stats_heads(PyObject *self, PyObject *args) {
     int ka, kb, axis;
     float atol, eta;
     Py_ssize_t start, cols;
+    FusedIO io;
     if (!PyArg_ParseTuple(args, "OiOiffOnniOO", &oa, &ka, &ob, &kb, &atol, &eta, &oh, &start, &cols, &axis,
                           &orow, &ocol))
         return NULL;
-    Py_buffer va, vb, vh, vr, vc;
-    Py_ssize_t na, nb;
-    int has_hist = oh != Py_None, nbuf = 0;
-    if (get_kind_buffer(oa, ka, &va, &na) < 0) return NULL;
-    if (get_kind_buffer(ob, kb, &vb, &nb) < 0) { PyBuffer_Release(&va); return NULL; }
-    if (PyObject_GetBuffer(orow, &vr, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail5;
-    nbuf = 1;
-    if (PyObject_GetBuffer(ocol, &vc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail5;
-    nbuf = 2;
-    if (has_hist) {
-        if (PyObject_GetBuffer(oh, &vh, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto fail5;
-        nbuf = 3;
-        if (vh.len != 257 * 8) {
-            PyErr_SetString(PyExc_ValueError, "hist must be a writable int64 array of length 257");
-            goto fail5;
-        }
-    }
+    if (acquire_io(oa, ka, ob, kb, oh, orow, ocol, &io) < 0) return NULL;
+    Py_ssize_t na = io.n;
     Py_ssize_t nrows = na > 0 && cols > 0 ? (start + na - 1) / cols - start / cols + 1 : 0;
-    if (na != nb || cols < 1 || start < 0 || (axis != 0 && axis != 1) || vc.len != 6 * cols * 8 ||
-        vr.len != 6 * nrows * 8) {
-        PyErr_SetString(PyExc_ValueError, "stats_heads: blocks differ in size, axis is not 0 or 1, or the output "
-                        "arrays do not fit");
-        goto fail5;
+    if (cols < 1 || start < 0 || (axis != 0 && axis != 1) || io.c.len != 6 * cols * 8 || io.r.len != 6 * nrows * 8) {
+        PyErr_SetString(PyExc_ValueError, "stats_heads: axis is not 0 or 1, or the output arrays do not fit");
+        release_io(&io);
+        return NULL;
     }
     Stats s;
     memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
-    SH_FNS[ka][kb][has_hist](va.buf, vb.buf, na, atol, eta, has_hist ? (int64_t *)vh.buf : NULL, &s, start, cols,
-                             axis, nrows, (double *)vr.buf, (double *)vc.buf);
+    SH_FNS[ka][kb][io.has_hist](io.a.buf, io.b.buf, na, atol, eta, io.has_hist ? (int64_t *)io.h.buf : NULL, &s,
+                                start, cols, axis, nrows, (double *)io.r.buf, (double *)io.c.buf);
     Py_END_ALLOW_THREADS
-    if (has_hist) PyBuffer_Release(&vh);
-    PyBuffer_Release(&vr); PyBuffer_Release(&vc); PyBuffer_Release(&va); PyBuffer_Release(&vb);
-    return Py_BuildValue("(LLLdddddLLL)", (long long)s.used, (long long)s.nfa, (long long)s.nfb,
-                         s.ss_d, s.ss_a, s.dot, s.sabs, s.maxd,
-                         (long long)s.eq, (long long)s.at, (long long)s.rt);
-fail5:
-    if (nbuf >= 3) PyBuffer_Release(&vh);
-    if (nbuf >= 2) PyBuffer_Release(&vc);
-    if (nbuf >= 1) PyBuffer_Release(&vr);
-    PyBuffer_Release(&va); PyBuffer_Release(&vb);
-    return NULL;
+    release_io(&io);
+    return stats_tuple(&s);
 }
 
 static PyMethodDef methods[] = {
