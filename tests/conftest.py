@@ -20,6 +20,18 @@ def _spectral_cache_in_tmp(tmp_path_factory):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the suite runs as 2 pytest workers on 2 cores, and oversubscribed OpenMP
+    threads make small-model training many times slower (test_demo.py took 999 s against ~180 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def llama_pair(tmp_path):
     """(base_dir, ft_dir, base_sd, ft_sd): a bf16 Llama-shaped pair, 30% of elements perturbed."""
     base = ckpt.llama_state()

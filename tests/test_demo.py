@@ -8,16 +8,7 @@ from updelta.cli import main
 from updelta.demo import ZOO
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One torch thread, as in tests/train: the suite runs as 2 pytest workers on 2 cores, and oversubscribed
-    OpenMP threads made this file's toy training 5x slower (999 s against ~180 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _run(monkeypatch, capsys, *args):
@@ -93,7 +84,7 @@ def test_seeds_in_worker_processes_train_the_same_runs(tmp_path, monkeypatch, ca
     monkeypatch.setattr(demo, "zoo_of", lambda real, quick: (("sft", "target"),))
     monkeypatch.setattr(demo, "_cores", lambda: 2)
     base = default_base_path()
-    assert torch.get_num_threads() == 1  # the autouse fixture
+    assert torch.get_num_threads() == 1  # one_torch_thread
     one = demo.train_zoo(tmp_path / "one", base, quick=True, seeds=2, force=False, workers=1)
     two = demo.train_zoo(tmp_path / "two", base, quick=True, seeds=2, force=False, workers=2)
     err = capfd.readouterr().err
