@@ -108,14 +108,15 @@ def compare_tables(cpu, gpu, cheap_cols: set[str], spectral_mode: str) -> list[t
 @contextlib.contextmanager
 def cuda_path_on_cpu():
     """The CUDA path's code on the CPU: the torch block function (no C kernel) fed by the prefetching reader."""
-    from updelta import engine, prefetch
+    from updelta.scan.jobs import kernel
+    from updelta.scan.jobs import prefetch
 
-    fused, wanted = engine._fused, prefetch.wanted
-    engine._fused, prefetch.wanted = None, (lambda job: True)
+    fused, wanted = kernel.fused, prefetch.wanted
+    kernel.fused, prefetch.wanted = None, (lambda job: True)
     try:
         yield
     finally:
-        engine._fused, prefetch.wanted = fused, wanted
+        kernel.fused, prefetch.wanted = fused, wanted
 
 
 def run_on(dev: str, fn, **kw):

@@ -68,12 +68,12 @@ def time_cheap(m: int, n: int) -> float:
     from safetensors.torch import save_file
 
     from updelta.io import open_checkpoint
-    from updelta.io.locations import reader_scope
-    from updelta.jobs import run_job
+    from updelta.io.readers import reader_scope
+    from updelta.scan.jobs.cheap import run_job
     from updelta.options import DiffOptions
-    from updelta.pairing import pair_checkpoints
-    from updelta.plan import Env, make_plan, resolve_pairs
-    from updelta import engine
+    from updelta.scan.pairing import pair_checkpoints
+    from updelta.scan.plan import Env, make_plan, resolve_pairs
+    from updelta.scan.jobs import kernel
 
     w0, w1 = _pair(m, n)
     with tempfile.TemporaryDirectory() as d:
@@ -83,7 +83,7 @@ def time_cheap(m: int, n: int) -> float:
         with open_checkpoint(f"{d}/b.safetensors") as b, open_checkpoint(f"{d}/f.safetensors") as f:
             opts = DiffOptions(spectral="off")
             plan = make_plan(pair_checkpoints(b, {"f": f}, opts), resolve_pairs(["f"], None), opts,
-                             Env("cpu", engine._fused is not None, 1, 1))
+                             Env("cpu", kernel.fused is not None, 1, 1))
         with reader_scope():
             run_job(plan.cheap[0])  # warm the page cache and the kernel
             t0 = time.perf_counter()

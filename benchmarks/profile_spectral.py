@@ -33,7 +33,7 @@ STEPS = {  # function name (cProfile) -> label
     "_fro2": "||D||_F (float64)",
     "topk_singular_values": "top-k sigma(D) (Krylov/Gram)",
     "svdvals": "svdvals (D, W0 or W1)",
-    "__init__": "decomposition of W0/W1 (_Decomp)",
+    "__init__": "decomposition of W0/W1 (Decomp)",
     "decompose_base": "decomposition of W0",
     "decompose_ft": "decomposition of W1",
     "topk_vectors": "top-k vectors (block Krylov)",
@@ -68,12 +68,12 @@ def whole_processes(base: str, ft: str, modes: list[str], threads: int, cache_di
 def per_shape(base: str, ft: str, modes: list[str], threads: int) -> None:
     import torch
 
-    from updelta.engine import machine_env
+    from updelta.scan.engine import machine_env
     from updelta.io import open_checkpoint
-    from updelta.jobs import run_spectral_job
+    from updelta.scan.jobs.spectral import run_spectral_job
     from updelta.options import DiffOptions
-    from updelta.pairing import pair_checkpoints
-    from updelta.plan import make_plan, resolve_pairs
+    from updelta.scan.pairing import pair_checkpoints
+    from updelta.scan.plan import make_plan, resolve_pairs
 
     torch.set_num_threads(threads)
     for mode in modes:

@@ -77,7 +77,7 @@ def meta(runs) -> dict:
 
 def result(runs, layers: int):
     """A `Result` from the synthetic tables (aggregates computed by updelta)."""
-    from updelta.result import from_tensors
+    from updelta.tables.result import from_tensors
 
     t = tensors(runs, layers)
     names = list(dict.fromkeys(zip(t["name"], t["layer"], t["component"], t["module"], t["param"])))

@@ -250,7 +250,7 @@ def test_pairs_ordered_as_given_and_restrictable(tmp_path, llama_runs):
     r = updelta.compare(b, runs, spectral="off")
     assert list(zip(r.pairs_summary["run_a"], r.pairs_summary["run_b"])) == [("sft", "dft"), ("sft", "grpo"),
                                                                           ("dft", "grpo")]
-    from updelta.engine import scan
+    from updelta.scan.engine import scan
     from updelta.options import DiffOptions
 
     only = scan(b, runs, DiffOptions(spectral="off"), pairs=[("dft", "grpo")])

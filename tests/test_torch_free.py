@@ -23,12 +23,12 @@ res = updelta.load(src)
 steps["load"] = "torch" in sys.modules
 assert res.tensors["shape"].map(lambda s: isinstance(s, list)).all()
 
-from updelta.text import summary_text
+from updelta.report.text import summary_text
 txt = summary_text(res)
 assert "Whole model" in txt
 steps["text"] = "torch" in sys.modules
 
-from updelta.gates import evaluate_all, known_metrics, parse_gate
+from updelta.report.gates import evaluate_all, known_metrics, parse_gate
 assert "stable_rank" in known_metrics() and "delta_cos" in known_metrics()
 parse_gate("max:rel_delta<=0.5@component=attn")
 outs = evaluate_all(res, ["rel_delta<=10", "max:sparsity_atol>=0@component=mlp", "delta_cos>-2"])

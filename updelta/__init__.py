@@ -7,9 +7,9 @@
 
 The names below are imported on first use, so `import updelta` is cheap (no pandas, no torch).
 """
-from ._version import __version__  # noqa: F401
+from updelta._version import __version__  # noqa: F401
 
-_LAZY = {"diff": "api", "compare": "api", "load": "api", "DiffOptions": "options", "Result": "result"}
+_LAZY = {"diff": "api", "compare": "api", "load": "api", "DiffOptions": "options", "Result": "tables.result"}
 __all__ = ["__version__", *_LAZY]
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .options import DiffOptions
-from .result import Result, load  # noqa: F401
+from updelta.options import DiffOptions
+from updelta.tables.result import Result, load  # noqa: F401
+from updelta.tables.trajectory import Trajectory, build_table, find_checkpoints, step_run_name
 
 
-def _options(options: DiffOptions | None, overrides: dict) -> DiffOptions:
+def options_from(options: DiffOptions | None, overrides: dict) -> DiffOptions:
     opts = options or DiffOptions()
     if overrides:
         for k in ("include", "exclude"):
@@ -30,7 +31,7 @@ def _options(options: DiffOptions | None, overrides: dict) -> DiffOptions:
     return opts
 
 
-def run_name(path: str | os.PathLike) -> str:
+def checkpoint_run_name(path: str | os.PathLike) -> str:
     """The default run name of a checkpoint path: its folder name, or its file name without suffix."""
     p = Path(str(path).rstrip("/"))
     weights_file = p.suffix in (".safetensors", ".bin", ".pt", ".pth") and not p.is_dir()
@@ -42,11 +43,11 @@ def diff(base: str | os.PathLike, finetuned: str | os.PathLike, options: DiffOpt
     """Compare one fine-tuned checkpoint with its base.
 
     `options` is a `DiffOptions`; keyword overrides (e.g. `atol=1e-6, spectral="off"`) replace its fields.
-    The run is named `name`, by default after the fine-tuned path (`run_name`).
+    The run is named `name`, by default after the fine-tuned path (`checkpoint_run_name`).
     """
-    from .engine import scan
+    from updelta.scan.engine import scan
 
-    return scan(base, {name or run_name(finetuned): finetuned}, _options(options, overrides))
+    return scan(base, {name or checkpoint_run_name(finetuned): finetuned}, options_from(options, overrides))
 
 
 def compare(base: str | os.PathLike, runs: dict[str, str | os.PathLike], options: DiffOptions | None = None,
@@ -60,9 +61,9 @@ def compare(base: str | os.PathLike, runs: dict[str, str | os.PathLike], options
     `meta["pairs_skipped"]`; every run's base is in `meta["run_bases"]` and `summary.base` (docs/inputs.md,
     Per-run bases).
     """
-    from .engine import scan
+    from updelta.scan.engine import scan
 
-    return scan(base, dict(runs), _options(options, overrides), run_bases=dict(run_bases or {}))
+    return scan(base, dict(runs), options_from(options, overrides), run_bases=dict(run_bases or {}))
 
 
 def base_identities(base: str | os.PathLike, runs: dict[str, str | os.PathLike],
@@ -70,6 +71,27 @@ def base_identities(base: str | os.PathLike, runs: dict[str, str | os.PathLike],
                     **overrides) -> dict[str, dict]:
     """{run: identity (`Checkpoint.identity()`) of the base `compare` would measure it from}: headers and
     fingerprints only, no tensor read (checks such as the evaluation-base check before a long pass)."""
-    from .engine import base_identities as identities
+    from updelta.scan.engine import base_identities as identities
 
-    return identities(base, dict(runs), _options(options, overrides), dict(run_bases or {}))
+    return identities(base, dict(runs), options_from(options, overrides), dict(run_bases or {}))
+
+
+def trajectory(base: str | os.PathLike, checkpoints, options: DiffOptions | None = None, **overrides) -> Trajectory:
+    """Every metric of each checkpoint against `base`, by training step, plus the updates between checkpoints.
+
+    `checkpoints`: folders/files or globs; ordered by the step number in each name (`checkpoint-STEP`).
+    """
+    from updelta.scan.engine import scan  # torch: only when a trajectory is measured
+
+    found = find_checkpoints([checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints))
+    steps = [s for s, _ in found]
+    paths = [p for _, p in found]
+    names = [step_run_name(s) for s in steps]
+    pairs = [(names[i], names[i + 1]) for i in range(len(names) - 1)]
+    pairs += [(names[i], names[i + 2]) for i in range(len(names) - 2)]
+    res = scan(base, dict(zip(names, paths)), options_from(options, dict(overrides)), pairs=pairs)
+    table = build_table(res, steps, paths)
+    meta = {**res.meta, "steps": steps, "checkpoints": [str(p) for p in paths],
+            "trajectory": "update_fro = ||W_k - W_{k-1}||_F (first step: against the base); cos_prev_update = "
+                          "cos(W_{k-1} - W_{k-2}, W_k - W_{k-1}); cos_delta_prev = cos(D_{k-1}, D_k), D = W - W0"}
+    return Trajectory(table, res, meta)

@@ -39,8 +39,8 @@ def main() -> None:
     try:
         import warnings
 
-        from .commands.app import build_app
-        from .errors import UpdeltaError, UpdeltaWarning
+        from updelta.commands.app import build_app
+        from updelta.errors import UpdeltaError, UpdeltaWarning
     except KeyboardInterrupt:
         _interrupted()
     try:
@@ -61,7 +61,7 @@ def main() -> None:
 
 def __getattr__(name: str):
     if name == "app":  # `from updelta.cli import app` (tests, click tooling)
-        from .commands.app import build_app
+        from updelta.commands.app import build_app
         return build_app()
     raise AttributeError(name)
 

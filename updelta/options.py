@@ -18,7 +18,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from .errors import UpdeltaError
+from updelta.errors import UpdeltaError
 
 Spectral = Literal["off", "fast", "full"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -40,7 +40,7 @@ def _opt(default, help: str, *, at_least=None, above=None, at_most=None, below=N
 
 @dataclass(frozen=True)
 class DiffOptions:
-    """Options of `updelta.diff` / `updelta.compare` / `updelta.trajectory` and of the `diff`, `compare`,
+    """Options of `updelta.diff` / `updelta.compare` / `updelta.tables.trajectory` and of the `diff`, `compare`,
     `report`, `trajectory` commands."""
 
     atol: float = _opt(1e-5, "Absolute tolerance of the `atol` sparsity convention: an element is unchanged when "

@@ -99,7 +99,7 @@ def test_a_command_must_take_the_options_and_not_clash_with_them():
 
 def test_demo_flags_come_from_demo_options():
     from updelta.cli import app
-    from updelta.demo import DEMO_HELP, DemoOptions
+    from updelta.demo.zoo import DEMO_HELP, DemoOptions
 
     params = {p.name: p for p in typer.main.get_command(app).commands["demo"].params}
     for f in dataclasses.fields(DemoOptions):

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import updelta
-from updelta import naming
+from updelta.families import naming
 from updelta.errors import UpdeltaWarning
-from updelta.gates import evaluate, parse_gate
+from updelta.report.gates import evaluate, parse_gate
 from updelta.io import open_checkpoint
 from updelta.options import DiffOptions
-from updelta.pairing import pair_checkpoints
+from updelta.scan.pairing import pair_checkpoints
 
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -243,7 +243,7 @@ def test_towers_option_counts_them_keyed_by_tower(vision_only, tmp_path):
         float(planted["multi_modal_projector.mm_input_projection_weight"].norm()), rel=1e-6)
     assert not evaluate(r, parse_gate("delta_fro <= 0")).passed
     assert not any("towers" in w for w in r.warnings)
-    from updelta.text import summary_text
+    from updelta.report.text import summary_text
     assert "vision" in summary_text(r).split("Per component")[1].split("Top")[0]  # the tower key is shown
     # after the fact: the default result with its aggregates rebuilt, and a saved result read back
     with pytest.warns(UpdeltaWarning, match="towers"):

@@ -9,7 +9,7 @@ import torch
 import updelta
 from updelta.train.model import default_base_path, load_model
 from updelta.train.runs import RunWriter
-from updelta.trajectory import load_table
+from updelta.tables.trajectory import load_table
 
 
 def test_run_writer_tracks_like_diff_of_its_checkpoints(tmp_path):

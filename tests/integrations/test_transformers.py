@@ -10,7 +10,7 @@ from integ_models import STEPS
 import updelta
 from updelta.errors import UpdeltaError
 from updelta.integrations.tracker import LOG_METRICS
-from updelta.trajectory import UPDATE_COLS, load_table
+from updelta.tables.trajectory import UPDATE_COLS, load_table
 
 COUNTS = ["n_compared", "n_eq", "n_le_atol", "n_le_rtol", "nonfinite_base", "nonfinite_ft", "numel"]
 

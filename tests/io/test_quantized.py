@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import updelta
 from updelta.errors import CheckpointError, PairingError
 from updelta.io import open_checkpoint
-from updelta.io.locations import open_reader, reader_scope
+from updelta.io.readers import open_reader, reader_scope
 
 import ckpt
 from clirun import run_main

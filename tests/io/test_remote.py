@@ -108,7 +108,7 @@ def test_a_remote_location_reopens_in_a_fresh_reader(served):
     """The job's picklable location carries the URL: a reader opened from it alone reads the same bytes."""
     import pickle
 
-    from updelta.io.locations import close_readers, open_reader
+    from updelta.io.readers import close_readers, open_reader
     url, _, _ = served
     with open_checkpoint(f"{url}/ft.safetensors") as ck:
         ref = next(iter(ck.tensors.values()))

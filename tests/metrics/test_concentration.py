@@ -10,7 +10,7 @@ import torch
 import ckpt
 import updelta
 from updelta.errors import UpdeltaError
-from updelta.gates import evaluate, parse_gate
+from updelta.report.gates import evaluate, parse_gate
 from updelta.metrics import REGISTRY
 from updelta.metrics import concentration  # noqa: F401  (registers the definitions)
 

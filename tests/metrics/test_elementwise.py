@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import updelta
+from updelta.scan.jobs import kernel
 from updelta.errors import UpdeltaWarning
 from updelta.metrics import REGISTRY
-from updelta.metrics import elementwise as ew
 
 import ckpt
 
@@ -78,16 +78,15 @@ def test_fused_pass_matches_registry_definitions(tmp_path, dtype):
 
 
 def test_torch_path_equals_c_kernel(tmp_path, monkeypatch):
-    from updelta import engine
 
-    if engine._fused is None:
+    if kernel.fused is None:
         pytest.fail("the C kernel updelta._fused was not built")
     base = ckpt.llama_state(dtype=torch.bfloat16)
     ft = ckpt.perturb(base, frac=0.5, scale=1e-3)
     ft["model.norm.weight"] = ft["model.norm.weight"].float()  # mixed dtypes
     b, f = ckpt.save(base, tmp_path / "b"), ckpt.save(ft, tmp_path / "f")
     fast = updelta.diff(b, f, spectral="off", histogram=True).tensors
-    monkeypatch.setattr(engine, "_fused", None)
+    monkeypatch.setattr(kernel, "fused", None)
     slow = updelta.diff(b, f, spectral="off", histogram=True).tensors
     for c in ["delta_fro", "base_fro", "delta_max", "delta_mean_abs", "cos_delta_base"]:
         np.testing.assert_allclose(fast[c], slow[c], rtol=1e-5, atol=1e-12, err_msg=c)

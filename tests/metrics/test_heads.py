@@ -2,7 +2,7 @@
 
 Each case plants an update in query head 5 and KV head 1 of layer 1 (8 query heads, 2 KV heads, head dim 8) at
 the rows the family's modelling code reads them from (written out here by hand, independently of
-`updelta.heads`), and in the o-projection columns of head 3; only those heads may be non-zero, with norms
+`updelta.families.heads`), and in the o-projection columns of head 3; only those heads may be non-zero, with norms
 equal to the float64 norms of the planted rows.
 """
 from __future__ import annotations
@@ -182,9 +182,9 @@ def test_c_kernel_equals_torch_reference_and_leaves_the_cheap_sums_alone(planted
     pass) against the torch path (`jobs_where.block`) on every where table, with a second run so that the
     pairs' per-head cosines are exercised, blocks ending mid-row; and the cheap columns with the where work
     bit for bit those without it (`--no-where`: the plain `stats` kernel)."""
-    from updelta import engine
+    from updelta.scan.jobs import kernel
 
-    if engine._fused is None:
+    if kernel.fused is None:
         pytest.fail("the C kernel updelta._fused was not built")
     base, ft, _ = planted[case]
     ft2 = tmp_path / "ft2"
@@ -202,7 +202,7 @@ def test_c_kernel_equals_torch_reference_and_leaves_the_cheap_sums_alone(planted
              "sparsity_exact", "sparsity_atol", "sparsity_rtol", "n_compared"]
     assert fast.tensors[cheap].equals(plain.tensors[cheap])
     assert [list(h) for h in fast.tensors["hist"]] == [list(h) for h in plain.tensors["hist"]]
-    monkeypatch.setattr(engine, "_fused", None)
+    monkeypatch.setattr(kernel, "fused", None)
     slow = updelta.compare(base, runs, spectral="off", block_elems=1000, histogram=True)
     conc = [c for c in fast.tensors.columns if c.startswith(("row_", "col_", "rows_", "cols_"))]
     assert len(conc) == 8

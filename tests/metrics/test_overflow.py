@@ -52,7 +52,7 @@ def test_where_kernel_agrees_with_torch_on_damaged_2d_input(tmp_path, monkeypatc
     kernel's row/column energies (its chunk re-done in float64) equal the torch path's, and stay finite."""
     from safetensors.torch import save_file
 
-    from updelta import engine
+    from updelta.scan.jobs import kernel
 
     name = "model.layers.0.mlp.down_proj.weight"
     g = torch.Generator().manual_seed(0)
@@ -68,7 +68,7 @@ def test_where_kernel_agrees_with_torch_on_damaged_2d_input(tmp_path, monkeypatc
         return res.tensors.iloc[0], res.neurons.sort_values("rank")
 
     fast, fn = run()
-    monkeypatch.setattr(engine, "_fused", None)  # the torch path
+    monkeypatch.setattr(kernel, "fused", None)  # the torch path
     slow, sn = run()
     assert fast["n_compared"] == slow["n_compared"] == 40 * 300 - 2
     for c in ("row_gini", "col_gini", "row_top10_share", "rows_for_90", "cols_for_90"):

@@ -232,7 +232,7 @@ def test_decomposition_parts_match_svd(shape):
     r = min(m, n)
     s = np.linspace(3.0, 0.5, r)
     w = planted(m, n, s, seed=17).float()
-    dec = sp._Decomp(w)
+    dec = sp.Decomp(w)
     assert dec.side == ("both" if m < 1.5 * n and n < 1.5 * m else ("v" if m > n else "u"))
     U, S, Vh = torch.linalg.svd(w.double(), full_matrices=False)
     assert np.allclose(dec.S.double(), S, rtol=1e-5)
@@ -244,7 +244,7 @@ def test_decomposition_parts_match_svd(shape):
     assert np.allclose(dec.ut(Y.float()).double().abs(), (U.T @ Y).abs(), atol=1e-4)
     # numerically rank-deficient: the economy SVD instead (1 / s_i would be meaningless)
     w2 = planted(m, n, s[:r // 2], seed=19).float()
-    assert sp._Decomp(w2).side == "both"
+    assert sp.Decomp(w2).side == "both"
 
 
 def test_full_rank_frac_and_erank_closed_form():
@@ -412,7 +412,7 @@ def test_float64_option():
 
 
 def test_only_2d_tensors_have_spectral_columns():
-    """Stacked experts arrive split into 2-D rows (updelta.experts); any other rank gets no spectral columns."""
+    """Stacked experts arrive split into 2-D rows (updelta.families.experts); any other rank gets no spectral columns."""
     w0 = torch.stack([base(20, 10, seed=90 + e) for e in range(3)])
     assert sp.spectral_columns(w0, w0 + 1, DiffOptions(spectral="full")) == {}
     assert sp.spectral_columns(w0[0, 0], w0[0, 0] + 1, DiffOptions(spectral="fast")) == {}

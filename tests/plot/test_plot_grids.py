@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 import updelta.plot as up
 from plot_tables import LABELS, MODS, draw, finite, overlaps, planted_meta, planted_tensors, planted_value
-from updelta.aggregate import aggregate_pairs
+from updelta.tables.aggregate import aggregate_pairs
 from updelta.errors import UpdeltaError
 
 

@@ -114,7 +114,7 @@ def test_spectrum_planted_curves(tmp_path):
     np.testing.assert_array_equal(sweep.get_ydata(), [0, 0, 0, 0, 1, 2, 4, 7, 2])
     assert axes[3, 0].get_xlabel() == "threshold ε" and axes[2, 0].get_xlabel() == "index i"
     # parquet round trip (list columns come back as arrays)
-    res = updelta.result.from_tensors(df, pd.DataFrame(), planted_meta(("sft",)))
+    res = updelta.tables.result.from_tensors(df, pd.DataFrame(), planted_meta(("sft",)))
     res.save(tmp_path / "s.parquet")
     fig = up.spectrum(updelta.load(tmp_path / "s.parquet"), by="component")
     assert [ax.get_title() for ax in data_axes(fig)[:3]] == ["attn", "mlp", "head"]

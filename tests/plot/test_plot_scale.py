@@ -11,8 +11,8 @@ from matplotlib.text import Text
 import updelta.plot as up
 from plot_tables import draw, overlaps
 from scale_tables import RUNS, meta, pair_rows, tensors
-from updelta.aggregate import aggregate_pairs
-from updelta.plot import _common as C
+from updelta.tables.aggregate import aggregate_pairs
+from updelta.plot import common as C
 
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from updelta.errors import UpdeltaError
 from updelta.report import write_report
-from updelta.result import build_result
+from updelta.tables.result import build_result
 
 
 def test_gate_on_an_empty_result_says_nothing_was_compared(tmp_path):

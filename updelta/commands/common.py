@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UpdeltaError
+from updelta.errors import UpdeltaError
 
 RUN_BASE_HELP = ("NAME=PATH: measure run NAME from PATH (the checkpoint it started from, e.g. the SFT run an RL run "
                  "continued; any input a base accepts, or another run's NAME) instead of the common base; cross-run "
@@ -33,7 +33,7 @@ def check_out(out: Optional[Path], kinds: tuple[str, ...]) -> None:
         raise UpdeltaError(f"{out}: unknown output type {out.suffix or '(none)'!r}; use one of {', '.join(kinds)}")
 
 
-def summary_json(res) -> dict:
+def result_json(res) -> dict:
     """Whole-model and per-component figures, pairing notes and identities, as plain JSON."""
     def recs(df):
         return json.loads(df.to_json(orient="records"))
@@ -49,12 +49,12 @@ def emit(res, out: Optional[Path], as_json: bool) -> None:
     """Save `res` to `out` (when given) and print its summary as text or JSON: what diff and compare end with."""
     import typer
 
-    from ..text import summary_text
+    from updelta.report.text import summary_text
 
     if out is not None:
         res.save(out)
     if as_json:
-        typer.echo(json.dumps(summary_json(res), indent=1, default=str))
+        typer.echo(json.dumps(result_json(res), indent=1, default=str))
     else:
         typer.echo(summary_text(res))
         if out is not None:

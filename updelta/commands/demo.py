@@ -1,18 +1,18 @@
 """`updelta demo`: train a zoo of fine-tunes of a base (--base toy|smollm2|DIR), compare them and write a report
-(`updelta.demo`; its flags come from the fields of `DemoOptions`, its help from `DEMO_HELP`)."""
+(`updelta.demo.zoo`; its flags come from the fields of `DemoOptions`, its help from `DEMO_HELP`)."""
 from __future__ import annotations
 
 import typer
 
-from ..demo import DEMO_HELP, DemoOptions
-from .params import with_options
+from updelta.demo.zoo import DEMO_HELP, DemoOptions
+from updelta.commands.params import with_options
 
 
 @with_options(DemoOptions, help=DEMO_HELP)
 def demo(opts: DemoOptions) -> None:
     """Train SFT, DFT, GRPO and ES fine-tunes of a base (toy, smollm2 or a folder), compare them and write a
     report."""
-    from ..demo import format_table, run_demo
+    from updelta.demo.zoo import format_table, run_demo
 
     res = run_demo(opts)
     typer.echo(format_table(res.table))

@@ -11,7 +11,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..errors import UpdeltaError
+from updelta.errors import UpdeltaError
 
 KINDS = ("heatmap", "experts", "heads", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff")
 DEFAULT_METRIC = {"heatmap": "rel_delta", "experts": "rel_delta", "heads": "energy_vs_even", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
@@ -22,7 +22,7 @@ def make_figure(result, kind: str, metric: Optional[str] = None, runs: Optional[
                 bias: bool = False, scale: str = "auto", evals: Optional[dict] = None):
     """The figure `updelta plot` draws: `kind` with its `metric` (heatmap/experts/layer_profile: a table column;
     run_similarity: delta_cos|sign_agree|jaccard[_conv]|overlap[_conv]; tradeoff: the x column)."""
-    from .. import plot as up
+    from updelta import plot as up
 
     if kind not in KINDS:
         raise UpdeltaError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -88,13 +88,13 @@ def register(app: typer.Typer) -> None:
                            "gains are after - before (repeatable).")] = None,
     ):
         """Draw one figure from a saved diff/compare result or trajectory table."""
-        from ..plot import savefig
-        from ..trajectory import load_result as load
+        from updelta.plot import savefig
+        from updelta.tables.trajectory import load_result as load
 
         out = out or Path(f"{kind}.png")
         if out.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise UpdeltaError(f"{out}: unknown figure type {out.suffix or '(none)'!r}; use .png, .svg or .pdf")
-        from ..evals import parse_eval_specs
+        from updelta.tables.evals import parse_eval_specs
 
         evals = parse_eval_specs(eval_)
         res = load(result)

@@ -1,5 +1,5 @@
 """`updelta trajectory BASE CHECKPOINT... [--out DIR]`: every metric against training step, and the
-cosine between consecutive updates (see `updelta.trajectory`)."""
+cosine between consecutive updates (see `updelta.tables.trajectory`)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..errors import UpdeltaError
-from ..options import DiffOptions
-from .params import ENGINE_PANEL, with_options
+from updelta.errors import UpdeltaError
+from updelta.options import DiffOptions
+from updelta.commands.params import ENGINE_PANEL, with_options
 
 
 @with_options(DiffOptions, panel=ENGINE_PANEL)
@@ -27,8 +27,9 @@ def trajectory(
     """Every metric of each checkpoint against the base, by training step, in one streaming pass.
 
     Also the updates between consecutive checkpoints: their norm, and the cosine between consecutive updates."""
-    from ..trajectory import find_checkpoints, summary_text
-    from ..trajectory import trajectory as run_trajectory
+    from updelta.api import trajectory as run_trajectory
+    from updelta.report.text import trajectory_text
+    from updelta.tables.trajectory import find_checkpoints
 
     if out is not None and out.exists() and not out.is_dir():
         raise UpdeltaError(f"{out}: --out takes a folder (trajectory.parquet is written into it)")
@@ -39,7 +40,7 @@ def trajectory(
         m = t.model().drop(columns=[c for c in ("hist", "topk_sv") if c in t.table.columns], errors="ignore")
         typer.echo(json.dumps(json.loads(m.to_json(orient="records")), indent=1))
     else:
-        typer.echo(summary_text(t))
+        typer.echo(trajectory_text(t))
         if path is not None:
             typer.echo(f"\nwrote {path}")
 

@@ -1,7 +1,7 @@
 """In-memory tensors in, the engine's per-tensor records out: `updelta diff` without files.
 
     records = measure({name: (w0, w1)}, opts, family=fam, run="step-100")
-    result = updelta.result.build_result(records, [], meta)
+    result = updelta.tables.result.build_result(records, [], meta)
 
 The same code as the streaming scan (`engine.scan`), fed from tensors instead of readers:
 - the cheap partial sums of each block come from the same kernels (the C kernel `updelta._fused.stats`
@@ -9,7 +9,7 @@ The same code as the streaming scan (`engine.scan`), fed from tensors instead of
   or dtype), over blocks of `opts.block_elems` elements (at least `plan.CUDA_MIN_BLOCK` off the CPU),
   the block boundaries of the scan;
 - `jobs.tensor_records` adds them up and turns them into one record per tensor (`metrics.sums.finalize`:
-  every figure derived from raw sums by `updelta.schema`);
+  every figure derived from raw sums by `updelta.metrics.schema`);
 - spectral columns (`spectral="fast"` or `"full"`) come from `metrics.spectral.spectral_columns` on the
   2-D tensors, oriented [out, in] like the scan (GPT-2 Conv1D weights transposed);
 - names are parsed with the model family (`naming.resolve_family`, from the tensor names and the model's
@@ -27,15 +27,15 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ..io.locations import RAW_DTYPES, TensorLocation
-from ..jobs import CheapPart, tensor_records
-from ..metrics import elementwise as ew
-from ..naming import Family, is_ignored, is_transposed, parse, resolve_family
-from ..options import DiffOptions
-from ..plan import CUDA_MIN_BLOCK, Side, TensorSpec
+from updelta.io.locations import RAW_DTYPES, TensorLocation
+from updelta.scan.jobs.cheap import CheapPart, tensor_records
+from updelta.metrics import elementwise as ew
+from updelta.families.naming import Family, is_ignored, is_transposed, parse, resolve_family
+from updelta.options import DiffOptions
+from updelta.scan.plan import CUDA_MIN_BLOCK, Side, TensorSpec
 
 try:  # the optional C kernel (see setup.py); the torch path gives the same numbers
-    from .. import _fused
+    from updelta import _fused
 except ImportError:  # pragma: no cover - exercised when no compiler was available at install
     _fused = None
 
@@ -123,7 +123,7 @@ def sums_records(spec_: TensorSpec, blocks: list[tuple]) -> dict:
 def spectral_record(w0: torch.Tensor, w1: torch.Tensor, spec_: TensorSpec, opts: DiffOptions) -> dict:
     """The spectral columns of a 2-D tensor, as the scan computes them (`jobs.run_spectral_job`): float32
     (float64 when either side is), oriented [out, in]."""
-    from ..metrics import spectral
+    from updelta.metrics import spectral
 
     wide = torch.float64 if torch.float64 in (w0.dtype, w1.dtype) else torch.float32
     a = w0.detach().to(device=w1.device, dtype=wide).reshape(spec_.shape)

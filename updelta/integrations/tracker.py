@@ -31,7 +31,7 @@ Spectral figures need whole matrices: refused there (`check_spectral`).
 `out`: a folder; every measurement appends its rows to `out/trajectory.parquet`, rewritten atomically: the table
 of `updelta trajectory` (levels model, component, layer, tensor; step and every per-step column against the start)
 with the consecutive-update columns null (no previous weights are kept). `updelta plot` and `updelta report --from`
-read it (`updelta.trajectory.load_result`).
+read it (`updelta.tables.trajectory.load_result`).
 """
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ from typing import Callable, Literal
 import pandas as pd
 import torch
 
-from .._version import __version__
-from ..errors import UpdeltaError, UpdeltaWarning
-from ..metrics.sums import Sums
-from ..options import DiffOptions, _opt, check_fields
-from . import memory
+from updelta._version import __version__
+from updelta.errors import UpdeltaError, UpdeltaWarning
+from updelta.metrics.sums import Sums
+from updelta.options import DiffOptions, _opt, check_fields
+from updelta.integrations import memory
 
 MEMORY_FORMAT = memory.MEMORY
 
@@ -256,7 +256,7 @@ class Tracker:
                     self.start[e.name] = w.to(self._keep_device(w), copy=True)
         self.rows = []
         if self.main and self.out is not None and (self.out / "trajectory.parquet").exists():
-            from ..trajectory import load_table
+            from updelta.tables.trajectory import load_table
 
             old = load_table(self.out / "trajectory.parquet").table
             self.rows = [old[old["step"] < step]] if (old["step"] < step).any() else []
@@ -270,9 +270,9 @@ class Tracker:
         return None if s == "auto" else getattr(torch, s)
 
     def _open_base(self) -> None:
-        from ..io import open_checkpoint
-        from ..io.hub import locate
-        from ..naming import canonical
+        from updelta.io import open_checkpoint
+        from updelta.io.hub import locate
+        from updelta.families.naming import canonical
 
         if self.shards:
             raise UpdeltaError(f"base={self.base}: reading the start from a checkpoint is not supported with sharded "
@@ -293,8 +293,8 @@ class Tracker:
             self._base_refs[e.name] = ref
 
     def _base_tensor(self, name: str) -> torch.Tensor:
-        from ..io.locations import open_reader
-        from ..jobs import raw_to_torch
+        from updelta.io.readers import open_reader
+        from updelta.scan.jobs.read import raw_to_torch
 
         ref = self._base_refs[name]
         loc = ref.location
@@ -345,8 +345,8 @@ class Tracker:
     def measure(self, step: int) -> Measurement:
         """Measure the update at `step` (every rank calls it when sharded); the main rank gets the `Result` and the
         log values, and appends the rows to `out`."""
-        from ..result import build_result
-        from ..trajectory import run_name
+        from updelta.tables.result import build_result
+        from updelta.tables.trajectory import step_run_name as run_name
 
         t0 = time.perf_counter()
         run = run_name(step)
@@ -391,7 +391,7 @@ class Tracker:
         return records
 
     def _meta(self, records: list[dict], run: str, step: int, seconds: float) -> dict:
-        from ..engine import nonfinite_warning
+        from updelta.scan.engine import nonfinite_warning
 
         dtypes: dict[str, int] = {}
         for r in records:
@@ -441,7 +441,7 @@ class Tracker:
         return torch.device("cpu")
 
     def _append(self, res, step: int) -> None:
-        from ..trajectory import UPDATE_COLS, Trajectory, build_table, run_name
+        from updelta.tables.trajectory import UPDATE_COLS, Trajectory, build_table, step_run_name as run_name
 
         rows = build_table(res, [step], [MEMORY_FORMAT])
         for c in UPDATE_COLS:

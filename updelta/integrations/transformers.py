@@ -29,8 +29,8 @@ from typing import Iterable
 
 from transformers import TrainerCallback
 
-from ..errors import UpdeltaError
-from .tracker import Measurement, TrackOptions, Tracker, check_spectral
+from updelta.errors import UpdeltaError
+from updelta.integrations.tracker import Measurement, TrackOptions, Tracker, check_spectral
 
 
 def sharding_of(trainer) -> str | None:

@@ -6,6 +6,7 @@
   weights are de-quantized and other quantized layouts refused by name (`quantized`, docs/quantized.md).
 - `open_factored(path)` reads an update given as factors (a PEFT LoRA adapter) without densifying it.
 """
-from .checkpoint import Checkpoint, TensorRef, open_checkpoint  # noqa: F401
-from .factored import FactoredSource, FactoredUpdate, open_factored  # noqa: F401
-from .formats import FILE_READERS, RESOLVERS, Layout, TensorFile, is_adapter, resolve  # noqa: F401
+from updelta.io.checkpoint import Checkpoint, TensorRef  # noqa: F401
+from updelta.io.opener import open_checkpoint  # noqa: F401
+from updelta.io.factored import FactoredSource, FactoredUpdate, open_factored  # noqa: F401
+from updelta.io.formats import FILE_READERS, RESOLVERS, Layout, TensorFile, is_adapter, resolve  # noqa: F401

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError
-from .formats import FileSet, TensorFile, is_adapter, open_files, resolve
-from .hub import is_url
-from .jsonfiles import read_config
+from updelta.errors import CheckpointError
+from updelta.io.formats import FileSet, TensorFile
+from updelta.io.readers import location_of
+
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # Low-precision formats that store quantized weights: never measured as if they were plain numbers (a float8 weight
 # means nothing without its block scales), refused by name when a compared tensor has one.
@@ -63,7 +62,6 @@ class TensorRef:
     @property
     def location(self):
         """Where the tensor's bytes are, as picklable plain data (`io.locations.TensorLocation`)."""
-        from .locations import location_of
         return location_of(self)
 
 
@@ -133,54 +131,3 @@ class Checkpoint(FileSet):
     def tie_word_embeddings(self) -> bool | None:
         v = self.config.get("tie_word_embeddings")
         return v if isinstance(v, bool) else None
-
-
-
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open the checkpoint at `path` (layouts: `formats.RESOLVERS`; a URL: `remote`). Reads and validates headers
-    only."""
-    if is_url(path):
-        from .remote import open_remote
-        return _build(*open_remote(path))
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such file or folder; pass a Hugging Face model folder, "
-                              f"a .safetensors file or a .bin/.pt state dict")
-    if p.is_dir() and is_adapter(p):  # factors, not weights: a run against its base (updelta.adapters)
-        raise CheckpointError(_adapter_hint(p))
-    layout = resolve(p)
-    if layout is None:
-        raise CheckpointError(_adapter_hint(p) or f"{p}: no weights found (expected model.safetensors, "
-                                                   f"model.safetensors.index.json, pytorch_model.bin or its index)")
-    config = read_config(p) if p.is_dir() else {}
-    files = open_files(layout)
-    return _build(p, layout.format, files, config, layout.weight_map, layout.index)
-
-
-def _build(p, fmt: str, files: list, config: dict, weight_map: dict | None, index) -> Checkpoint:
-    """The checkpoint of opened `files`, checked: it holds tensors, and no quantized weights under a config that
-    declares a quantization (every file is closed on failure)."""
-    try:
-        ck = Checkpoint(p, fmt, files, config, weight_map, index)
-    except BaseException:
-        for f in files:
-            f.close()
-        raise
-    if not ck.tensors:
-        ck.close()
-        raise CheckpointError(f"{p}: holds no tensors")
-    from .quantized import dequantize  # FP8 weights de-quantized, other quantized layouts refused (docs/quantized.md)
-    try:
-        dequantize(ck)
-    except BaseException:
-        ck.close()
-        raise
-    return ck
-
-
-def _adapter_hint(p: Path) -> str | None:
-    """A one-line explanation when folder `p` holds a PEFT adapter rather than a checkpoint."""
-    if is_adapter(p) or any(p.glob("adapter_model.*")):
-        return (f"{p}: holds a PEFT adapter (adapter_config.json), not a full checkpoint; pass it as a run "
-                f"(NAME={p}) against the base it was trained on (docs/adapters.md)")
-    return None

@@ -1,4 +1,4 @@
-"""The on-disk cache of base-weight decompositions (the file side of `updelta.spectral_cache`).
+"""The on-disk cache of base-weight decompositions (the file side of `updelta.scan.jobs.spectral_cache`).
 
 One entry per key: a safetensors file `<key>.safetensors` (tensors only, no code: never pickle) whose metadata
 repeats the key, under `$UPDELTA_CACHE_DIR/spectral/` (default `$XDG_CACHE_HOME/updelta/spectral`, else
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from updelta.atomic import atomic_path
 
 ENV_DIR = "UPDELTA_CACHE_DIR"
 ENV_SPECTRAL_DIR = "UPDELTA_SPECTRAL_CACHE_DIR"  # this cache's folder itself (the test suite points it at its tmp)

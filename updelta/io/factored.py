@@ -23,10 +23,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
-from .checkpoint import TensorRef
-from .formats import FileSet, open_file
-from .jsonfiles import read_json
+from updelta.errors import CheckpointError
+from updelta.io.checkpoint import TensorRef
+from updelta.io.formats import FileSet, open_file
+from updelta.io.jsonfiles import read_json
 
 PREFIX = "base_model.model."
 _FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B|embedding_A|embedding_B|magnitude_vector)"

@@ -21,11 +21,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..errors import CheckpointError
-from .framework import DCPFile, dcp_folder, refuse_framework
-from .jsonfiles import read_index
-from .safetensors_file import SafetensorsFile
-from .torch_file import TorchFile
+from updelta.errors import CheckpointError
+from updelta.io.framework import DCPFile, dcp_folder, refuse_framework
+from updelta.io.jsonfiles import read_index
+from updelta.io.safetensors_file import SafetensorsFile
+from updelta.io.torch_file import TorchFile
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 

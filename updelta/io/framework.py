@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError
-from .locations import RAW_DTYPES
-from .safetensors_file import pread_elements
+from updelta.errors import CheckpointError
+from updelta.io.locations import RAW_DTYPES
+from updelta.io.safetensors_file import pread_elements
 
 DCP_CONVERT = "python -m torch.distributed.checkpoint.format_utils dcp_to_torch_save {dir} OUT.pt"
 MAX_METADATA = 256 << 20

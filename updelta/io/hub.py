@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import CheckpointError
+from updelta.errors import CheckpointError
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 SHORT_HASH_RE = re.compile(r"[0-9a-f]{4,39}")

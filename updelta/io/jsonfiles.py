@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import CheckpointError
+from updelta.errors import CheckpointError
 
 MAX_JSON = 64 << 20  # an index or config.json larger than this is not one
 

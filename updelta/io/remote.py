@@ -22,10 +22,10 @@ import threading
 
 import numpy as np
 
-from ..errors import CheckpointError
-from .jsonfiles import MAX_JSON, check_index, parse_json
-from .safetensors_file import DTYPES, HeaderEntries
-from .safetensors_header import header_length, parse_header
+from updelta.errors import CheckpointError
+from updelta.io.jsonfiles import MAX_JSON, check_index, parse_json
+from updelta.io.safetensors_file import DTYPES, HeaderEntries
+from updelta.io.safetensors_header import header_length, parse_header
 
 INSTALL = "pip install 'updelta[remote]'"
 READAHEAD = 4 << 20  # bytes fetched per range request when blocks are smaller (one window per thread and file)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError
-from .safetensors_header import DTYPE_BITS, read_header
+from updelta.errors import CheckpointError
+from updelta.io.safetensors_header import DTYPE_BITS, read_header
 
 # safetensors dtype -> (torch-style name, numpy dtype of the raw storage or None when never read).
 # Every dtype the safetensors library knows is listed (safetensors_header.DTYPE_BITS); which of them are measured

@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
+from updelta.errors import CheckpointError
 
 MAX_HEADER = 100_000_000  # the library's MAX_HEADER_SIZE
 U64 = 1 << 64

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from updelta.errors import CheckpointError
 
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 

@@ -7,4 +7,4 @@ cheap metrics in one fused pass (`elementwise.partial_sums`) and checks itself
 against these definitions in the tests. `sums` (partial sums -> columns) and `summary`
 (spectral medians over tensors) need no torch: saved results are read without it.
 """
-from .registry import REGISTRY, Metric, metric  # noqa: F401
+from updelta.metrics.registry import REGISTRY, Metric, metric  # noqa: F401

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .registry import metric
+from updelta.metrics.registry import metric
 
 WHERE = "metrics.md, Where an update sits"
 HEAD_STATS = ("ss_delta", "ss_base", "n_compared", "n_eq", "n_le_atol", "n_le_rtol")

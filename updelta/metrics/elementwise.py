@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from .registry import metric
-from .sums import Sums, finalize  # noqa: F401  (torch-free; re-exported for the engine)
+from updelta.metrics.registry import metric
+from updelta.metrics.sums import Sums, finalize  # noqa: F401  (torch-free; re-exported for the engine)
 
 NORMS = "metrics.md, Norms and direction"
 SPARSITY = "metrics.md, Update sparsity"

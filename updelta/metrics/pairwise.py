@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from .registry import metric
-from .sums import CONVS, PairSums, finalize_pair  # noqa: F401  (torch-free; re-exported for the engine)
+from updelta.metrics.registry import metric
+from updelta.metrics.sums import CONVS, PairSums, finalize_pair  # noqa: F401  (torch-free; re-exported for the engine)
 
 ACROSS = "metrics.md, Across runs"
 

@@ -39,12 +39,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import schema
-from ..options import DiffOptions
-from .linalg import (QR_ASPECT, blocked_r, svdvals, tall_r, topk_singular_values, topk_vectors,
+from updelta.metrics import schema
+from updelta.options import DiffOptions
+from updelta.metrics.linalg import (QR_ASPECT, blocked_r, svdvals, tall_r, topk_singular_values, topk_vectors,
                      topk_vectors_may_pay)
-from .registry import metric
-from .summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
+from updelta.metrics.registry import metric
+from updelta.metrics.summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
 
 RANK = "metrics.md, Rank of an update"
 SUBSPACE = "metrics.md, Spectrum and subspaces of base vs fine-tuned"
@@ -56,7 +56,7 @@ FAST_RTOL = 2.5e-4  # stopping tolerance of the fast solver (4x inside the promi
 ENERGY_QS = {"energy_rank_90": 0.9, "energy_rank_99": 0.99}
 ENERGY_RTOL = 1e-6  # energy ranks compare cumulative energy with q ||D||_F^2 (1 - ENERGY_RTOL): float32 rounding
 
-# Column kinds (float, int, list) per mode: declared once in updelta.schema.
+# Column kinds (float, int, list) per mode: declared once in updelta.metrics.schema.
 FAST_COLUMNS: dict[str, str] = schema.spectral_columns("fast")
 FULL_COLUMNS: dict[str, str] = schema.spectral_columns("full")
 
@@ -235,7 +235,7 @@ def _offprincipal(w0: torch.Tensor, w1: torch.Tensor, Uk: torch.Tensor, sk: torc
     return both / changed if changed else None
 
 
-class _Decomp:
+class Decomp:
     """The parts of an exact SVD W = U diag(S) V^T that the full mode needs: all singular values S, the
     leading left and right vectors, and U^T Y for all min(m, n) left vectors (intruders).
 
@@ -279,7 +279,7 @@ class _Decomp:
         return out
 
     @classmethod
-    def from_parts(cls, w: torch.Tensor, parts: dict[str, torch.Tensor]) -> "_Decomp":
+    def from_parts(cls, w: torch.Tensor, parts: dict[str, torch.Tensor]) -> "Decomp":
         """The decomposition of `w` from `parts(k)` of an earlier one of the same tensor (same bytes, dtype)."""
         self = cls.__new__(cls)
         self.w = w
@@ -365,11 +365,11 @@ def work_dtype(opts: DiffOptions, *dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if (opts.spectral_float64 or torch.float64 in dtypes) else torch.float32
 
 
-def base_decomposition(w0: torch.Tensor, opts: DiffOptions) -> "_Decomp":
+def base_decomposition(w0: torch.Tensor, opts: DiffOptions) -> "Decomp":
     """The exact decomposition of W0 that `full` mode needs (every singular value, U0 whole for the intruders,
     the top max(topk, offprincipal_k) right vectors), in the working dtype: the same for every run of a scan, so
-    `jobs.run_spectral_job` computes it once per tensor and `updelta.spectral_cache` keeps it on disk."""
-    return _Decomp(w0.to(work_dtype(opts, w0.dtype)))
+    `jobs.run_spectral_job` computes it once per tensor and `updelta.scan.jobs.spectral_cache` keeps it on disk."""
+    return Decomp(w0.to(work_dtype(opts, w0.dtype)))
 
 
 def _ft_parts(w1: torch.Tensor, kk: int, ki: int, s0: np.ndarray, d_norm2: float
@@ -386,12 +386,12 @@ def _ft_parts(w1: torch.Tensor, kk: int, ki: int, s0: np.ndarray, d_norm2: float
         if got is not None:
             U, _, Vh = got
             return s1, U[:, :max(kk, ki)], Vh[:kk].T
-    dec1 = _Decomp(w1)
+    dec1 = Decomp(w1)
     return dec1.S.double().cpu().numpy(), dec1.u(max(kk, ki)).clone(), dec1.vh(kk).T.clone()
 
 
 def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
-                 base: Callable[[], "_Decomp"] | None = None) -> dict[str, object]:
+                 base: Callable[[], "Decomp"] | None = None) -> dict[str, object]:
     k = max(1, int(opts.topk))
     dt = work_dtype(opts, w0.dtype, w1.dtype)
     w0 = w0.to(dt)
@@ -436,7 +436,7 @@ def _matrix_full(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
 
 
 def spectral_columns(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions,
-                     base: Callable[[], "_Decomp"] | None = None) -> dict[str, object]:
+                     base: Callable[[], "Decomp"] | None = None) -> dict[str, object]:
     """Spectral columns of one tensor pair (`opts.spectral` "fast" or "full"); see the module docstring.
 
     w0, w1: base and fine-tuned weight, float32 (or float64 when stored so), on the engine's device,

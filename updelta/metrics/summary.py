@@ -1,8 +1,8 @@
 """Spectral figures of a group of tensors: medians over its 2-D tensors (torch-free).
 
-The aggregates (`updelta.aggregate`) call `summarize`. Stacked experts reach the tables as one
+The aggregates (`updelta.tables.aggregate`) call `summarize`. Stacked experts reach the tables as one
 2-D row per expert (docs/experts.md), so each expert is one tensor here. Which columns are medians, and of which kind (float or int), is declared in
-`updelta.schema` (`agg="median_2d"`). Definitions: docs/metrics.md.
+`updelta.metrics.schema` (`agg="median_2d"`). Definitions: docs/metrics.md.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .. import schema
+from updelta.metrics import schema
 
 NULL_IS_INF = {"energy_rank_90", "energy_rank_99"}  # null means "> k": +inf for medians
 
@@ -53,7 +53,7 @@ def summarize(tensors: pd.DataFrame, by: list[str], leave_out: pd.Series | None 
     """Per-group medians over 2-D tensors of the numeric spectral columns, for the whole-model and
     per-component spectral figures ("medians over 2-D tensors"; every expert is its own 2-D row).
 
-    `leave_out` (bool per row, e.g. `updelta.aggregate.unchanged`): 2-D tensors left out of the medians and
+    `leave_out` (bool per row, e.g. `updelta.tables.aggregate.unchanged`): 2-D tensors left out of the medians and
     counted in `n_spectral_unchanged` (an unchanged tensor has energy ranks 0 and no stable rank: counting it
     would pull the median rank of a partly changed group to 0; docs/metrics.md, Aggregates).
 

@@ -5,7 +5,7 @@
 `pairwise.pair_partial_sums`) return per block; the engine adds blocks up. `finalize` and
 `finalize_pair` turn a tensor's sums into its row: the raw sums themselves (float64 /
 int64, so that every aggregate is recomputed from sums) and the figures derived from them by
-the formulas declared in `updelta.schema` (the same code derives aggregates: `schema.derive`).
+the formulas declared in `updelta.metrics.schema` (the same code derives aggregates: `schema.derive`).
 Definitions: docs/metrics.md ("Norms and direction", "Update sparsity", "Across runs").
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .. import schema
+from updelta.metrics import schema
 
 CONVS = schema.CONVS
 

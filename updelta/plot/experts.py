@@ -6,16 +6,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..errors import UpdeltaError
-from . import _common as C
-from .grids import _annotate, _norm
+from updelta.errors import UpdeltaError
+from updelta.plot import common as C
+from updelta.plot.grids import annotate_cells, color_norm
 
 KEYS = ["layer", "expert"]
 
 
 def _expert_rows(data, meta: dict | None) -> tuple[pd.DataFrame, dict]:
     """(one row per run, layer and expert, meta) from a `Result`, its `tensors` or its `experts` table."""
-    from ..result import expert_table
+    from updelta.tables.result import expert_table
 
     if isinstance(data, pd.DataFrame):
         df, meta = data, dict(meta or {})
@@ -62,7 +62,7 @@ def experts_heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None
         arr[pi[p], li[lay], ei[e]] = v
     L, E, P = len(layers), len(experts), len(panels)
     notes = []
-    norm, cmap, is_log, scale_note = _norm(arr, metric, log)
+    norm, cmap, is_log, scale_note = color_norm(arr, metric, log)
     if scale_note:
         notes.append(scale_note)
     if np.isnan(arr).any():
@@ -97,7 +97,7 @@ def experts_heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None
             ax.set_xticks(range(0, E, xstep), [str(experts[i]) for i in range(0, E, xstep)])
             ax.tick_params(length=2)
             if annotate:
-                _annotate(ax, arr[k], norm, cmap, fontsize=7)
+                annotate_cells(ax, arr[k], norm, cmap, fontsize=7)
             if k % ncol == 0:
                 ax.set_ylabel("layer")
             ax.tick_params(labelbottom=True)  # expert numbers under every panel

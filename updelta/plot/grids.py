@@ -9,10 +9,10 @@ import pandas as pd
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from .. import schema
-from ..aggregate import aggregate_pairs
-from ..errors import UpdeltaError
-from . import _common as C
+from updelta.metrics import schema
+from updelta.tables.aggregate import aggregate_pairs
+from updelta.errors import UpdeltaError
+from updelta.plot import common as C
 
 
 def _pick_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, dict]:
@@ -32,14 +32,14 @@ def _pick_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, dic
     return df, meta
 
 
-def _col_key(c: tuple) -> tuple:
+def column_key(c: tuple) -> tuple:
     comp, mod, par = c
     ci = C.COMPONENT_ORDER.index(comp) if comp in C.COMPONENT_ORDER else len(C.COMPONENT_ORDER)
     mi = C.MODULE_ORDER.index(mod) if mod in C.MODULE_ORDER else len(C.MODULE_ORDER)
     return (ci, mi, str(mod), par != "weight", str(par))
 
 
-def _col_label(c: tuple) -> str:
+def column_label(c: tuple) -> str:
     _, mod, par = c
     s = C.SHORT.get(mod, mod[:-5] if str(mod).endswith("_proj") else str(mod))
     return s if par == "weight" else f"{s} {par}"
@@ -58,7 +58,7 @@ def _text_color(rgba) -> str:
     return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
-def _norm(values: np.ndarray, metric: str, log: bool | None, fixed: tuple[float, float] | None = None):
+def color_norm(values: np.ndarray, metric: str, log: bool | None, fixed: tuple[float, float] | None = None):
     """(norm, cmap, is_log, note) for `values`, colour-blind-safe and centred at 0 for signed metrics."""
     v = values[np.isfinite(values)]
     signed = metric in C.SIGNED or (v.size > 0 and v.min() < 0)
@@ -85,7 +85,7 @@ def _norm(values: np.ndarray, metric: str, log: bool | None, fixed: tuple[float,
     return norm, cmap.with_extremes(bad=C.NAN_COLOR), use_log, note
 
 
-def _annotate(ax, arr: np.ndarray, norm, cmap, fontsize: float, extra: np.ndarray | None = None) -> None:
+def annotate_cells(ax, arr: np.ndarray, norm, cmap, fontsize: float, extra: np.ndarray | None = None) -> None:
     for i in range(arr.shape[0]):
         for j in range(arr.shape[1]):
             v = arr[i, j]
@@ -149,7 +149,7 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
     df = df.assign(_panel=C.series_key(df), _v=C.numeric(df[metric]), layer=df["layer"].astype("int64"))
     panels = C.run_order(df, meta)
     layers = sorted(df["layer"].unique())
-    cols = sorted({(c, m, p) for c, m, p in zip(df["component"], df["module"], df["param"])}, key=_col_key)
+    cols = sorted({(c, m, p) for c, m, p in zip(df["component"], df["module"], df["param"])}, key=column_key)
     li = {v: i for i, v in enumerate(layers)}
     ci = {v: i for i, v in enumerate(cols)}
     arr = np.full((len(panels), len(layers), len(cols)), np.nan)
@@ -158,19 +158,19 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
         arr[pi[p], li[l], ci[(c, m, pr)]] = v
     empty = np.isnan(arr).all(axis=(0, 1))
     if empty.any() and not empty.all():
-        names = sorted({_col_label(c) for c, e in zip(cols, empty) if e})
+        names = sorted({column_label(c) for c, e in zip(cols, empty) if e})
         notes.append(f"no {metric} for {', '.join(names)} (e.g. 1-D tensors have no spectrum): columns not shown")
         arr = arr[:, :, ~empty]
         cols = [c for c, e in zip(cols, empty) if not e]
     L, K, P = len(layers), len(cols), len(panels)
-    norm, cmap, is_log, scale_note = _norm(arr, metric, log)
+    norm, cmap, is_log, scale_note = color_norm(arr, metric, log)
     if scale_note:
         notes.append(scale_note)
     if np.isnan(arr).any():
         notes.append("grey: no value (tensor absent, or metric undefined, e.g. W0 = 0)")
     want_ann = (L <= 24 and K <= 12) if annotate is None else annotate
     cell = (0.62, 0.3) if want_ann else (0.42, min(0.3, max(0.1, 7.0 / L)))
-    label_w = max(len(_col_label(c)) for c in cols) * 7 * 0.6 / 72  # module names run upwards: their height
+    label_w = max(len(column_label(c)) for c in cols) * 7 * 0.6 / 72  # module names run upwards: their height
     pad = (0.45, 0.55 + label_w)  # per panel: layer labels; title, component names and module names
     frame = (1.5, 1.2 + 0.16 * len(notes))  # colour bar; suptitle, subtitle and notes
     # upright names need a column at least one line of 8 pt wide, or they would touch
@@ -198,7 +198,7 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
             for s in ax.spines.values():
                 s.set_visible(False)
             ax.set_yticks(range(0, L, step), [str(layers[i]) for i in range(0, L, step)])
-            ax.set_xticks(range(K), [_col_label(c) for c in cols], rotation=90, ha="center", fontsize=xfont)
+            ax.set_xticks(range(K), [column_label(c) for c in cols], rotation=90, ha="center", fontsize=xfont)
             ax.tick_params(length=2, labelbottom=True)  # module names under every panel
             if step > 1 or ch * 72 < 8:
                 ax.tick_params(axis="y", labelsize=7)
@@ -217,7 +217,7 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
             top.tick_params(length=0, labelsize=7, labelcolor="#555555")
             top.spines["top"].set_visible(False)
             if want_ann:
-                _annotate(ax, arr[k], norm, cmap, fontsize=7)
+                annotate_cells(ax, arr[k], norm, cmap, fontsize=7)
             if k % ncol == 0:
                 ax.set_ylabel("layer")
         shrink = min(1.0, 4.0 / max(grid_h, 1e-6))  # a colour bar of normal height, whatever the grid
@@ -336,7 +336,7 @@ def run_similarity(data, kind: str = "delta_cos", *, meta: dict | None = None, c
             base_note = "in cells: value (random baseline = density of the column run's mask)"
     if same:
         base_note += "\n" + C.unchanged_note(same)
-    norm, cmap, _, _ = _norm(val, "delta_cos" if fam == "delta_cos" else "sparsity_exact", False, fixed)
+    norm, cmap, _, _ = color_norm(val, "delta_cos" if fam == "delta_cos" else "sparsity_exact", False, fixed)
     if fam == "sign_agree":
         cmap = mpl.colormaps["PuOr"].with_extremes(bad=C.NAN_COLOR)
     side = min(max(3.2, 0.95 * n + 1.6), C.MAX_IN - 1.8)

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..errors import UpdeltaError
-from . import _common as C
-from .grids import _norm
+from updelta.errors import UpdeltaError
+from updelta.plot import common as C
+from updelta.plot.grids import color_norm
 
 METRICS = ("energy_vs_even", "energy_share", "delta_fro", "base_fro", "rel_delta", "sparsity_exact", "sparsity_atol",
            "sparsity_rtol")
@@ -67,7 +67,7 @@ def heads_heatmap(data, metric: str = "energy_vs_even", *, meta: dict | None = N
             a[li[lay], h] = v
         arrs[(r, c)] = a
     allv = np.concatenate([a.ravel() for a in arrs.values()])
-    norm, cmap, is_log, scale_note = _norm(allv, metric, log)
+    norm, cmap, is_log, scale_note = color_norm(allv, metric, log)
     R, K, L = len(runs_), len(cols), len(layers)
     widths = [max(1.2, 0.18 * nheads[c]) for c in cols]
     panel_h = min(min(0.25 * L, 4.0) + 0.6, (C.MAX_IN - 1.4) / max(R, 1))  # every run's row within MAX_PX

@@ -13,11 +13,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .. import schema
-from ..errors import UpdeltaError
-from . import _common as C
-from .grids import _col_key, _col_label
-from .labels import fix_layout, place_labels
+from updelta.metrics import schema
+from updelta.errors import UpdeltaError
+from updelta.plot import common as C
+from updelta.plot.grids import column_key, column_label
+from updelta.plot.labels import fix_layout, place_labels
 
 
 def _profile_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, dict]:
@@ -193,7 +193,7 @@ def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
         gkey = [(c, "", p) for c, p in zip(df["component"], df["param"])]
     df = df.assign(_g=gkey)
     groups = sorted({g for g, *arrs in zip(df["_g"], *(df[r[0]] for r in rows))
-                     if any(C.as_array(a) is not None for a in arrs)}, key=_col_key)
+                     if any(C.as_array(a) is not None for a in arrs)}, key=column_key)
     if not groups:
         raise UpdeltaError("spectrum: no tensor has spectral values after the run/param filters")
     layer_vals = df["layer"].dropna().astype("int64")
@@ -246,7 +246,7 @@ def spectrum(data, *, meta: dict | None = None, runs=None, by: str = "module",
                     ax.grid(True, axis="y", which="major")
                     if r == 0:
                         comp_title = str(g[0]) + ("" if g[2] == "weight" else f" {g[2]}")
-                        ax.set_title(_col_label(g) if by == "module" else comp_title)
+                        ax.set_title(column_label(g) if by == "module" else comp_title)
                     if gi == 0:
                         ax.set_ylabel(f"{s}\n{label}" if len(series) > 1 else label, fontsize=8)
                     if xkind == "eps":
@@ -329,7 +329,7 @@ def _spectrum_by_run(df, meta, series, rows, groups, by, eps, title, same) -> Fi
                     ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
                 ax.grid(True, axis="y", which="major")
                 if ri == 0:
-                    ax.set_title(_col_label(g) if by == "module" else str(g[0]) + (
+                    ax.set_title(column_label(g) if by == "module" else str(g[0]) + (
                         "" if g[2] == "weight" else f" {g[2]}"))
                 if gi == 0:
                     ax.set_ylabel(label, fontsize=8)

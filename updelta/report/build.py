@@ -10,15 +10,15 @@ import math
 
 import pandas as pd
 
-from .. import schema
-from ..aggregate import aggregate_tensors, towers_included, unchanged_runs
-from ..evals import SPLIT_LABELS
-from ..gates import GRAMMAR
-from ..meta import info as run_info
-from ..text import fmt
-from .document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
-from .lens import lens_blocks
-from .where import where_blocks
+from updelta.metrics import schema
+from updelta.tables.aggregate import aggregate_tensors, towers_included, unchanged_runs
+from updelta.tables.evals import SPLIT_LABELS
+from updelta.report.gates import GRAMMAR
+from updelta.tables.meta import info as run_info
+from updelta.report.text import fmt
+from updelta.report.document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
+from updelta.report.lens import lens_blocks
+from updelta.report.where import where_blocks
 
 RUN_COLS = [(c, schema.fmt_of(c)) for c in schema.HEADLINE]
 LONG = 16  # tables longer than this go into a <details> block

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ..aggregate import aggregate_tensors
+from updelta.tables.aggregate import aggregate_tensors
 
 # Published ranges (metrics.md); quoted beside the figures they can be compared with.
 REF_SPARSITY = ("Mukherjee et al. 2025 report 68.5-96% of elements unchanged for RL runs and 6-15% for SFT "
@@ -89,7 +89,7 @@ def method_of(run: str, evals: dict) -> str | None:
 
 
 def _opts(result):
-    """The result's options (`updelta.meta.Options`: `.atol`, `.eta`, `.get(name, default)`)."""
+    """The result's options (`updelta.tables.meta.Options`: `.atol`, `.eta`, `.get(name, default)`)."""
     return result.info.options
 
 
@@ -251,7 +251,7 @@ def spectral_findings(result) -> list[Finding]:
 
 
 def evaluation_findings(result, evals: dict) -> list[Finding]:
-    from ..evals import SPLIT_LABELS
+    from updelta.tables.evals import SPLIT_LABELS
 
     out = []
     for run in result.runs:

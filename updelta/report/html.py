@@ -10,7 +10,7 @@ import html
 import re
 import struct
 
-from .document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
+from updelta.report.document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
 
 CSS = """
 body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;font-size:14px;

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
+from updelta.report.document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
 
 
 def _width(s: str) -> int:

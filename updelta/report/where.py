@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..naming import GENERIC, family, is_transposed
-from ..text import fmt
-from .document import Heading, Para, Table
+from updelta.families.naming import GENERIC, family, is_transposed
+from updelta.report.text import fmt
+from updelta.report.document import Heading, Para, Table
 
 TOP = 5
 

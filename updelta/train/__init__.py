@@ -40,16 +40,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import dft, es, grpo, sft
-from .dft import DFTOptions
-from .es import ESOptions
-from .evaluate import evaluate
-from .grpo import GRPOOptions
-from .model import default_base_path
-from .options import OptionsError
-from .pretrain import PretrainOptions, pretrain
-from .runs import RunResult
-from .sft import SFTOptions
+from updelta.train import dft, es, grpo, sft
+from updelta.train.dft import DFTOptions
+from updelta.train.es import ESOptions
+from updelta.train.evaluate import evaluate
+from updelta.train.grpo import GRPOOptions
+from updelta.train.model import default_base_path
+from updelta.train.options import OptionsError
+from updelta.train.pretrain import PretrainOptions, pretrain
+from updelta.train.runs import RunResult
+from updelta.train.sft import SFTOptions
 
 
 @dataclass(frozen=True)

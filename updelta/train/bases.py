@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .model import default_base_path
-from .options import OptionsError
+from updelta.train.model import default_base_path
+from updelta.train.options import OptionsError
 
 NAMES = ("toy", "smollm2")
 
@@ -25,8 +25,8 @@ def resolve_base(value: str | Path | None) -> Path:
     if value is None or str(value) == "toy":
         return default_base_path()
     if str(value) == "smollm2":
-        from ..errors import UpdeltaError
-        from ..models.smollm2 import smollm2_path
+        from updelta.errors import UpdeltaError
+        from updelta.models.smollm2 import smollm2_path
 
         try:
             return smollm2_path()

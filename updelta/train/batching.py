@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .tasks import Example
+from updelta.train.tasks import Example
 
 IGNORE = -100
 

@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import typer
 
-from ..commands.params import with_options
-from . import dft, es, grpo, sft
-from .options import OptionsError
-from .pretrain import PretrainOptions, pretrain
-from .runs import RunResult
+from updelta.commands.params import with_options
+from updelta.train import dft, es, grpo, sft
+from updelta.train.options import OptionsError
+from updelta.train.pretrain import PretrainOptions, pretrain
+from updelta.train.runs import RunResult
 
 WARNINGS = {"no_update": "the saved checkpoint is bit-identical to its start: nothing was learned (raise --lr or "
                          "the steps, or save in float32)",

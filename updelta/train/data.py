@@ -18,8 +18,8 @@ from typing import Callable
 
 from transformers import PreTrainedTokenizerBase
 
-from .options import OptionsError
-from .tasks import Example
+from updelta.train.options import OptionsError
+from updelta.train.tasks import Example
 
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_SEED = 97

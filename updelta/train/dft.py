@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import Batch, shuffled_batches
-from .losses import WEIGHTINGS, Weighting, asft_loss, dft_loss, sft_loss
-from .options import OptionsError, check_choice, option
-from .runs import RunResult, RunWriter, Setup, finetune
-from .sft import SFTOptions
-from .supervised import Objective, frozen_reference, shifted_logits, train_supervised
+from updelta.train.batching import Batch, shuffled_batches
+from updelta.train.losses import WEIGHTINGS, Weighting, asft_loss, dft_loss, sft_loss
+from updelta.train.options import OptionsError, check_choice, option
+from updelta.train.runs import RunResult, RunWriter, Setup, finetune
+from updelta.train.sft import SFTOptions
+from updelta.train.supervised import Objective, frozen_reference, shifted_logits, train_supervised
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,10 +32,10 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import shuffled_batches
-from .evaluate import accuracy
-from .options import OptionsError, RunOptions, option
-from .runs import RunResult, RunWriter, Setup, finetune
+from updelta.train.batching import shuffled_batches
+from updelta.train.evaluate import accuracy
+from updelta.train.options import OptionsError, RunOptions, option
+from updelta.train.runs import RunResult, RunWriter, Setup, finetune
 
 
 @dataclass(frozen=True, kw_only=True)

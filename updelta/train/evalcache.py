@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..atomic import write_text
+from updelta.atomic import write_text
 
 
 def folder_key(folder: Path) -> list[str]:
@@ -30,7 +30,7 @@ def folder_key(folder: Path) -> list[str]:
 
 
 def cache_path(kind: str, folder: Path, payload: Any) -> Path:
-    from ..models.smollm2 import cache_dir
+    from updelta.models.smollm2 import cache_dir
 
     digest = hashlib.sha256(json.dumps([kind, folder_key(folder), payload], sort_keys=True).encode()).hexdigest()
     return cache_dir() / "evals" / f"{kind}-{digest[:24]}.json"

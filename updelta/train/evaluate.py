@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .model import load_model
-from .suites import Suite, build_suite
-from .tasks import EVAL_SPLITS, Example, extract_answer
+from updelta.train.model import load_model
+from updelta.train.suites import Suite, build_suite
+from updelta.train.tasks import EVAL_SPLITS, Example, extract_answer
 
 MARGIN_TOKENS = 4
 

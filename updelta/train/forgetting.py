@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import until_end
-from .supervised import logits_from
+from updelta.train.batching import until_end
+from updelta.train.supervised import logits_from
 
 
 @torch.no_grad()

@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import IGNORE, shuffled_batches, until_end
-from .losses import (
+from updelta.train.batching import IGNORE, shuffled_batches, until_end
+from updelta.train.losses import (
     AGGREGATIONS,
     Aggregation,
     aggregate,
@@ -31,12 +31,12 @@ from .losses import (
     grpo_per_token_loss,
     token_logprobs,
 )
-from .optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
-from .model import activation_checkpointing, release_memory
-from .options import OptionsError, RunOptions, check_choice, option
-from .runs import RunResult, RunWriter, Setup, finetune
-from .supervised import frozen_reference, logits_from
-from .tasks import Example, extract_answer
+from updelta.train.optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
+from updelta.train.model import activation_checkpointing, release_memory
+from updelta.train.options import OptionsError, RunOptions, check_choice, option
+from updelta.train.runs import RunResult, RunWriter, Setup, finetune
+from updelta.train.supervised import frozen_reference, logits_from
+from updelta.train.tasks import Example, extract_answer
 
 MARGIN_TOKENS = 4
 

@@ -23,8 +23,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .options import OptionsError, SaveDtype, check_choice
-from .tokenizer import build_tokenizer
+from updelta.train.options import OptionsError, SaveDtype, check_choice
+from updelta.train.tokenizer import build_tokenizer
 
 
 def default_base_path() -> Path:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .model import new_model
-from .options import SaveDtype, check_choice, option, resolve
-from .runs import RunResult, RunWriter, run_folder
-from .sft import objective as cross_entropy
-from .supervised import train_supervised
-from .tasks import pretrain_stream
+from updelta.train.model import new_model
+from updelta.train.options import SaveDtype, check_choice, option, resolve
+from updelta.train.runs import RunResult, RunWriter, run_folder
+from updelta.train.sft import objective as cross_entropy
+from updelta.train.supervised import train_supervised
+from updelta.train.tasks import pretrain_stream
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,17 +35,17 @@ from typing import Any, Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..atomic import atomic_dir, write_text
-from ..progress import Progress
-from .bases import resolve_base, start_of
-from .checks import bit_identical, no_signal, update_budget
-from .evalcache import cached
-from .evaluate import evaluate_model, judge
-from .forgetting import forward_kl, greedy_answers
-from .model import bound_heap, load_model, load_weights, release_memory, save_checkpoint
-from .options import OptionsError, RunOptions, as_record, resolve
-from .suites import Suite, build_suite, filter_retention, profile
-from .tasks import Example
+from updelta.atomic import atomic_dir, write_text
+from updelta.scan.progress import Progress
+from updelta.train.bases import resolve_base, start_of
+from updelta.train.checks import bit_identical, no_signal, update_budget
+from updelta.train.evalcache import cached
+from updelta.train.evaluate import evaluate_model, judge
+from updelta.train.forgetting import forward_kl, greedy_answers
+from updelta.train.model import bound_heap, load_model, load_weights, release_memory, save_checkpoint
+from updelta.train.options import OptionsError, RunOptions, as_record, resolve
+from updelta.train.suites import Suite, build_suite, filter_retention, profile
+from updelta.train.tasks import Example
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class RunWriter:
         self.records: list[dict[str, Any]] = []
         self.saved: list[str] = []  # checkpoint-STEP folders written completely
         self.bar = Progress(total=total_steps, desc=desc, unit="step")
-        from ..integrations.loop import loop_tracker  # --track-every: updelta/* values, trajectory.parquet
+        from updelta.integrations.loop import loop_tracker  # --track-every: updelta/* values, trajectory.parquet
         self.tracker = loop_tracker(model, track_every, folder, save_dtype)
 
     def step(self, step: int, record: dict[str, Any]) -> None:
@@ -201,7 +201,7 @@ def evaluate_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
 def fingerprint(folder: Path) -> str:
     """`Checkpoint.identity()["fingerprint"]` of the folder a run started from (eval.json `base_fingerprint`: what
     the report checks a run's base against)."""
-    from ..io import open_checkpoint
+    from updelta.io import open_checkpoint
 
     return open_checkpoint(folder).identity()["fingerprint"]
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import Batch, shuffled_batches
-from .losses import NORMALIZATIONS, Normalization, sft_loss
-from .options import OptionsError, RunOptions, check_choice, option
-from .runs import RunResult, RunWriter, Setup, finetune
-from .supervised import Objective, shifted_logits, train_supervised
+from updelta.train.batching import Batch, shuffled_batches
+from updelta.train.losses import NORMALIZATIONS, Normalization, sft_loss
+from updelta.train.options import OptionsError, RunOptions, check_choice, option
+from updelta.train.runs import RunResult, RunWriter, Setup, finetune
+from updelta.train.supervised import Objective, shifted_logits, train_supervised
 
 
 @dataclass(frozen=True, kw_only=True)

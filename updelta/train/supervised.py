@@ -12,9 +12,9 @@ from typing import Callable, Iterator, Protocol, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import IGNORE, Batch, collate, micro_batches, position_ids
-from .optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
-from .tasks import Example
+from updelta.train.batching import IGNORE, Batch, collate, micro_batches, position_ids
+from updelta.train.optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
+from updelta.train.tasks import Example
 
 
 class Objective(Protocol):

@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Literal
 
-from ..atomic import write_text
+from updelta.atomic import write_text
 
 Task = Literal["target", "knowledge"]
 TASKS: tuple[str, ...] = ("target", "knowledge")

@@ -1,0 +1,1 @@
+"""The method zoo and its claims (`updelta demo`)."""

@@ -1,0 +1,1 @@
+"""Pairing, plan, executors and the scan engine: checkpoints in, per-tensor records out."""

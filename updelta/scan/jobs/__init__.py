@@ -1,0 +1,1 @@
+"""Per-tensor jobs computed: the cheap pass, spectra, where, lens, adapter factors."""

@@ -1,0 +1,1 @@
+"""Records to DataFrames: results, aggregates, typed metadata, trajectories, evaluations (torch-free)."""
