@@ -10,7 +10,8 @@ tables or compares them by value with a saved copy. Uses the public API only (`u
     python benchmarks/check_identical.py check SNAP --zoo DEMO_DIR [--smollm2]   # on the new one: exit 1 on a diff
 
 Equal means: every table of every result (`Result.save` parquet files) equal element by element (NaN == NaN,
-no tolerance), and the report's Markdown and summary.json equal once timings and paths are masked.
+no tolerance; the wall-clock columns and the base path left out), and the report's Markdown and summary.json equal once
+timings and paths are masked.
 """
 from __future__ import annotations
 
@@ -30,10 +31,14 @@ MASKS = [(re.compile(r"\d+(\.\d+)? ?s\b"), "<t>"), (re.compile(r"/[^\s)'\"]*/(up
                                                      r"<path>/\1")]
 
 
+TIMINGS = ("spectral_s", "spectral_s_total")  # wall-clock columns: never equal run to run
+PATHS = ("base",)  # the path a run was measured from: where the checkout lies
+
+
 def _mask(text: str) -> str:
     for pat, rep in MASKS:
         text = pat.sub(rep, text)
-    return text
+    return re.sub(r" {2,}", " ", text)  # table padding follows the (masked) path lengths
 
 
 def _zoo(demo: Path, out: Path) -> None:
@@ -57,8 +62,21 @@ def _smollm2(out: Path) -> None:
         updelta.diff(b, f, spectral=mode, progress=False).save(out / f"smollm2_{mode}")
 
 
+def _drop_keys(obj, keys) -> None:
+    """Remove `keys` from every dict nested in `obj` (timings in summary.json)."""
+    if isinstance(obj, dict):
+        for k in keys:
+            obj.pop(k, None)
+        for v in obj.values():
+            _drop_keys(v, keys)
+    elif isinstance(obj, list):
+        for v in obj:
+            _drop_keys(v, keys)
+
+
 def _tables(folder: Path) -> dict[str, pd.DataFrame]:
-    return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
+    tables = {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
+    return {k: v.drop(columns=[c for c in TIMINGS + PATHS if c in v.columns]) for k, v in tables.items()}
 
 
 def _compare_results(a: Path, b: Path) -> list[str]:
@@ -83,6 +101,7 @@ def _compare_text(a: Path, b: Path) -> list[str]:
             dx, dy = json.loads(x), json.loads(y)
             for d in (dx, dy):
                 d.pop("updelta_version", None)
+                _drop_keys(d, TIMINGS + ("seconds",))
             x, y = json.dumps(dx, sort_keys=True, indent=1), json.dumps(dy, sort_keys=True, indent=1)
         if x != y:
             xl, yl = x.splitlines(), y.splitlines()

@@ -5,7 +5,7 @@ the rest), extrapolate by each step's complexity, and schedule the jobs on 1, 8 
     python benchmarks/plan_70b.py --quick    # smaller shapes only (fit from 4096-wide matrices)
 
 Measured, with 1 torch thread (one worker = one core):
-- cheap pass: `jobs.run_job` over a bf16 8192 x 8192 pair (C kernel), elements per second;
+- cheap pass: `scan.jobs.cheap.run_job` over a bf16 8192 x 8192 pair (C kernel), elements per second;
 - `spectral_columns(fast)` on 8192 x 1024, 8192 x 8192 and 8192 x 28672 (the widest; --quick: 4096-wide);
 - `spectral_columns(full)` on 1024 x 8192 and on square 1024 / 2048 (scaled down: a full SVD of 8192^2 takes
   minutes here), Gaussian updates (the hard case for `fast`).

@@ -7,6 +7,8 @@
 
 The names below are imported on first use, so `import updelta` is cheap (no pandas, no torch).
 """
+import importlib
+
 from updelta._version import __version__  # noqa: F401
 
 _LAZY = {"diff": "api", "compare": "api", "load": "api", "DiffOptions": "options", "Result": "tables.result"}
@@ -15,7 +17,6 @@ __all__ = ["__version__", *_LAZY]
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
 
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

@@ -45,7 +45,7 @@ def diff(base: str | os.PathLike, finetuned: str | os.PathLike, options: DiffOpt
     `options` is a `DiffOptions`; keyword overrides (e.g. `atol=1e-6, spectral="off"`) replace its fields.
     The run is named `name`, by default after the fine-tuned path (`checkpoint_run_name`).
     """
-    from updelta.scan.engine import scan
+    from updelta.scan.engine import scan  # torch: the engine loads only when a scan runs
 
     return scan(base, {name or checkpoint_run_name(finetuned): finetuned}, options_from(options, overrides))
 
@@ -61,7 +61,7 @@ def compare(base: str | os.PathLike, runs: dict[str, str | os.PathLike], options
     `meta["pairs_skipped"]`; every run's base is in `meta["run_bases"]` and `summary.base` (docs/inputs.md,
     Per-run bases).
     """
-    from updelta.scan.engine import scan
+    from updelta.scan.engine import scan  # torch: the engine loads only when a scan runs
 
     return scan(base, dict(runs), options_from(options, overrides), run_bases=dict(run_bases or {}))
 
@@ -71,7 +71,7 @@ def base_identities(base: str | os.PathLike, runs: dict[str, str | os.PathLike],
                     **overrides) -> dict[str, dict]:
     """{run: identity (`Checkpoint.identity()`) of the base `compare` would measure it from}: headers and
     fingerprints only, no tensor read (checks such as the evaluation-base check before a long pass)."""
-    from updelta.scan.engine import base_identities as identities
+    from updelta.scan.engine import base_identities as identities  # torch: the engine loads only when a scan runs
 
     return identities(base, dict(runs), options_from(options, overrides), dict(run_bases or {}))
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+from updelta.commands.app import build_app
+from updelta.errors import UpdeltaError, UpdeltaWarning
+
 # The command line is a process of its own: idle OpenMP threads should sleep instead of spinning. On a
 # shared 2-core machine spinning threads made torch's SVDs 10-20x slower (benchmarks/README.md). This must
 # be set before torch is first imported.
@@ -37,10 +40,8 @@ def _show_warning(other, warning_class):
 
 def main() -> None:
     try:
-        import warnings
+        import warnings  # loaded only on this path
 
-        from updelta.commands.app import build_app
-        from updelta.errors import UpdeltaError, UpdeltaWarning
     except KeyboardInterrupt:
         _interrupted()
     try:
@@ -61,7 +62,6 @@ def main() -> None:
 
 def __getattr__(name: str):
     if name == "app":  # `from updelta.cli import app` (tests, click tooling)
-        from updelta.commands.app import build_app
         return build_app()
     raise AttributeError(name)
 

@@ -27,7 +27,7 @@ Executor = Literal["serial", "threads", "ray"]
 MergeDtype = Literal["off", "bfloat16", "float16", "float32"]
 
 
-def _opt(default, help: str, *, at_least=None, above=None, at_most=None, below=None, regex: bool = False):
+def option(default, help: str, *, at_least=None, above=None, at_most=None, below=None, regex: bool = False):
     """A field with its help text and, for numbers, its allowed range (checked by `check_fields`)."""
     meta: dict[str, Any] = {"help": help}
     for k, v in (("at_least", at_least), ("above", above), ("at_most", at_most), ("below", below)):
@@ -38,71 +38,81 @@ def _opt(default, help: str, *, at_least=None, above=None, at_most=None, below=N
     return field(default=default, metadata=meta)
 
 
+def shared(cls: type, name: str, help: str | None = None):
+    """Field `name` of options class `cls` (its default, help text and range) for another options class: one
+    declaration, reused (e.g. the training callback's `atol` is `DiffOptions.atol`). `help` overrides the text."""
+    f = {x.name: x for x in fields(cls)}[name]
+    meta = dict(f.metadata)
+    if help is not None:
+        meta["help"] = help
+    return field(default=f.default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class DiffOptions:
     """Options of `updelta.diff` / `updelta.compare` / `updelta.tables.trajectory` and of the `diff`, `compare`,
     `report`, `trajectory` commands."""
 
-    atol: float = _opt(1e-5, "Absolute tolerance of the `atol` sparsity convention: an element is unchanged when "
+    atol: float = option(1e-5, "Absolute tolerance of the `atol` sparsity convention: an element is unchanged when "
                              "|W1 - W0| <= atol (Mukherjee et al. 2025 use 1e-5 on bf16).", at_least=0)
-    eta: float = _opt(1e-3, "Relative tolerance of the `rtol` sparsity convention (Zhu et al. 2025): unchanged when "
+    eta: float = option(1e-3, "Relative tolerance of the `rtol` sparsity convention (Zhu et al. 2025): unchanged when "
                             "|W1 - W0| <= eta * max(|W0|, |W1|). On bf16 storage 1e-3 equals `exact`.", at_least=0)
-    include: tuple[str, ...] = _opt((), "Regular expression; only tensors whose name matches are compared "
+    include: tuple[str, ...] = option((), "Regular expression; only tensors whose name matches are compared "
                                         "(repeatable).", regex=True)
-    exclude: tuple[str, ...] = _opt((), "Regular expression; tensors whose name matches are skipped (repeatable).",
+    exclude: tuple[str, ...] = option((), "Regular expression; tensors whose name matches are skipped (repeatable).",
                                     regex=True)
-    device: Device = _opt("auto", "Where to compute: auto (CUDA when available), cpu or cuda.")
-    on_shape_mismatch: OnMismatch = _opt("error", "A shape mismatch that is not a vocabulary resize: `error` stops "
+    device: Device = option("auto", "Where to compute: auto (CUDA when available), cpu or cuda.")
+    on_shape_mismatch: OnMismatch = option("error", "A shape mismatch that is not a vocabulary resize: `error` stops "
                                                   "with the tensor named; `skip` leaves the tensor out and lists it.")
-    spectral: Spectral = _opt("fast", "Spectral work on 2-D updates: off, fast (top-k singular values of the update), "
+    spectral: Spectral = option("fast", "Spectral work on 2-D updates: off, fast (top-k singular values of the update), "
                                       "or full (exact SVDs, subspace angles, intruders).")
-    topk: int = _opt(16, "How many top singular values of the update the spectral modes keep.", at_least=1)
-    spectral_float64: bool = _opt(False, "Exact (full) spectral work in float64 instead of float32.")
-    offprincipal_alpha: float = _opt(0.05, "Off-principal alignment (Zhu et al.): share of elements in the principal "
+    topk: int = option(16, "How many top singular values of the update the spectral modes keep.", at_least=1)
+    spectral_float64: bool = option(False, "Exact (full) spectral work in float64 instead of float32.")
+    offprincipal_alpha: float = option(0.05, "Off-principal alignment (Zhu et al.): share of elements in the principal "
                                            "mask of W0 (the chance level of the overlap).", above=0, below=1)
-    offprincipal_k: int = _opt(16, "Off-principal alignment: rank of the reconstruction of W0 that defines the mask.",
+    offprincipal_k: int = option(16, "Off-principal alignment: rank of the reconstruction of W0 that defines the mask.",
                                at_least=1)
-    intruder_k: int = _opt(10, "Intruder dimensions (Shuttleworth et al. 2024; spectral full): how many top left "
+    intruder_k: int = option(10, "Intruder dimensions (Shuttleworth et al. 2024; spectral full): how many top left "
                                "singular vectors y_j of W1 are tested against all left singular vectors x_i of W0.",
                            at_least=1)
-    intruder_eps: float = _opt(0.5, "Intruder dimensions: y_j is an intruder when max_i |cos(y_j, x_i)| < eps (the "
+    intruder_eps: float = option(0.5, "Intruder dimensions: y_j is an intruder when max_i |cos(y_j, x_i)| < eps (the "
                                     "`intruders` column; `intruders_sweep` counts eps = 0.1 .. 0.9).",
                                above=0, at_most=1)
-    histogram: bool = _opt(False, "Count |W1 - W0| per tensor in power-of-two bins (plus exact zeros), for "
+    histogram: bool = option(False, "Count |W1 - W0| per tensor in power-of-two bins (plus exact zeros), for "
                                   "`updelta plot --kind distribution`.")
-    executor: Executor = _opt("threads", "How the per-tensor jobs run: `threads` (a pool of `workers` threads in "
+    executor: Executor = option("threads", "How the per-tensor jobs run: `threads` (a pool of `workers` threads in "
                                          "this process), `serial` (one job at a time in the calling thread) or `ray` "
                                          "(`workers` Ray tasks at once, on a local Ray or a cluster; pip install "
                                          "'updelta[ray]', docs/cluster.md). All run the same plan and give the same "
                                          "numbers.")
-    workers: int = _opt(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each spectral "
+    workers: int = option(0, "Per-tensor jobs run at once (0 = one per core, at most 4; always 1 on CUDA). Each spectral "
                            "job gets max(1, torch threads // workers) BLAS threads, whatever the executor.",
                         at_least=0)
-    ray_address: str = _opt("", "--executor ray: the Ray to run on, as ray.init reads it: empty = RAY_ADDRESS, "
+    ray_address: str = option("", "--executor ray: the Ray to run on, as ray.init reads it: empty = RAY_ADDRESS, "
                                 "else a cluster started with `ray start` on this machine, else a new local Ray; "
                                 "`local` = always a new local Ray (shut down when the command ends); "
                                 "`ray://HOST:10001` or `HOST:6379` = that cluster (docs/cluster.md).")
-    block_elems: int = _opt(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
-    towers: bool = _opt(False, "Count the tensors of vision towers and projectors of multimodal checkpoints (the "
+    block_elems: int = option(1 << 18, "Elements per streamed block (memory per worker is a few blocks).", at_least=1)
+    towers: bool = option(False, "Count the tensors of vision towers and projectors of multimodal checkpoints (the "
                                "`tower` column) in the aggregates and gates, keyed by tower; by default they are "
                                "per-tensor rows only (docs/families.md).")
-    progress: bool = _opt(True, "Show a progress bar on stderr.")
-    cache: bool = _opt(True, "Spectral full: read and keep base-weight decompositions in the cache "
+    progress: bool = option(True, "Show a progress bar on stderr.")
+    cache: bool = option(True, "Spectral full: read and keep base-weight decompositions in the cache "
                              "($UPDELTA_CACHE_DIR/spectral, default ~/.cache/updelta/spectral), keyed by a hash of "
                              "each tensor's bytes; --no-cache computes everything afresh (docs/metrics.md).")
-    download: bool = _opt(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
+    download: bool = option(False, "Fetch a Hub id (org/name[@revision]) that is not in the local Hugging Face cache "
                                  "(weights, indexes, config, tokenizer and adapter files); without it ids are read "
                                  "from the cache only, offline.")
-    where: bool = _opt(True, "Where the update sits (cheap pass): row and column energies of every 2-D update, "
+    where: bool = option(True, "Where the update sits (cheap pass): row and column energies of every 2-D update, "
                              "their concentration columns, per-head and top-neuron tables (docs/metrics.md, Where an "
                              "update sits). Off: the cheap sums only.")
-    top_neurons: int = _opt(20, "Neurons (MLP rows or columns) and token rows (embeddings, untied head) kept per "
+    top_neurons: int = option(20, "Neurons (MLP rows or columns) and token rows (embeddings, untied head) kept per "
                                 "tensor and run in `Result.neurons`, by share of the update energy.", at_least=0)
-    lens_k: int = _opt(4, "Logit lens of the update (spectral fast and full): how many top singular directions of each "
+    lens_k: int = option(4, "Logit lens of the update (spectral fast and full): how many top singular directions of each "
                           "output-side update (the family's lens modules, e.g. o_proj, down_proj) are pushed through "
                           "the base's final norm and unembedding into `Result.lens`; 0: none (docs/metrics.md).",
                        at_least=0)
-    merge_dtype: MergeDtype = _opt("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
+    merge_dtype: MergeDtype = option("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
                                           "dtype would store (D in float32, cast, added to W0 in this dtype), which "
                                           "gives sparsity; `off` measures the exact update from the factors "
                                           "(sparsity null). docs/adapters.md.")
@@ -129,7 +139,7 @@ EvalBaseMismatch = Literal["error", "warn"]
 class ReportOptions:
     """Options of `updelta.report.write_report` and of the `report` command (besides the engine's `DiffOptions`)."""
 
-    eval_base_mismatch: EvalBaseMismatch = _opt(
+    eval_base_mismatch: EvalBaseMismatch = option(
         "error", "An evaluation (--eval) whose base (its base_fingerprint, else its base path) is not the base its "
                  "run is compared against: `error` stops (compare it with --run-base NAME=ITS_BASE), `warn` writes "
                  "the report with a warning (docs/inputs.md, Per-run bases).")

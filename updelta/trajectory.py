@@ -4,5 +4,12 @@ The scan that measures a trajectory is `updelta.api.trajectory`; its tables (tor
 """
 from updelta.api import trajectory  # noqa: F401
 from updelta.tables.trajectory import (  # noqa: F401
-    UPDATE_COLS, Trajectory, as_result, find_checkpoints, is_trajectory, load_result, load_table, step_of,
+    UPDATE_COLS,
+    Trajectory,
+    as_result,
+    find_checkpoints,
+    is_trajectory,
+    load_result,
+    load_table,
+    step_of,
 )

@@ -5,7 +5,7 @@ with `transformers` and saved with `save_pretrained`; then a planted update on t
 The expected tower, layer, component and module of each tensor come from the model's module tree (the class of the
 module that owns the parameter, the first ModuleList on its path, the tower attribute it sits under), not from the
 family files. Decoder-only families (OLMo 2, Gemma 2, Gemma 3 text, Falcon old and new architecture) are checked
-the same way in tests/test_naming.py.
+the same way in tests/families/test_naming.py.
 """
 from __future__ import annotations
 

@@ -264,3 +264,13 @@ def test_a_warm_decomposition_cache_changes_spectral_columns_only_within_toleran
         m = cold[col].notna()
         assert m.sum() > 0
         np.testing.assert_allclose(np.stack(cold[col][m]), np.stack(warm[col][m]), rtol=1e-5, atol=1e-6)
+
+
+def test_executor_registry_matches_the_option_choices():
+    """The executors by name (`scan.executors.EXECUTORS`) are exactly `DiffOptions.executor`'s choices."""
+    import typing
+
+    from updelta.options import Executor
+    from updelta.scan.executors import EXECUTORS
+
+    assert list(EXECUTORS) == list(typing.get_args(Executor))

@@ -6,6 +6,8 @@ shared helpers are in `common`. Heavy dependencies (torch, pandas, the trainer) 
 """
 from __future__ import annotations
 
+from importlib import import_module
+
 import typer
 
 # In the order `updelta --help` lists them.
@@ -14,7 +16,6 @@ COMMANDS = ("diff", "compare", "train", "demo", "report", "trajectory", "plot", 
 
 def register_all(app: typer.Typer) -> None:
     """Add every command to `app`."""
-    from importlib import import_module
 
     for name in COMMANDS:
         import_module(f"{__name__}.{name}").register(app)

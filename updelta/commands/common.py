@@ -47,9 +47,9 @@ def result_json(res) -> dict:
 
 def emit(res, out: Optional[Path], as_json: bool) -> None:
     """Save `res` to `out` (when given) and print its summary as text or JSON: what diff and compare end with."""
-    import typer
+    import typer  # loaded only on this path
 
-    from updelta.report.text import summary_text
+    from updelta.report.text import summary_text  # fast --help: loaded when the command runs
 
     if out is not None:
         res.save(out)

@@ -6,11 +6,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from updelta.commands.common import RUN_BASE_HELP, emit, parse_runs
+from updelta.commands.params import ENGINE_PANEL, with_options
 from updelta.errors import UpdeltaError
 from updelta.options import DiffOptions
 from updelta.scan.runbases import parse_run_bases
-from updelta.commands.common import RUN_BASE_HELP, parse_runs, emit
-from updelta.commands.params import ENGINE_PANEL, with_options
 
 
 @with_options(DiffOptions, panel=ENGINE_PANEL)
@@ -24,7 +24,7 @@ def compare(
     *, opts: DiffOptions,
 ) -> None:
     """Compare several fine-tunes of one base in one streaming pass."""
-    from updelta.api import compare as run_compare
+    from updelta.api import compare as run_compare  # fast --help: loaded when the command runs
 
     if out is not None and out.suffix:
         raise UpdeltaError(f"{out}: --out takes a folder for compare (no file suffix)")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from updelta.demo.zoo import DEMO_HELP, DemoOptions
 from updelta.commands.params import with_options
+from updelta.demo.zoo import DEMO_HELP, DemoOptions, format_table, run_demo
 
 
 @with_options(DemoOptions, help=DEMO_HELP)
 def demo(opts: DemoOptions) -> None:
     """Train SFT, DFT, GRPO and ES fine-tunes of a base (toy, smollm2 or a folder), compare them and write a
     report."""
-    from updelta.demo.zoo import format_table, run_demo
 
     res = run_demo(opts)
     typer.echo(format_table(res.table))

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from updelta.options import DiffOptions
 from updelta.commands.common import check_out, emit
 from updelta.commands.params import ENGINE_PANEL, with_options
+from updelta.options import DiffOptions
 
 
 @with_options(DiffOptions, panel=ENGINE_PANEL)
@@ -24,7 +24,7 @@ def diff(
     *, opts: DiffOptions,
 ) -> None:
     """Diff one fine-tuned checkpoint against its base, tensor by tensor."""
-    from updelta.api import diff as run_diff
+    from updelta.api import diff as run_diff  # fast --help: loaded when the command runs
 
     if out is not None and out.suffix:  # no suffix: a folder of every table
         check_out(out, (".parquet", ".csv", ".json"))

@@ -12,6 +12,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from updelta.errors import UpdeltaError
+from updelta.tables.evals import parse_eval_specs
 
 KINDS = ("heatmap", "experts", "heads", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff")
 DEFAULT_METRIC = {"heatmap": "rel_delta", "experts": "rel_delta", "heads": "energy_vs_even", "layer_profile": "rel_delta", "run_similarity": "delta_cos",
@@ -22,7 +23,7 @@ def make_figure(result, kind: str, metric: Optional[str] = None, runs: Optional[
                 bias: bool = False, scale: str = "auto", evals: Optional[dict] = None):
     """The figure `updelta plot` draws: `kind` with its `metric` (heatmap/experts/layer_profile: a table column;
     run_similarity: delta_cos|sign_agree|jaccard[_conv]|overlap[_conv]; tradeoff: the x column)."""
-    from updelta import plot as up
+    from updelta import plot as up  # fast --help: loaded when the command runs
 
     if kind not in KINDS:
         raise UpdeltaError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -88,13 +89,12 @@ def register(app: typer.Typer) -> None:
                            "gains are after - before (repeatable).")] = None,
     ):
         """Draw one figure from a saved diff/compare result or trajectory table."""
-        from updelta.plot import savefig
-        from updelta.tables.trajectory import load_result as load
+        from updelta.plot import savefig  # fast --help: loaded when the command runs
+        from updelta.tables.trajectory import load_result as load  # fast --help: loaded when the command runs
 
         out = out or Path(f"{kind}.png")
         if out.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise UpdeltaError(f"{out}: unknown figure type {out.suffix or '(none)'!r}; use .png, .svg or .pdf")
-        from updelta.tables.evals import parse_eval_specs
 
         evals = parse_eval_specs(eval_)
         res = load(result)

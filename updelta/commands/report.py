@@ -12,12 +12,16 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from updelta.errors import UpdeltaError
-from updelta.report.gates import GRAMMAR
-from updelta.options import DiffOptions, ReportOptions
-from updelta.scan.runbases import parse_run_bases
+from updelta.api import base_identities, compare
 from updelta.commands.common import RUN_BASE_HELP, parse_runs
 from updelta.commands.params import ENGINE_PANEL, with_options
+from updelta.errors import UpdeltaError
+from updelta.options import DiffOptions, ReportOptions
+from updelta.report import check_out_dir, write_report
+from updelta.report.gates import GRAMMAR, check_runs, parse_gates
+from updelta.scan.runbases import parse_run_bases
+from updelta.tables.evals import check_bases, check_names, parse_eval_specs
+from updelta.tables.trajectory import load_result as load
 
 
 def _esc(s: str) -> str:
@@ -62,9 +66,6 @@ def report(
     run_base: Annotated[Optional[List[str]], typer.Option("--run-base", help=RUN_BASE_HELP)] = None,
     *, opts: DiffOptions, report_opts: ReportOptions,
 ):
-    from updelta.tables.evals import check_bases, check_names, parse_eval_specs
-    from updelta.report.gates import check_runs, parse_gates
-    from updelta.report import check_out_dir, write_report
 
     # Everything that can be checked without reading a checkpoint, before reading one.
     gates = parse_gates(gate or [])
@@ -81,7 +82,6 @@ def report(
                            "bases it was compared with (pass --run-base to `updelta compare`)")
     check_out_dir(out, protect=(from_,))
     if from_ is not None:
-        from updelta.tables.trajectory import load_result as load
 
         res = load(from_)
         check_runs(gates, res.runs)
@@ -90,7 +90,6 @@ def report(
         runs = parse_runs(args[1:])
         check_runs(gates, list(runs))
         check_names(evals, list(runs))
-        from updelta.api import base_identities, compare
 
         if evals:  # the evaluation-base check before the pass (headers only); write_report states the warnings
             check_bases(evals, base_identities(args[0], runs, run_bases, opts), report_opts.eval_base_mismatch)

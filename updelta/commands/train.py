@@ -10,7 +10,7 @@ def train(ctx: typer.Context) -> None:
     """Train pretrain/SFT/DFT/GRPO/ES runs on a small built-in model (`updelta train --help`)."""
     # Imported on use: transformers takes seconds and ~150 MB to import, which `diff` must not pay.
     try:
-        from updelta.train.cli import app as train_app
+        from updelta.train.cli import app as train_app  # fast --help: loaded when the command runs
     except ImportError as e:
         raise UpdeltaError(f"the trainer needs the train extra: pip install 'updelta[train]' ({e})") from None
     typer.main.get_command(train_app).main(args=ctx.args, prog_name="updelta train")

@@ -8,9 +8,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from updelta.commands.params import ENGINE_PANEL, with_options
 from updelta.errors import UpdeltaError
 from updelta.options import DiffOptions
-from updelta.commands.params import ENGINE_PANEL, with_options
 
 
 @with_options(DiffOptions, panel=ENGINE_PANEL)
@@ -27,9 +27,9 @@ def trajectory(
     """Every metric of each checkpoint against the base, by training step, in one streaming pass.
 
     Also the updates between consecutive checkpoints: their norm, and the cosine between consecutive updates."""
-    from updelta.api import trajectory as run_trajectory
-    from updelta.report.text import trajectory_text
-    from updelta.tables.trajectory import find_checkpoints
+    from updelta.api import trajectory as run_trajectory  # fast --help: loaded when the command runs
+    from updelta.report.text import trajectory_text  # fast --help: loaded when the command runs
+    from updelta.tables.trajectory import find_checkpoints  # fast --help: loaded when the command runs
 
     if out is not None and out.exists() and not out.is_dir():
         raise UpdeltaError(f"{out}: --out takes a folder (trajectory.parquet is written into it)")

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from updelta.demo.claims import RUN_NAME, Claim, claims, zoo_name
 from updelta.errors import UpdeltaError
+from updelta.tables.evals import load_evals
 
 ZOO = (("sft", "target"), ("dft", "target"), ("grpo", "target"), ("es", "target"),
        ("sft", "knowledge"), ("dft", "knowledge"))
@@ -98,11 +101,15 @@ def _reusable(folder: Path, quick: bool, seed: int, base: Path | None = None, ov
 
 
 def _base(out: Path, quick: bool, name: str = "toy") -> Path:
-    from updelta.train import PretrainOptions, default_base_path, pretrain
+    from updelta.train import (  # torch, transformers: loaded when the zoo runs
+        PretrainOptions,
+        default_base_path,
+        pretrain,
+    )
 
     if name != "toy":
-        from updelta.train.bases import resolve_base
-        from updelta.train.options import OptionsError
+        from updelta.train.bases import resolve_base  # torch, transformers: loaded when the zoo runs
+        from updelta.train.options import OptionsError  # torch, transformers: loaded when the zoo runs
 
         try:
             base = resolve_base(name)
@@ -125,9 +132,9 @@ def _base(out: Path, quick: bool, name: str = "toy") -> Path:
 
 def _is_real(base: Path) -> bool:
     """Whether `base` gets the real-model presets and tasks (`updelta.train.suites.profile` of its tokenizer)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # optional extra: train
 
-    from updelta.train.suites import profile
+    from updelta.train.suites import profile  # torch, transformers: loaded when the zoo runs
 
     return profile(AutoTokenizer.from_pretrained(base)) == "real"
 
@@ -140,9 +147,8 @@ def zoo_of(real: bool, quick: bool) -> tuple[tuple[str, str], ...]:
 
 def _trainer(method: str, task: str, real: bool, quick: bool) -> tuple[str, dict]:
     """(the `updelta train` method, option overrides) of a zoo run."""
-    from dataclasses import fields
 
-    from updelta.train import METHODS
+    from updelta.train import METHODS  # torch, transformers: loaded when the zoo runs
 
     if (method, task) in PRECISION:
         trainer, overrides = PRECISION[(method, task)]
@@ -184,8 +190,6 @@ def train_zoo(out: Path, base: Path, quick: bool, seeds: int, force: bool, real:
     threads = max(1, _cores() // workers)
     _stage(f"2/4 training {sum(map(len, chains.values()))} runs of {len(chains)} seeds in {workers} processes "
            f"({threads} torch thread{'s' if threads > 1 else ''} each)")
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         for f in [pool.submit(_train_chain, chain, threads, False) for chain in chains.values()]:
@@ -202,10 +206,10 @@ def _cores() -> int:
 
 def _train_chain(chain: list[tuple], threads: int | None, bars: bool) -> None:
     """Train one seed's runs in order (`train_zoo`; in a worker process when `threads` is set)."""
-    from updelta.train import METHODS, run_method
+    from updelta.train import METHODS, run_method  # torch, transformers: loaded when the zoo runs
 
     if threads is not None:
-        import torch
+        import torch  # torch: kept out of torch-free paths
 
         torch.set_num_threads(threads)
     if not bars:
@@ -269,7 +273,7 @@ def summary_table(result, evals: dict) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    from updelta.report.text import fmt, table
+    from updelta.report.text import fmt, table  # torch, transformers: loaded when the zoo runs
 
     header = ["run", "target gain", "OOD gain", "knowledge gain", "retention change", "rel update",
               "sparse exact", "sparse atol", "sparse rtol", "median erank", "flags"]
@@ -282,9 +286,8 @@ def format_table(rows: list[dict]) -> str:
 
 def run_demo(opts: DemoOptions) -> DemoOutcome:
     """Run the whole demo (see the module docstring)."""
-    from updelta.api import compare
-    from updelta.tables.evals import load_evals
-    from updelta.report import Finding, write_report
+    from updelta.api import compare  # torch, transformers: loaded when the zoo runs
+    from updelta.report import Finding, write_report  # torch, transformers: loaded when the zoo runs
 
     if opts.seeds is not None and opts.seeds < 1:
         raise UpdeltaError(f"--seeds must be at least 1, got {opts.seeds}")

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, replace
 
 from updelta.errors import PairingError
-from updelta.io import TensorRef
 from updelta.families.naming import Family
+from updelta.io import TensorRef
 
 _IDX = "EXPERTINDEX"  # placeholder for the expert index while a per-expert name becomes a regex
 FALLBACK = re.compile(r"^(.*\.experts)\.([A-Za-z0-9_]+)$")  # a parameter directly under `experts`

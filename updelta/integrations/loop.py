@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from updelta.integrations.tracker import TrackOptions, Tracker
+from updelta.integrations.tracker import Tracker, TrackOptions
 
 
 class LoopTracker:

@@ -4,11 +4,11 @@
     result = updelta.tables.result.build_result(records, [], meta)
 
 The same code as the streaming scan (`engine.scan`), fed from tensors instead of readers:
-- the cheap partial sums of each block come from the same kernels (the C kernel `updelta._fused.stats`
+- the cheap partial sums of each block come from the same kernels (the C kernel, through its adapter `scan.jobs.kernel`,
   on CPU for float32/bfloat16/float16, `metrics.elementwise.partial_sums` in torch on any other device
   or dtype), over blocks of `opts.block_elems` elements (at least `plan.CUDA_MIN_BLOCK` off the CPU),
   the block boundaries of the scan;
-- `jobs.tensor_records` adds them up and turns them into one record per tensor (`metrics.sums.finalize`:
+- `scan.jobs.cheap.tensor_records` adds them up and turns them into one record per tensor (`metrics.sums.finalize`:
   every figure derived from raw sums by `updelta.metrics.schema`);
 - spectral columns (`spectral="fast"` or `"full"`) come from `metrics.spectral.spectral_columns` on the
   2-D tensors, oriented [out, in] like the scan (GPT-2 Conv1D weights transposed);
@@ -22,25 +22,21 @@ records the same way.
 """
 from __future__ import annotations
 
-import re
 from typing import Iterable, Mapping
 
 import torch
 
-from updelta.io.locations import RAW_DTYPES, TensorLocation
-from updelta.scan.jobs.cheap import CheapPart, tensor_records
-from updelta.metrics import elementwise as ew
 from updelta.families.naming import Family, is_ignored, is_transposed, parse, resolve_family
+from updelta.io.locations import RAW_DTYPES, TensorLocation
+from updelta.metrics import elementwise as ew
+from updelta.metrics.schema import BlockSums
 from updelta.options import DiffOptions
-from updelta.scan.plan import CUDA_MIN_BLOCK, Side, TensorSpec
-
-try:  # the optional C kernel (see setup.py); the torch path gives the same numbers
-    from updelta import _fused
-except ImportError:  # pragma: no cover - exercised when no compiler was available at install
-    _fused = None
+from updelta.scan.jobs import kernel
+from updelta.scan.jobs.cheap import CheapPart, tensor_records
+from updelta.scan.pairing import filtered_out
+from updelta.scan.plan import Side, TensorSpec, block_elems
 
 MEMORY = "memory"  # the `format` of in-memory tensor locations (no file behind them)
-KERNEL_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 0}  # float16 is widened to float32 first
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -56,36 +52,29 @@ def family_of(names: Iterable[str], config: dict | None = None) -> Family:
 def selected(name: str, opts: DiffOptions, family: Family) -> bool:
     """Whether tensor `name` is measured: not a family buffer, and through the include/exclude filters (as in
     pairing)."""
-    if is_ignored(name, family):
-        return False
-    if opts.include and not any(re.search(p, name) for p in opts.include):
-        return False
-    return not any(re.search(p, name) for p in opts.exclude)
+    return not is_ignored(name, family) and not filtered_out(name, opts)
 
 
 def block_size(device: torch.device, opts: DiffOptions) -> int:
     """Elements per block: the scan's (`plan.make_plan`)."""
-    block = max(int(opts.block_elems), 1)
-    return block if device.type == "cpu" else max(block, CUDA_MIN_BLOCK)
+    return block_elems(device.type, opts)
 
 
 def _kernel_array(x: torch.Tensor):
-    if x.dtype == torch.bfloat16:
-        return x.view(torch.int16).numpy()
-    if x.dtype == torch.float16:
-        return x.float().numpy()
-    return x.numpy()
+    """A CPU tensor as the kernel's input (`kernel.kernel_input`: stored elements, bf16 as 16-bit integers)."""
+    raw = x.view(torch.int16).numpy() if x.dtype == torch.bfloat16 else x.numpy()
+    return kernel.kernel_input(raw, dtype_name(x.dtype))
 
 
-def block_sums(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> list[tuple]:
-    """The partial sums of every block of (w0, w1) (same shape, any device), in block order: the tuples
+def block_sums(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> list[BlockSums]:
+    """The partial sums of every block of (w0, w1) (same shape, any device), in block order: the records
     `metrics.sums.Sums.add` takes."""
     a, b = w0.detach().reshape(-1), w1.detach().reshape(-1)
     if a.device != b.device:
         a = a.to(b.device)
     if a.numel() != b.numel():
         raise ValueError(f"w0 has {a.numel()} elements, w1 {b.numel()}")
-    fused = (_fused is not None and b.device.type == "cpu" and a.dtype in KERNEL_KIND and b.dtype in KERNEL_KIND)
+    fused = b.device.type == "cpu" and kernel.accepts(dtype_name(a.dtype), dtype_name(b.dtype))
     if fused:
         a, b = a.contiguous(), b.contiguous()
     block = block_size(b.device, opts)
@@ -93,8 +82,7 @@ def block_sums(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> list[tu
     for s in range(0, b.numel(), block):
         x, y = a[s:s + block], b[s:s + block]
         if fused:
-            out.append(_fused.stats(_kernel_array(x), KERNEL_KIND[x.dtype], _kernel_array(y), KERNEL_KIND[y.dtype],
-                                    opts.atol, opts.eta, None))
+            out.append(kernel.stats(*_kernel_array(x), *_kernel_array(y), opts.atol, opts.eta, None))
         else:
             out.append(ew.partial_sums(x, y, opts.atol, opts.eta))
     return out
@@ -102,7 +90,7 @@ def block_sums(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> list[tu
 
 def spec(index: int, name: str, family: Family, shape: tuple[int, ...], dtype0: torch.dtype, dtype1: torch.dtype,
          run: str) -> TensorSpec:
-    """The `TensorSpec` of an in-memory tensor (locations that name no file), as `jobs.tensor_records` takes it."""
+    """The `TensorSpec` of an in-memory tensor (locations that name no file), as `scan.jobs.cheap.tensor_records` takes it."""
     for d in (dtype0, dtype1):
         if dtype_name(d) not in RAW_DTYPES:
             raise ValueError(f"{name}: dtype {d} is not one updelta measures")
@@ -112,8 +100,8 @@ def spec(index: int, name: str, family: Family, shape: tuple[int, ...], dtype0: 
                       (Side(run, loc1, False, 0),), ())
 
 
-def sums_records(spec_: TensorSpec, blocks: list[tuple]) -> dict:
-    """The record of one tensor from its partial sums (per block, or already added up: one tuple)."""
+def sums_records(spec_: TensorSpec, blocks: list[BlockSums]) -> dict:
+    """The record of one tensor from its partial sums (per block, or already added up: one record)."""
     run = spec_.sides[0].run
     part = CheapPart(spec_.index, 0, {run: list(blocks)}, {})
     out = tensor_records(spec_, [part])
@@ -121,9 +109,9 @@ def sums_records(spec_: TensorSpec, blocks: list[tuple]) -> dict:
 
 
 def spectral_record(w0: torch.Tensor, w1: torch.Tensor, spec_: TensorSpec, opts: DiffOptions) -> dict:
-    """The spectral columns of a 2-D tensor, as the scan computes them (`jobs.run_spectral_job`): float32
+    """The spectral columns of a 2-D tensor, as the scan computes them (`scan.jobs.spectral.run_spectral_job`): float32
     (float64 when either side is), oriented [out, in]."""
-    from updelta.metrics import spectral
+    from updelta.metrics import spectral  # torch: loaded only on this path
 
     wide = torch.float64 if torch.float64 in (w0.dtype, w1.dtype) else torch.float32
     a = w0.detach().to(device=w1.device, dtype=wide).reshape(spec_.shape)

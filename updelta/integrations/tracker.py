@@ -7,7 +7,7 @@
         logs = tracker.measure(step).logs    # {"updelta/rel_delta": ..., "updelta/attn/rel_delta": ...}
 
 What it measures is `updelta diff START CHECKPOINT-STEP` without the files: per tensor, the partial sums of
-the scan's kernels (`integrations.memory`), records by `jobs.tensor_records`, aggregates by `result.build_result`
+the scan's kernels (`integrations.memory`), records by `scan.jobs.cheap.tensor_records`, aggregates by `result.build_result`
 (docs/metrics.md for every definition). The transformers callback (`integrations.transformers`) and the
 embedded trainer (`updelta train ... --track-every N`) both use it.
 
@@ -47,9 +47,18 @@ import torch
 
 from updelta._version import __version__
 from updelta.errors import UpdeltaError, UpdeltaWarning
-from updelta.metrics.sums import Sums
-from updelta.options import DiffOptions, _opt, check_fields
+from updelta.families.naming import canonical
 from updelta.integrations import memory
+from updelta.io import open_checkpoint
+from updelta.io.hub import locate
+from updelta.io.readers import open_reader
+from updelta.metrics.sums import MAX_FIELDS, BlockSums, Sums, field_types
+from updelta.options import DiffOptions, check_fields, option, shared
+from updelta.scan.engine import nonfinite_warning
+from updelta.scan.jobs import kernel
+from updelta.scan.jobs.read import raw_to_torch
+from updelta.tables.result import build_result
+from updelta.tables.trajectory import UPDATE_COLS, Trajectory, build_table, load_table, step_run_name as run_name
 
 MEMORY_FORMAT = memory.MEMORY
 
@@ -57,28 +66,26 @@ LOG_METRICS = ("rel_delta", "delta_fro", "cos_delta_base", "sparsity_exact", "sp
 PREFIX = "updelta/"
 START = "start"  # the label of the starting weights
 SaveDtype = Literal["auto", "float32", "bfloat16", "float16"]
-Reduce = Callable[[torch.Tensor, torch.Tensor], None]  # (sums [n, 11] float64, maxima [n] float64), in place
+Reduce = Callable[[torch.Tensor, torch.Tensor], None]  # (sums [n, len(SUMMED)], maxima [n, len(MAX_FIELDS)]) in place
+SUMMED = tuple(f for f in BlockSums._fields if f not in MAX_FIELDS)  # all-reduced by sum; MAX_FIELDS by max
 
 
 @dataclass(frozen=True)
 class TrackOptions:
     """Options of in-process tracking (`track`, `updelta train --track-every`)."""
 
-    every_n_steps: int = _opt(50, "Measure every N optimizer steps (and at the end of training).", at_least=1)
-    spectral: Literal["off", "fast"] = _opt("off", "Spectral figures of 2-D updates: off, or fast (top-k singular "
+    every_n_steps: int = option(50, "Measure every N optimizer steps (and at the end of training).", at_least=1)
+    spectral: Literal["off", "fast"] = option("off", "Spectral figures of 2-D updates: off, or fast (top-k singular "
                                                    "values; `updelta/{component}/stable_rank`, median over tensors).")
-    include: tuple[str, ...] = _opt((), "Regular expression; only parameters whose name matches are measured "
-                                        "(repeatable).", regex=True)
-    exclude: tuple[str, ...] = _opt((), "Regular expression; parameters whose name matches are skipped.", regex=True)
-    keep_on: Literal["cpu", "device"] = _opt("cpu", "Where the copy of the starting weights lives: cpu, or device "
+    include: tuple[str, ...] = shared(DiffOptions, "include")
+    exclude: tuple[str, ...] = shared(DiffOptions, "exclude")
+    keep_on: Literal["cpu", "device"] = option("cpu", "Where the copy of the starting weights lives: cpu, or device "
                                                     "(beside each parameter; faster, costs accelerator memory).")
-    save_dtype: SaveDtype = _opt("auto", "The dtype the run saves checkpoints in: sparsity is counted there and the "
+    save_dtype: SaveDtype = option("auto", "The dtype the run saves checkpoints in: sparsity is counted there and the "
                                          "starting copy kept in it (auto: each parameter's own dtype).")
-    atol: float = _opt(1e-5, "Absolute tolerance of the `atol` sparsity convention (as `updelta diff --atol`).",
-                       at_least=0)
-    eta: float = _opt(1e-3, "Relative tolerance of the `rtol` sparsity convention (as `updelta diff --eta`).",
-                      at_least=0)
-    topk: int = _opt(16, "Top singular values kept by spectral fast.", at_least=1)
+    atol: float = shared(DiffOptions, "atol")
+    eta: float = shared(DiffOptions, "eta")
+    topk: int = shared(DiffOptions, "topk")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -137,7 +144,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
         return t.to_local().reshape(-1)
     ds = getattr(t, "ds_tensor", None)
     if ds is not None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # torch: kept out of torch-free paths
 
         part = ds.numel()
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -153,7 +160,7 @@ def _full_shape(t: torch.Tensor) -> tuple[int, ...]:
 
 def all_reduce(sums: torch.Tensor, maxima: torch.Tensor) -> None:
     """Sum `sums` and take the max of `maxima` over every rank (in place)."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch: kept out of torch-free paths
 
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
@@ -177,7 +184,7 @@ def _entries(model: torch.nn.Module) -> list[_Entry]:
     """What a model's update consists of, in parameter order (LoRA layers at their base weight's place)."""
     lora_layers = {}
     if getattr(model, "peft_config", None) is not None:
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # optional: peft adapters only
 
         lora_layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
     out, seen = [], set()
@@ -256,7 +263,6 @@ class Tracker:
                     self.start[e.name] = w.to(self._keep_device(w), copy=True)
         self.rows = []
         if self.main and self.out is not None and (self.out / "trajectory.parquet").exists():
-            from updelta.tables.trajectory import load_table
 
             old = load_table(self.out / "trajectory.parquet").table
             self.rows = [old[old["step"] < step]] if (old["step"] < step).any() else []
@@ -270,9 +276,6 @@ class Tracker:
         return None if s == "auto" else getattr(torch, s)
 
     def _open_base(self) -> None:
-        from updelta.io import open_checkpoint
-        from updelta.io.hub import locate
-        from updelta.families.naming import canonical
 
         if self.shards:
             raise UpdeltaError(f"base={self.base}: reading the start from a checkpoint is not supported with sharded "
@@ -293,8 +296,6 @@ class Tracker:
             self._base_refs[e.name] = ref
 
     def _base_tensor(self, name: str) -> torch.Tensor:
-        from updelta.io.readers import open_reader
-        from updelta.scan.jobs.read import raw_to_torch
 
         ref = self._base_refs[name]
         loc = ref.location
@@ -345,8 +346,6 @@ class Tracker:
     def measure(self, step: int) -> Measurement:
         """Measure the update at `step` (every rank calls it when sharded); the main rank gets the `Result` and the
         log values, and appends the rows to `out`."""
-        from updelta.tables.result import build_result
-        from updelta.tables.trajectory import step_run_name as run_name
 
         t0 = time.perf_counter()
         run = run_name(step)
@@ -373,17 +372,17 @@ class Tracker:
         for i, e in enumerate(self.entries):
             sums.append(self.fixed[e.name] if e.name in self.fixed else self._param_sums(i, e))
         dev = self.entries[0].param.device if self.entries[0].param is not None else torch.device("cpu")
-        mat = torch.tensor([[s.used, s.nonfinite_base, s.nonfinite_ft, s.ss_d, s.ss_base, s.dot, s.sum_abs, 0.0,
-                             s.eq, s.le_atol, s.le_rtol] for s in sums], dtype=torch.float64, device=dev)
-        mx = torch.tensor([s.max_abs for s in sums], dtype=torch.float64, device=dev)
+        mat = torch.tensor([[float(getattr(s, f)) for f in SUMMED] for s in sums], dtype=torch.float64, device=dev)
+        mx = torch.tensor([[float(getattr(s, f)) for f in MAX_FIELDS] for s in sums], dtype=torch.float64, device=dev)
         self.reduce(mat, mx)
         mat, mx = mat.cpu().tolist(), mx.cpu().tolist()
         records = []
         if not self.main:
             return records
+        kinds = field_types(BlockSums)
         for i, (e, row, m) in enumerate(zip(self.entries, mat, mx)):
-            t = (int(row[0]), int(row[1]), int(row[2]), row[3], row[4], row[5], row[6], m, int(row[8]), int(row[9]),
-                 int(row[10]))
+            values = {**dict(zip(SUMMED, row)), **dict(zip(MAX_FIELDS, m))}
+            t = BlockSums(**{f: kinds[f](v) for f, v in values.items()})
             p = e.param
             dt = self._dtype(p) or p.dtype
             sp = memory.spec(i, e.name, self.family, _full_shape(p), dt, dt, run)
@@ -391,7 +390,6 @@ class Tracker:
         return records
 
     def _meta(self, records: list[dict], run: str, step: int, seconds: float) -> dict:
-        from updelta.scan.engine import nonfinite_warning
 
         dtypes: dict[str, int] = {}
         for r in records:
@@ -418,7 +416,7 @@ class Tracker:
             "pairs": [],
             "pairing": {"family": self.family.name, "filtered_out": 0},
             "device": str(self._device()),
-            "kernel": "c" if memory._fused is not None and self._device().type == "cpu" else "torch",
+            "kernel": "c" if kernel.available() and self._device().type == "cpu" else "torch",
             "hist_edges": None,
             "seconds": round(seconds, 3),
             "conventions": {
@@ -441,7 +439,6 @@ class Tracker:
         return torch.device("cpu")
 
     def _append(self, res, step: int) -> None:
-        from updelta.tables.trajectory import UPDATE_COLS, Trajectory, build_table, step_run_name as run_name
 
         rows = build_table(res, [step], [MEMORY_FORMAT])
         for c in UPDATE_COLS:

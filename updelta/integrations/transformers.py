@@ -30,7 +30,7 @@ from typing import Iterable
 from transformers import TrainerCallback
 
 from updelta.errors import UpdeltaError
-from updelta.integrations.tracker import Measurement, TrackOptions, Tracker, check_spectral
+from updelta.integrations.tracker import Measurement, Tracker, TrackOptions, check_spectral
 
 
 def sharding_of(trainer) -> str | None:
@@ -91,10 +91,11 @@ class UpdeltaCallback(TrainerCallback):
             self.trainer.log(dict(m.logs))
 
 
-def track(trainer, every_n_steps: int = 50, spectral: str = "off", include: str | Iterable[str] = (),
-          out: str | os.PathLike | None = None, base: str | os.PathLike | None = None, *,
-          exclude: str | Iterable[str] = (), keep_on: str = "cpu", save_dtype: str = "auto", atol: float = 1e-5,
-          eta: float = 1e-3) -> UpdeltaCallback:
+def track(trainer, every_n_steps: int = TrackOptions.every_n_steps, spectral: str = TrackOptions.spectral,
+          include: str | Iterable[str] = TrackOptions.include, out: str | os.PathLike | None = None,
+          base: str | os.PathLike | None = None, *, exclude: str | Iterable[str] = TrackOptions.exclude,
+          keep_on: str = TrackOptions.keep_on, save_dtype: str = TrackOptions.save_dtype, atol: float = TrackOptions.atol,
+          eta: float = TrackOptions.eta) -> UpdeltaCallback:
     """Add an `UpdeltaCallback` to `trainer` and return it.
 
     every_n_steps: measure every N optimizer steps (and at the end); spectral: "off" or "fast"; include / exclude:

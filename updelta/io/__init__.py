@@ -7,6 +7,6 @@
 - `open_factored(path)` reads an update given as factors (a PEFT LoRA adapter) without densifying it.
 """
 from updelta.io.checkpoint import Checkpoint, TensorRef  # noqa: F401
-from updelta.io.opener import open_checkpoint  # noqa: F401
 from updelta.io.factored import FactoredSource, FactoredUpdate, open_factored  # noqa: F401
 from updelta.io.formats import FILE_READERS, RESOLVERS, Layout, TensorFile, is_adapter, resolve  # noqa: F401
+from updelta.io.opener import open_checkpoint  # noqa: F401

@@ -62,7 +62,7 @@ class DecompCache:
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
         """The arrays stored under `key`, or None (absent, unreadable or another key's)."""
-        from safetensors import safe_open
+        from safetensors import safe_open  # loaded only with the cache
 
         p = self.path(key)
         if not p.is_file():
@@ -84,7 +84,7 @@ class DecompCache:
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         """Store `arrays` under `key` atomically, then evict down to the size bound. Write errors are ignored
         (a read-only or full disk leaves the cache unused, never the scan failed)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save_file  # loaded only with the cache
 
         total = sum(int(a.nbytes) for a in arrays.values())
         if total > self.limit:

@@ -19,7 +19,7 @@ def _table(dtype: str) -> np.ndarray:
     """The float32 value of each of the 256 codes of a one-byte float dtype (exact: every such value is a float32)."""
     t = _TABLES.get(dtype)
     if t is None:
-        import torch
+        import torch  # torch: kept out of torch-free paths
 
         t = _TABLES[dtype] = torch.arange(256, dtype=torch.uint8).view(getattr(torch, dtype)).float().numpy()
     return t

@@ -58,7 +58,7 @@ class _MetadataUnpickler(pickle.Unpickler):
     """Builds DCP metadata objects only: the DCP classes, torch.Size and torch dtypes/layouts, paths."""
 
     def find_class(self, module, name):
-        import torch
+        import torch  # torch: kept out of torch-free paths
 
         if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), (torch.dtype,
                                                                                             torch.layout))):
@@ -186,7 +186,10 @@ class DCPFile:
                                + DCP_CONVERT.format(dir=self.folder))
 
     def _open(self) -> None:
-        from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+        from torch.distributed.checkpoint.metadata import (  # torch: kept out of torch-free paths
+            BytesStorageMetadata,
+            TensorStorageMetadata,
+        )
 
         if self.path.stat().st_size > MAX_METADATA:
             raise self._refuse(".metadata is too large")

@@ -40,8 +40,8 @@ def is_url(spec: str | os.PathLike) -> bool:
 
 def parse_id(spec: str) -> tuple[str, str | None] | None:
     """`org/name@REV` -> (repo id, REV or None); None when `spec` cannot be a Hub model id."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.errors import HFValidationError  # Hub ids only
+    from huggingface_hub.utils import validate_repo_id  # Hub ids only
 
     repo, sep, rev = spec.partition("@")
     if sep and not rev:
@@ -56,7 +56,7 @@ def parse_id(spec: str) -> tuple[str, str | None] | None:
 def hub_cache() -> Path:
     """The Hub cache folder by huggingface_hub's rule (HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else HF_HOME/hub),
     read from the environment now; the library's own value when none of them is set."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # Hub ids only
 
     env = os.environ
     if "HF_HUB_CACHE" in env or "HUGGINGFACE_HUB_CACHE" in env or "HF_HOME" in env or "XDG_CACHE_HOME" in env:
@@ -70,7 +70,7 @@ def hub_cache() -> Path:
 def offline() -> bool:
     """huggingface_hub's offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), as the library or the environment
     now says."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # Hub ids only
 
     now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return constants.is_offline_mode() or now.upper() in constants.ENV_VARS_TRUE_VALUES
@@ -108,8 +108,8 @@ def locate(spec: str | os.PathLike, download: bool = False) -> Path | str:
 
 def cached_snapshot(repo: str, rev: str | None, cache: Path) -> Path | None:
     """The cached snapshot folder of `repo` at `rev` (default main), or None (offline: never touches the network)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub import snapshot_download  # Hub ids only
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError  # Hub ids only
 
     def lookup(revision: str | None) -> Path | None:
         try:
@@ -126,8 +126,8 @@ def cached_snapshot(repo: str, rev: str | None, cache: Path) -> Path | None:
 
 def _expand_short_hash(repo: str, prefix: str, cache: Path) -> str | None:
     """The one cached commit of `repo` whose hash starts with `prefix` (None if none; an error if several)."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
+    from huggingface_hub import scan_cache_dir  # Hub ids only
+    from huggingface_hub.errors import CacheNotFound  # Hub ids only
 
     try:
         info = scan_cache_dir(cache)
@@ -164,7 +164,7 @@ def fetch(repo: str, rev: str | None, cache: Path) -> Path:
         raise CheckpointError(f"{repo}: --download asked for, but Hugging Face offline mode is on (HF_HUB_OFFLINE); "
                               f"unset HF_HUB_OFFLINE, or fetch it where the Hub is reachable (`hf download {repo}`) "
                               f"into the cache {cache}")
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, snapshot_download  # Hub ids only
 
     try:
         files = download_files(HfApi().list_repo_files(repo, revision=rev))

@@ -34,7 +34,6 @@ from updelta.io.remote import RemoteSafetensorsFile
 from updelta.io.safetensors_file import SafetensorsFile, pread_elements
 from updelta.io.torch_file import TorchFile
 
-
 # location_format -> opener of a file object from its location_path (objects with their own `read`)
 OPENERS: dict[str, Callable[[str], object]] = {"dcp": DCPFile, "remote": RemoteSafetensorsFile}
 

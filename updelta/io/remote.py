@@ -45,7 +45,7 @@ class URLPath(str):
 def filesystem(url: str):
     """The fsspec filesystem of `url` (one line naming the extra to install when fsspec or its backend is missing)."""
     try:
-        import fsspec
+        import fsspec  # optional extra: remote
     except ImportError:
         raise CheckpointError(f"{url}: reading URLs needs fsspec; {INSTALL}") from None
     try:

@@ -17,7 +17,7 @@ def token_decoder(path) -> Callable[[int], str] | None:
     if not f.is_file():
         return None
     try:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # optional: token text only
 
         tok = Tokenizer.from_file(str(f))
     except Exception:  # a damaged or unsupported tokenizer file: show ids instead

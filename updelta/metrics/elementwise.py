@@ -19,7 +19,8 @@ import math
 import torch
 
 from updelta.metrics.registry import metric
-from updelta.metrics.sums import Sums, finalize  # noqa: F401  (torch-free; re-exported for the engine)
+from updelta.metrics.sums import BlockSums, Sums, finalize  # noqa: F401  (torch-free; re-exported for the engine)
+from updelta.options import DiffOptions
 
 NORMS = "metrics.md, Norms and direction"
 SPARSITY = "metrics.md, Update sparsity"
@@ -85,7 +86,7 @@ def sparsity_exact(w0: torch.Tensor, w1: torch.Tensor) -> float:
 
 
 @metric("sparsity_atol", "elementwise", SPARSITY + " (2. Mukherjee et al. 2025, arXiv 2505.11711)")
-def sparsity_atol(w0: torch.Tensor, w1: torch.Tensor, atol: float = 1e-5) -> float:
+def sparsity_atol(w0: torch.Tensor, w1: torch.Tensor, atol: float = DiffOptions.atol) -> float:
     """Share of elements with |D| <= atol (default 1e-5). D is exact (float32 of the widened values);
     Mukherjee et al. subtract in bf16, which rounds D but only matters for |D| within 0.4% of atol."""
     a, b = _widen(w0, w1)
@@ -93,7 +94,7 @@ def sparsity_atol(w0: torch.Tensor, w1: torch.Tensor, atol: float = 1e-5) -> flo
 
 
 @metric("sparsity_rtol", "elementwise", SPARSITY + " (3. Zhu et al. 2025, arXiv 2511.08567)")
-def sparsity_rtol(w0: torch.Tensor, w1: torch.Tensor, eta: float = 1e-3) -> float:
+def sparsity_rtol(w0: torch.Tensor, w1: torch.Tensor, eta: float = DiffOptions.eta) -> float:
     """Share of elements with |D| <= eta * max(|W0|, |W1|) (default eta 1e-3; equals `exact` on bf16 storage,
     whose smallest relative change is 2^-8 = 0.39%)."""
     a, b = _widen(w0, w1)
@@ -103,8 +104,8 @@ def sparsity_rtol(w0: torch.Tensor, w1: torch.Tensor, eta: float = 1e-3) -> floa
 
 
 def partial_sums(w0: torch.Tensor, w1: torch.Tensor, atol: float, eta: float,
-                 hist: torch.Tensor | None = None) -> tuple:
-    """One fused pass over a block (torch; any device): the tuple `Sums.add` takes.
+                 hist: torch.Tensor | None = None) -> BlockSums:
+    """One fused pass over a block (torch; any device): the record `Sums.add` takes.
 
     This is the reference of the C kernel and the CUDA path. `hist` (int64[257], same
     device) is incremented with counts of |D| per float32 exponent bin.
@@ -125,9 +126,11 @@ def partial_sums(w0: torch.Tensor, w1: torch.Tensor, atol: float, eta: float,
     if hist is not None:
         _histogram(ad[m], hist)
     add = dd.abs()
-    return (int(m.sum()), int((~fa).sum()), int((~fb).sum()), float((dd * dd).sum()), float((da * da).sum()),
-            float((dd * da).sum()), float(add.sum()), float(add.max()) if add.numel() else 0.0,
-            int((m & (a == b)).sum()), int((m & (ad <= atol)).sum()), int((m & (ad <= eta * big)).sum()))
+    return BlockSums(used=int(m.sum()), nonfinite_base=int((~fa).sum()), nonfinite_ft=int((~fb).sum()),
+                     ss_d=float((dd * dd).sum()), ss_base=float((da * da).sum()), dot=float((dd * da).sum()),
+                     sum_abs=float(add.sum()), max_abs=float(add.max()) if add.numel() else 0.0,
+                     eq=int((m & (a == b)).sum()), le_atol=int((m & (ad <= atol)).sum()),
+                     le_rtol=int((m & (ad <= eta * big)).sum()))
 
 
 def _histogram(ad: torch.Tensor, hist: torch.Tensor) -> None:

@@ -18,7 +18,8 @@ import math
 import torch
 
 from updelta.metrics.registry import metric
-from updelta.metrics.sums import CONVS, PairSums, finalize_pair  # noqa: F401  (torch-free; re-exported for the engine)
+from updelta.metrics.sums import CONVS, PairBlockSums, PairSums, finalize_pair  # noqa: F401  (torch-free; re-exported)
+from updelta.options import DiffOptions
 
 ACROSS = "metrics.md, Across runs"
 
@@ -30,7 +31,7 @@ def _deltas(w0, wa, wb):
     return w0[m], wa[m], wb[m]
 
 
-def changed_masks(w0, wa, wb, atol: float = 1e-5, eta: float = 1e-3) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def changed_masks(w0, wa, wb, atol: float = DiffOptions.atol, eta: float = DiffOptions.eta) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Changed-element masks of both runs under each convention (the complement of 'unchanged')."""
     w0, wa, wb = _deltas(w0, wa, wb)
     da, db = wa - w0, wb - w0
@@ -51,7 +52,7 @@ def delta_cos(w0, wa, wb) -> float:
 
 
 @metric("jaccard_exact", "pair", ACROSS + " (update-mask overlap)")
-def jaccard(w0, wa, wb, conv: str = "exact", atol: float = 1e-5, eta: float = 1e-3) -> float:
+def jaccard(w0, wa, wb, conv: str = "exact", atol: float = DiffOptions.atol, eta: float = DiffOptions.eta) -> float:
     """|M_a & M_b| / |M_a | M_b| of the changed-element masks under convention `conv`."""
     ma, mb = changed_masks(w0, wa, wb, atol, eta)[conv]
     u = int((ma | mb).sum())
@@ -67,7 +68,7 @@ def sign_agree(w0, wa, wb) -> float:
     return int((((wa - w0) > 0) == ((wb - w0) > 0))[both].sum()) / n if n else math.nan
 
 
-def pair_partial_sums(w0: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, atol: float, eta: float) -> tuple:
+def pair_partial_sums(w0: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, atol: float, eta: float) -> PairBlockSums:
     """One fused pass over a block (torch; the reference of `updelta._fused.pair`)."""
     dt = torch.float64 if torch.float64 in (w0.dtype, wa.dtype, wb.dtype) else torch.float32
     w0, wa, wb = (t.reshape(-1).to(dt) for t in (w0, wa, wb))
@@ -83,6 +84,7 @@ def pair_partial_sums(w0: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, atol
     w0d = w0.double()  # a float32 difference that overflows is taken again in float64 (as the C kernel does)
     dda = torch.where(torch.isfinite(da), da.double(), wa.double() - w0d)
     ddb = torch.where(torch.isfinite(db), db.double(), wb.double() - w0d)
-    return (int(m.sum()), float((dda * ddb).sum()), float((dda * dda).sum()), float((ddb * ddb).sum()),
-            int((m & ce).sum()), int((m & ca & cb).sum()), int((m & ra & rb).sum()),
-            int((m & ce & ((da > 0) == (db > 0))).sum()))
+    return PairBlockSums(used=int(m.sum()), dot=float((dda * ddb).sum()), ss_a=float((dda * dda).sum()),
+                         ss_b=float((ddb * ddb).sum()), both_exact=int((m & ce).sum()),
+                         both_atol=int((m & ca & cb).sum()), both_rtol=int((m & ra & rb).sum()),
+                         sign_agree=int((m & ce & ((da > 0) == (db > 0))).sum()))

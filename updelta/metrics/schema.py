@@ -22,9 +22,14 @@ Definitions of the metrics: docs/metrics.md. Nothing here imports torch or panda
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+from updelta.families.naming import components as family_components
+from updelta.options import DiffOptions
 
 TENSORS, PAIRS, AGGREGATES, PAIR_AGGREGATES = "tensors", "pairs", "aggregates", "pair_aggregates"
 KINDS = ("id", "count", "sum", "metric", "spectral", "meta")
@@ -33,7 +38,7 @@ AGGS = ("key", "sum", "max", "formula", "median_2d", "median", "size", "none")
 # Sparsity conventions: what "unchanged" means, with the result's tolerances (docs/metrics.md, Update sparsity).
 CONVS = ("exact", "atol", "rtol")
 CONVENTION_TEXT = {"exact": "W1 == W0", "atol": "|ΔW| ≤ {atol:g}", "rtol": "|ΔW| ≤ {eta:g}·max(|W0|,|W1|)"}
-DEFAULT_ATOL, DEFAULT_ETA = 1e-5, 1e-3
+DEFAULT_ATOL, DEFAULT_ETA = DiffOptions.atol, DiffOptions.eta  # declared once, in options.py
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,50 @@ _IDS = [
     # docs/inputs.md, Per-run bases); not a group key.
     _c("base", _A, "meta", "none", dtype="str", title="the checkpoint the run was measured from"),
 ]
+
+class BlockSums(NamedTuple):
+    """One block's partial sums of one run against the base: the record the C kernel (through its one adapter,
+    `scan.jobs.kernel`), the torch reference (`metrics.elementwise.partial_sums`) and the adapter path return, and
+    `metrics.sums.Sums` adds up. The field order is the C kernel's tuple order (`_ext/fused.c`, `stats_tuple`);
+    `SUM_COLUMNS` names the column each field is kept as (docs/architecture.md, "Where to add a raw sum")."""
+
+    used: int  # element pairs with both values finite
+    nonfinite_base: int
+    nonfinite_ft: int
+    ss_d: float  # sum D^2
+    ss_base: float  # sum W0^2
+    dot: float  # sum D * W0
+    sum_abs: float  # sum |D|
+    max_abs: float  # max |D| (combined by max, not kept as a sum column)
+    eq: int  # W1 == W0
+    le_atol: int  # |D| <= atol
+    le_rtol: int  # |D| <= eta * max(|W0|, |W1|)
+
+
+class PairBlockSums(NamedTuple):
+    """One block's partial sums of one pair of runs (C kernel `pair`, `metrics.pairwise.pair_partial_sums`)."""
+
+    used: int
+    dot: float  # sum D_a * D_b
+    ss_a: float
+    ss_b: float
+    both_exact: int  # changed in both runs, per convention
+    both_atol: int
+    both_rtol: int
+    sign_agree: int  # both changed (exact) with the same sign
+
+
+# BlockSums field -> its raw-sum column (the fields combined by max are not columns: `delta_max` is derived).
+SUM_COLUMNS = {"used": "n_compared", "nonfinite_base": "nonfinite_base", "nonfinite_ft": "nonfinite_ft",
+               "ss_d": "ss_delta", "ss_base": "ss_base", "dot": "dot_delta_base", "sum_abs": "sum_abs_delta",
+               "eq": "n_eq", "le_atol": "n_le_atol", "le_rtol": "n_le_rtol"}
+MAX_FIELDS = ("max_abs",)
+
+
+def field_types(record: type) -> dict[str, type]:
+    """{field: int or float} of a partial-sum record class (its annotations, resolved)."""
+    return {f: (int if typing.get_type_hints(record)[f] is int else float) for f in record._fields}
+
 
 # Raw partial sums of the fused pass (metrics.sums.Sums), kept per tensor so that every aggregate is
 # recomputed from sums.
@@ -346,7 +395,6 @@ def shape_list(v) -> list[int] | None:
 # ---- components -------------------------------------------------------------------------------------
 def components() -> tuple[str, ...]:
     """The component names, in forward order (embeddings first): family data, `naming.components()`."""
-    from updelta.families.naming import components as family_components
 
     return family_components()
 

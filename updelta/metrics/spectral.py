@@ -40,11 +40,18 @@ import numpy as np
 import torch
 
 from updelta.metrics import schema
-from updelta.options import DiffOptions
-from updelta.metrics.linalg import (QR_ASPECT, blocked_r, svdvals, tall_r, topk_singular_values, topk_vectors,
-                     topk_vectors_may_pay)
+from updelta.metrics.linalg import (
+    QR_ASPECT,
+    blocked_r,
+    svdvals,
+    tall_r,
+    topk_singular_values,
+    topk_vectors,
+    topk_vectors_may_pay,
+)
 from updelta.metrics.registry import metric
 from updelta.metrics.summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
+from updelta.options import DiffOptions
 
 RANK = "metrics.md, Rank of an update"
 SUBSPACE = "metrics.md, Spectrum and subspaces of base vs fine-tuned"
@@ -368,7 +375,7 @@ def work_dtype(opts: DiffOptions, *dtypes: torch.dtype) -> torch.dtype:
 def base_decomposition(w0: torch.Tensor, opts: DiffOptions) -> "Decomp":
     """The exact decomposition of W0 that `full` mode needs (every singular value, U0 whole for the intruders,
     the top max(topk, offprincipal_k) right vectors), in the working dtype: the same for every run of a scan, so
-    `jobs.run_spectral_job` computes it once per tensor and `updelta.scan.jobs.spectral_cache` keeps it on disk."""
+    `scan.jobs.spectral.run_spectral_job` computes it once per tensor and `updelta.scan.jobs.spectral_cache` keeps it on disk."""
     return Decomp(w0.to(work_dtype(opts, w0.dtype)))
 
 

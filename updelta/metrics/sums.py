@@ -1,8 +1,8 @@
 """Partial sums of the fused pass and the columns they finalize into (torch-free).
 
-`Sums` (one run against the base) and `PairSums` (two runs) are what the C kernel
-`updelta._fused` and the torch references (`elementwise.partial_sums`,
-`pairwise.pair_partial_sums`) return per block; the engine adds blocks up. `finalize` and
+`Sums` (one run against the base) and `PairSums` (two runs) add up the per-block records
+`schema.BlockSums` / `schema.PairBlockSums` that the C kernel (through `scan.jobs.kernel`) and the torch
+references (`elementwise.partial_sums`, `pairwise.pair_partial_sums`) return. `finalize` and
 `finalize_pair` turn a tensor's sums into its row: the raw sums themselves (float64 /
 int64, so that every aggregate is recomputed from sums) and the figures derived from them by
 the formulas declared in `updelta.metrics.schema` (the same code derives aggregates: `schema.derive`).
@@ -11,50 +11,39 @@ Definitions: docs/metrics.md ("Norms and direction", "Update sparsity", "Across 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from updelta.metrics import schema
+from updelta.metrics.schema import MAX_FIELDS, SUM_COLUMNS, BlockSums, PairBlockSums, field_types  # noqa: F401
 
 CONVS = schema.CONVS
+_BLOCK_TYPES, _PAIR_TYPES = field_types(BlockSums), field_types(PairBlockSums)
 
 
-@dataclass
 class Sums:
-    """Partial sums of one tensor (or block) from which `finalize` computes every cheap metric."""
+    """A tensor's partial sums, added block by block (`add`) from `BlockSums` records; `finalize` computes every
+    cheap metric from them. Fields: those of `schema.BlockSums`, declared there once."""
 
-    used: int = 0  # element pairs with both values finite
-    nonfinite_base: int = 0
-    nonfinite_ft: int = 0
-    ss_d: float = 0.0  # sum D^2
-    ss_base: float = 0.0  # sum W0^2
-    dot: float = 0.0  # sum D * W0
-    sum_abs: float = 0.0  # sum |D|
-    max_abs: float = 0.0  # max |D|
-    eq: int = 0  # W1 == W0
-    le_atol: int = 0  # |D| <= atol
-    le_rtol: int = 0  # |D| <= eta * max(|W0|, |W1|)
+    __slots__ = BlockSums._fields
 
-    def add(self, t: tuple) -> None:
-        """Add a tuple in the order of `partial_sums`/the C kernel."""
-        (used, nfb, nff, ss_d, ss_b, dot, sabs, mx, eq, at, rt) = t
-        self.used += used
-        self.nonfinite_base += nfb
-        self.nonfinite_ft += nff
-        self.ss_d += ss_d
-        self.ss_base += ss_b
-        self.dot += dot
-        self.sum_abs += sabs
-        self.max_abs = max(self.max_abs, float(mx))
-        self.eq += eq
-        self.le_atol += at
-        self.le_rtol += rt
+    def __init__(self, **values):
+        for f, kind in _BLOCK_TYPES.items():
+            setattr(self, f, values.get(f, kind(0)))
+
+    def add(self, b: BlockSums) -> None:
+        """Add one block's record (maxima for `MAX_FIELDS`, sums for the rest)."""
+        if not isinstance(b, BlockSums):
+            raise TypeError(f"Sums.add takes a BlockSums record, not {type(b).__name__}")
+        for f in BlockSums._fields:
+            v = getattr(b, f)
+            setattr(self, f, max(getattr(self, f), float(v)) if f in MAX_FIELDS else getattr(self, f) + v)
+
+    def record(self) -> BlockSums:
+        """The sums so far as one record (what `add` takes)."""
+        return BlockSums(*(getattr(self, f) for f in BlockSums._fields))
 
     def columns(self) -> dict:
         """The raw-sum columns of the schema (float64 / int64)."""
-        return {"n_compared": int(self.used), "nonfinite_base": int(self.nonfinite_base),
-                "nonfinite_ft": int(self.nonfinite_ft), "ss_delta": float(self.ss_d), "ss_base": float(self.ss_base),
-                "dot_delta_base": float(self.dot), "sum_abs_delta": float(self.sum_abs), "n_eq": int(self.eq),
-                "n_le_atol": int(self.le_atol), "n_le_rtol": int(self.le_rtol)}
+        return {col: _BLOCK_TYPES[f](getattr(self, f)) for f, col in SUM_COLUMNS.items()}
 
 
 def finalize(s: Sums) -> dict:
@@ -67,29 +56,20 @@ def finalize(s: Sums) -> dict:
     return {**row, **raw}
 
 
-@dataclass
 class PairSums:
-    """Partial sums of one tensor for one pair of runs."""
+    """Partial sums of one tensor for one pair of runs, added from `PairBlockSums` records."""
 
-    used: int = 0
-    dot: float = 0.0
-    ss_a: float = 0.0
-    ss_b: float = 0.0
-    both_exact: int = 0
-    both_atol: int = 0
-    both_rtol: int = 0
-    sign_agree: int = 0
+    __slots__ = PairBlockSums._fields
 
-    def add(self, t: tuple) -> None:
-        used, dot, ssa, ssb, be, ba, br, sg = t
-        self.used += used
-        self.dot += dot
-        self.ss_a += ssa
-        self.ss_b += ssb
-        self.both_exact += be
-        self.both_atol += ba
-        self.both_rtol += br
-        self.sign_agree += sg
+    def __init__(self, **values):
+        for f, kind in _PAIR_TYPES.items():
+            setattr(self, f, values.get(f, kind(0)))
+
+    def add(self, b: PairBlockSums) -> None:
+        if not isinstance(b, PairBlockSums):
+            raise TypeError(f"PairSums.add takes a PairBlockSums record, not {type(b).__name__}")
+        for f in PairBlockSums._fields:
+            setattr(self, f, getattr(self, f) + getattr(b, f))
 
 
 def finalize_pair(s: PairSums, changed_a: dict[str, int], changed_b: dict[str, int], expected_both: dict[str, float],

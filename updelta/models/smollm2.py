@@ -33,7 +33,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from updelta.atomic import umask, atomic_dir
+from updelta.atomic import atomic_dir, umask
 from updelta.errors import UpdeltaError
 
 NAME = "SmolLM2-135M-Instruct"
@@ -122,7 +122,7 @@ def _lock(lock_file: Path) -> Iterator[None]:
     atomic folder install alone keeps concurrent writers from leaving a partial folder."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
+        import fcntl  # loaded only on this path
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
@@ -147,7 +147,7 @@ def _sha256(path: Path) -> str:
 
 
 def _check_dependencies() -> None:
-    import importlib.util
+    import importlib.util  # loaded only on this path
     missing = [m for m in ("transformers", "gguf") if importlib.util.find_spec(m) is None]
     if missing:
         raise UpdeltaError(f"converting {GGUF_NAME} needs {' and '.join(missing)}: "
@@ -222,16 +222,16 @@ def _drop_quantization(config) -> None:
 
 def _dtype_kwarg() -> str:
     """transformers renamed `torch_dtype` to `dtype` in 4.56; older versions ignore an unknown `dtype`."""
-    import transformers
-    from packaging.version import Version
+    import transformers  # optional extra: train
+    from packaging.version import Version  # loaded only when converting
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 def _convert(gguf: Path, out: Path) -> None:
     """Load `gguf` with transformers' GGUF loader (de-quantized, float32) and save a bf16 folder into `out`."""
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # torch: kept out of torch-free paths
+    from safetensors import safe_open  # loaded only with the cache
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # optional extra: train
 
     _stage(f"de-quantizing {GGUF_NAME} with transformers' GGUF loader")
     dtype_kw = _dtype_kwarg()
@@ -276,10 +276,10 @@ _README_TITLE = f"# {NAME} (bf16, de-quantized from Q4_1)"
 
 
 def _readme(origin: str, seconds: float) -> str:
-    import torch
-    import transformers
+    import torch  # torch: kept out of torch-free paths
+    import transformers  # optional extra: train
     try:
-        from importlib.metadata import version
+        from importlib.metadata import version  # loaded only on this path
         gguf_version = version("gguf")
     except Exception:  # pragma: no cover
         gguf_version = "unknown"

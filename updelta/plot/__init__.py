@@ -26,6 +26,7 @@ from updelta.plot.experts import experts_heatmap
 from updelta.plot.grids import heatmap, run_similarity
 from updelta.plot.heads import heads_heatmap
 from updelta.plot.lines import distribution, layer_profile, spectrum, tradeoff
+from updelta.tables.evals import check_names, load_evals
 
 __all__ = ["heatmap", "experts_heatmap", "heads_heatmap", "layer_profile", "run_similarity", "spectrum", "distribution", "tradeoff", "savefig",
            "with_evals", "style", "DPI"]
@@ -35,7 +36,6 @@ def with_evals(summary: pd.DataFrame, evals: dict) -> pd.DataFrame:
     """`summary` with `gain_<split>` = after - before per run, from each run's evaluation
     ({run: path to eval.json | run folder | parsed dict | `updelta.tables.evals.Evaluation`}, read by
     `updelta.tables.evals.load_evals`). Runs without an evaluation get NaN."""
-    from updelta.tables.evals import check_names, load_evals
 
     evs = load_evals(evals)
     check_names(evs, [str(r) for r in summary["run"]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,9 +17,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from updelta.metrics import schema
-from updelta.tables.aggregate import CHEAP, aggregate_pairs, aggregate_tensors, counted, towers_included, unchanged, unchanged_runs
+from updelta.atomic import atomic_path
 from updelta.errors import UpdeltaError
+from updelta.metrics import schema
+from updelta.tables.aggregate import (
+    CHEAP,
+    aggregate_pairs,
+    aggregate_tensors,
+    counted,
+    towers_included,
+    unchanged,
+    unchanged_runs,
+)
 from updelta.tables.meta import info as run_info
 
 DPI = 150
@@ -191,7 +201,6 @@ def new_figure(width: float, height: float) -> Figure:
 
 def titles(fig: Figure, title: str, meta: dict, runs: list[str] | None = None, note: str | None = None) -> None:
     """Title (what), subtitle (which checkpoints), and an optional footnote kept clear of the axes."""
-    import textwrap
 
     width = max(30, int(fig.get_figwidth() * 12))  # characters that fit at 10 pt
     title = "\n".join(textwrap.wrap(title, width)) or title
@@ -252,7 +261,6 @@ def aggregate_cells(df: pd.DataFrame, keys: list[str], metric: str) -> tuple[pd.
 
 def savefig(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
     """Write `fig` atomically (format from the suffix: .png at 150 dpi by default, .svg or .pdf)."""
-    from updelta.atomic import atomic_path
 
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")

@@ -1,7 +1,6 @@
 """The layer x expert heatmap of a mixture-of-experts model (docs/experts.md)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -9,13 +8,13 @@ from matplotlib.figure import Figure
 from updelta.errors import UpdeltaError
 from updelta.plot import common as C
 from updelta.plot.grids import annotate_cells, color_norm
+from updelta.tables.result import expert_table
 
 KEYS = ["layer", "expert"]
 
 
 def _expert_rows(data, meta: dict | None) -> tuple[pd.DataFrame, dict]:
     """(one row per run, layer and expert, meta) from a `Result`, its `tensors` or its `experts` table."""
-    from updelta.tables.result import expert_table
 
     if isinstance(data, pd.DataFrame):
         df, meta = data, dict(meta or {})

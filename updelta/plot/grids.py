@@ -1,18 +1,16 @@
 """Grid figures: the layer x module heatmap and the cross-run similarity matrix."""
 from __future__ import annotations
 
-import math
-
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from updelta.metrics import schema
-from updelta.tables.aggregate import aggregate_pairs
 from updelta.errors import UpdeltaError
+from updelta.metrics import schema
 from updelta.plot import common as C
+from updelta.tables.aggregate import aggregate_pairs
 
 
 def _pick_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, dict]:

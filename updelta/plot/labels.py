@@ -22,7 +22,7 @@ _RADII = (4.0, 9.0, 15.0, 23.0, 33.0, 45.0)  # points
 
 def fix_layout(fig: Figure):
     """Draw once and freeze the layout engine's result; returns the renderer."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib: loaded only when drawing
 
     if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
         FigureCanvasAgg(fig)

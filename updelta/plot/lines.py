@@ -1,9 +1,8 @@
 """Line and point figures: the per-layer profile, update spectra, the |ΔW| distribution, the size/gain trade-off."""
 from __future__ import annotations
 
-import warnings
-
 import math
+import warnings
 
 import matplotlib as mpl
 import numpy as np
@@ -13,8 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from updelta.metrics import schema
 from updelta.errors import UpdeltaError
+from updelta.metrics import schema
 from updelta.plot import common as C
 from updelta.plot.grids import column_key, column_label
 from updelta.plot.labels import fix_layout, place_labels

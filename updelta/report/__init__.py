@@ -10,8 +10,10 @@ Layout of the output folder (written atomically: built beside it, then renamed i
     report.md, report.html, summary.json, figures/*.png, tables/*.parquet (+ tables/meta.json;
     `updelta.load("report/tables")` reads the result back).
 """
-from updelta.report.findings import Finding  # noqa: F401
-from updelta.report.findings import findings as compute_findings  # noqa: F401
+from updelta.report.findings import (
+    Finding,  # noqa: F401
+    findings as compute_findings,  # noqa: F401
+)
 from updelta.report.write import ReportOutcome, check_out_dir, write_report  # noqa: F401
 
 __all__ = ["write_report", "ReportOutcome", "Finding", "check_out_dir", "compute_findings"]

@@ -11,14 +11,14 @@ import math
 import pandas as pd
 
 from updelta.metrics import schema
+from updelta.report.document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
+from updelta.report.gates import GRAMMAR
+from updelta.report.lens import lens_blocks
+from updelta.report.text import fmt
+from updelta.report.where import where_blocks
 from updelta.tables.aggregate import aggregate_tensors, towers_included, unchanged_runs
 from updelta.tables.evals import SPLIT_LABELS
-from updelta.report.gates import GRAMMAR
 from updelta.tables.meta import info as run_info
-from updelta.report.text import fmt
-from updelta.report.document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
-from updelta.report.lens import lens_blocks
-from updelta.report.where import where_blocks
 
 RUN_COLS = [(c, schema.fmt_of(c)) for c in schema.HEADLINE]
 LONG = 16  # tables longer than this go into a <details> block
@@ -75,7 +75,7 @@ def fold_long(blocks: list, limit: int = LONG) -> list:
     return out
 
 
-def unchanged(result) -> list[str]:
+def runs_unchanged(result) -> list[str]:
     """The runs whose every tensor is bit-identical to the base (docs/metrics.md, Aggregates)."""
     return [r for r in unchanged_runs(result.tensors, towers_included(result.meta)) if r in result.runs]
 
@@ -177,7 +177,7 @@ def summary_blocks(result, evals: dict, gate_results) -> list:
     marks = _gate_marks(gate_results, pair=False)
     if marks:
         extra_cols.append("gates")
-    same = unchanged(result)
+    same = runs_unchanged(result)
     extra, flags = [], []
     for _, r in s.iterrows():
         e = evals.get(r["run"])
@@ -213,7 +213,7 @@ def spectral_blocks(result) -> list:
         return []
     o = result.info.options
     k = o.topk
-    same = set(unchanged(result))
+    same = set(runs_unchanged(result))
     s = s[~s["run"].isin(same)]
     if s.empty:
         return []
@@ -269,7 +269,7 @@ def layer_blocks(result) -> list:
            Para("Each layer's tensors together (norms from sums of squares, sparsity element-weighted); "
                 "embeddings, the final norm and the head belong to no layer and are in the component table.")]
     layers = sorted(int(x) for x in lay["layer"].dropna().unique())
-    same = unchanged(result)
+    same = runs_unchanged(result)
     runs = [r for r in result.runs if r not in same]
     if not runs:
         return []
@@ -311,7 +311,7 @@ def pair_blocks(result, gate_results) -> list:
     ps = result.pairs_summary
     if ps is None or ps.empty:
         return []
-    same = unchanged(result)
+    same = runs_unchanged(result)
     runs = [r for r in result.runs if r not in same]
     if len(runs) < 2:
         return []

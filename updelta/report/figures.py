@@ -90,7 +90,7 @@ def make_figures(result, evals: dict | None = None) -> tuple[list[FigureOut], li
     evals = evals or {}
     specs = _specs(result, evals)
     try:
-        from updelta import plot as P
+        from updelta import plot as P  # matplotlib: loaded only when figures are drawn
     except Exception as e:  # noqa: BLE001 - the plot module is optional for the report
         why = f"updelta.plot is not available ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
         return [], [FigureMissing(stem, cap, why, True) for stem, cap, _, _, _ in specs]

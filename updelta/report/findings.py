@@ -13,9 +13,12 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from updelta.options import DiffOptions
 from updelta.tables.aggregate import aggregate_tensors
+from updelta.tables.evals import SPLIT_LABELS
 
 # Published ranges (metrics.md); quoted beside the figures they can be compared with.
+PUBLISHED_ATOL = 1e-5  # Mukherjee et al. 2025's tolerance on bf16 (a published setting, not updelta's default)
 REF_SPARSITY = ("Mukherjee et al. 2025 report 68.5-96% of elements unchanged for RL runs and 6-15% for SFT "
                 "(bf16, |D| <= 1e-5, RL measured from the SFT checkpoint it started from)")
 REF_DELTA_COS = ("unrelated task vectors are near-orthogonal (|cos| ~0.01-0.06 for CLIP tasks, Ilharco et al. 2022); "
@@ -110,7 +113,7 @@ def sparsity_findings(result, evals: dict) -> list[Finding]:
             text = (f"{pct(r['sparsity_atol'])} of elements unchanged under atol ({'; '.join(ctx)}); "
                     f"exact (W1 == W0): {pct(r['sparsity_exact'])}; rtol (eta {eta:g}): {pct(r['sparsity_rtol'])}")
         ref = REF_SPARSITY
-        if atol != 1e-5 or not _is_bf16(result, run):
+        if atol != PUBLISHED_ATOL or not _is_bf16(result, run):
             ref += f"; not directly comparable here ({storage(result, run)}, atol {atol:g})"
         out.append(Finding("sparsity", run, text, ref))
     return out
@@ -206,7 +209,7 @@ def pair_findings(result, conv: str = "atol") -> list[Finding]:
         return pair_range_findings(result, conv)
     out = []
     o = _opts(result)
-    label = f"|D| <= {o.get('atol', 1e-5):g}" if conv == "atol" else conv
+    label = f"|D| <= {o.get('atol', DiffOptions.atol):g}" if conv == "atol" else conv
     for _, p in ps.iterrows():
         subj = f"{p['run_a']} vs {p['run_b']}"
         if math.isnan(p["delta_cos"]):
@@ -251,7 +254,6 @@ def spectral_findings(result) -> list[Finding]:
 
 
 def evaluation_findings(result, evals: dict) -> list[Finding]:
-    from updelta.tables.evals import SPLIT_LABELS
 
     out = []
     for run in result.runs:

@@ -29,8 +29,9 @@ import operator
 import re
 from dataclasses import dataclass, field
 
-from updelta.metrics import schema
 from updelta.errors import UpdeltaError
+from updelta.metrics import schema
+from updelta.tables.aggregate import aggregate_pairs, aggregate_tensors, counted, towers_included
 
 GRAMMAR = ("gate grammar: [AGG:]METRIC OP VALUE[@SELECTOR]; AGG in max, min, mean (over the selected tensors; "
            "without AGG: each run's whole-model value); OP in <, <=, >, >=; SELECTOR: comma-separated run names "
@@ -223,7 +224,7 @@ def _select_pairs(pairs: list[tuple[str, str]], gate: Gate) -> list[tuple[str, s
 
 
 def _filter_tensors(df, sel: Selector):
-    import pandas as pd
+    import pandas as pd  # pandas: not needed to parse a gate
 
     if df.empty:
         return df
@@ -257,9 +258,8 @@ def validate(gates, result) -> None:
 
 def _subjects(gate: Gate, result) -> tuple:
     """(kind, per-tensor table filtered by tensor selectors, subjects) or an `UpdeltaError`."""
-    import pandas as pd
+    import pandas as pd  # pandas: not needed to parse a gate
 
-    from updelta.tables.aggregate import counted, towers_included  # tower rows count only with the towers option
 
     if gate.is_pair:
         table = result.pairs if result.pairs is None else counted(result.pairs, towers_included(result.meta))
@@ -303,7 +303,6 @@ def _subjects(gate: Gate, result) -> tuple:
 # ---- evaluation --------------------------------------------------------------------------------
 def _whole(kind: str, sel_t, full: bool, result):
     """Per-subject aggregate of the selected tensors (the stored whole-model table when nothing is filtered)."""
-    from updelta.tables.aggregate import aggregate_pairs, aggregate_tensors
 
     if kind == "run":
         if full:
@@ -316,7 +315,7 @@ def _whole(kind: str, sel_t, full: bool, result):
 
 def evaluate(result, gate: Gate) -> GateResult:
     """Evaluate one gate on a `Result` (see the module docstring for the semantics)."""
-    import pandas as pd
+    import pandas as pd  # pandas: not needed to parse a gate
 
     kind, sel_t, subjects = _subjects(gate, result)
     rows, offenders = [], []

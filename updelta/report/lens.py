@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from updelta.report.text import fmt
 from updelta.report.document import Heading, Para, Table
+from updelta.report.text import fmt
 
 DIRECTIONS = 6  # directions shown per run, largest sigma first
 TOKENS = 5  # tokens shown per end

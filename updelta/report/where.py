@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from updelta.families.naming import GENERIC, family, is_transposed
-from updelta.report.text import fmt
 from updelta.report.document import Heading, Para, Table
+from updelta.report.text import fmt
 
 TOP = 5
 

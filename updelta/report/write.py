@@ -15,15 +15,13 @@ import pandas as pd
 
 from updelta.atomic import atomic_dir
 from updelta.errors import UpdeltaError, UpdeltaWarning
-from updelta.tables.evals import Evaluation, check_bases, check_names, load_evals
-from updelta.report.gates import GateResult, evaluate, parse_gates, validate
-from updelta.report import html as html_render
-from updelta.report import markdown as md_render
+from updelta.options import ReportOptions
+from updelta.report import html as html_render, markdown as md_render
 from updelta.report.build import build
 from updelta.report.figures import FigureMissing, make_figures
-from updelta.options import ReportOptions
-from updelta.report.findings import Finding, as_frame
-from updelta.report.findings import findings as compute_findings
+from updelta.report.findings import Finding, as_frame, findings as compute_findings
+from updelta.report.gates import GateResult, evaluate, parse_gates, validate
+from updelta.tables.evals import Evaluation, check_bases, check_names, load_evals
 
 REPORT_MARKERS = ("report.md", "summary.json")
 

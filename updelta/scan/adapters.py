@@ -4,7 +4,7 @@
 (`io.formats.is_adapter`), an `AdapterRun` built against the base checkpoint. An `AdapterRun` looks like a checkpoint
 to `pairing`: its `tensors` map every base tensor name to
 - a `FactoredRef` (location: `FactoredLocation`) where the adapter holds factors for it (LoRA, embedding LoRA,
-  DoRA, lora_bias): the per-tensor work of `jobs_factored` folds the factors in;
+  DoRA, lora_bias): the per-tensor work of `scan.jobs.factored` folds the factors in;
 - the adapter's own `TensorRef` where it stores a full tensor (modules_to_save, bias="all"/"lora_only"): compared
   densely against the base, like any checkpoint tensor;
 - a `ZeroRef` (location kind "zero") where the adapter does not touch a float tensor: D = 0 exactly, W0 read once.
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updelta.errors import PairingError
+from updelta.families.naming import canonical, resolve_family
 from updelta.io import Checkpoint, TensorRef, open_checkpoint
 from updelta.io.factored import FactoredSource, FactoredUpdate, open_factored
 from updelta.io.formats import is_adapter
 from updelta.io.locations import FactoredLocation, TensorLocation, is_factored  # noqa: F401 (re-exported)
-from updelta.families.naming import canonical
 
 
 class _BaseShaped:
@@ -98,7 +98,7 @@ class AdapterRun:
         bmap: dict[str, str] = {}
         for n in base.tensors:
             bmap.setdefault(canonical(n), n)
-        # untouched float tensors: D = 0, W0 read once (jobs_factored); the rest as the base stores them
+        # untouched float tensors: D = 0, W0 read once (scan.jobs.factored); the rest as the base stores them
         self.tensors: dict = {n: (ZeroRef(n, r) if r.is_float else r) for n, r in base.tensors.items()}
         self.n_factored = 0
         for target, u in source.updates.items():
@@ -139,7 +139,6 @@ class AdapterRun:
 
 
 def _tied_heads(base: Checkpoint) -> set[str]:
-    from updelta.families.naming import resolve_family
 
     return {h for h, _ in resolve_family(base.tensors, base.config).family.tied}
 

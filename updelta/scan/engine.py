@@ -1,8 +1,8 @@
 """The streaming scan: checkpoints in, one record per (run, tensor) and per (pair, tensor) out.
 
 Data flow: `open_checkpoint` (files) -> `pair_checkpoints` (names) -> `plan.make_plan` (picklable
-per-tensor jobs) -> an executor (`executors`) runs `jobs.run_job` over the cheap jobs and
-`jobs.run_spectral_job` over the 2-D tensors -> `jobs.tensor_records` -> `Result`.
+per-tensor jobs) -> an executor (`executors`) runs `scan.jobs.cheap.run_job` over the cheap jobs and
+`scan.jobs.spectral.run_spectral_job` over the 2-D tensors -> `scan.jobs.cheap.tensor_records` -> `Result`.
 
 Runs with a base of their own (`run_bases`, docs/inputs.md, Per-run bases) are grouped by base identity
 (`runbases`): each group is paired, planned and run as above, and the records are merged in tensor order.
@@ -22,23 +22,26 @@ from dataclasses import dataclass
 import torch
 
 from updelta._version import __version__
-from updelta.scan.adapters import open_run
 from updelta.errors import UpdeltaError, UpdeltaWarning
-from updelta.scan.executors import default_memory_budget, make_executor
 from updelta.io import Checkpoint, open_checkpoint
 from updelta.io.hub import locate
 from updelta.io.readers import reader_scope
 from updelta.io.tokenizer import fill_token_text
-from updelta.scan.jobs import lens as jobs_lens
-from updelta.scan.jobs.cheap import run_job, tensor_records
-from updelta.scan.jobs.spectral import run_spectral_job
 from updelta.metrics import elementwise as ew
 from updelta.options import DiffOptions
+from updelta.scan.adapters import open_run
+from updelta.scan.executors import default_memory_budget, make_executor
+from updelta.scan.jobs import kernel, lens as jobs_lens
+from updelta.scan.jobs.cheap import run_job, tensor_records
+from updelta.scan.jobs.factored import run_factored_job, sort_records
+from updelta.scan.jobs.spectral import run_spectral_job
 from updelta.scan.pairing import Pairing, pair_checkpoints
-from updelta.scan.jobs import kernel
 from updelta.scan.plan import Env, Plan, make_plan, resolve_pairs, spectral_budget
 from updelta.scan.progress import Progress
 from updelta.scan.runbases import groups, merge_notes, resolve_run_bases, split_pairs
+from updelta.tables.aggregate import towers_note
+from updelta.tables.result import build_result
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -85,7 +88,6 @@ def _run_jobs(plan: Plan, opts: DiffOptions, ex) -> tuple[list[dict], list[dict]
                     tables.setdefault(k, []).extend(rows)
                 parts = []
     if plan.factored:  # adapter runs (docs/adapters.md): their own per-tensor jobs, then tensor order again
-        from updelta.scan.jobs.factored import run_factored_job, sort_records
 
         for out in ex.map(run_factored_job, plan.factored, cost=lambda j: j.cost):
             records += out.records
@@ -210,8 +212,6 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
     ({run: path}) measures those runs from a base of their own (docs/inputs.md, Per-run bases): one pairing and
     one plan per distinct base; cross-run metrics only between runs of the same base.
     """
-    from updelta.tables.aggregate import towers_note
-    from updelta.tables.result import build_result
 
     if not runs:
         raise UpdeltaError("no fine-tuned checkpoint given; pass at least one NAME=PATH")

@@ -17,7 +17,9 @@ import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
+from updelta.errors import UpdeltaError
 from updelta.options import DiffOptions
+from updelta.scan.ray_executor import RayExecutor
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -111,12 +113,16 @@ class ThreadExecutor:
 
 def make_executor(opts: DiffOptions, workers: int) -> Executor:
     """The executor `opts.executor` names, with `workers` (the plan's) threads or Ray tasks in flight."""
-    if opts.executor == "serial":
-        return SerialExecutor()
-    if opts.executor == "threads":
-        return ThreadExecutor(workers)
-    if opts.executor == "ray":
-        from updelta.scan.ray_executor import RayExecutor
-        return RayExecutor(workers, opts.ray_address)
-    from updelta.errors import UpdeltaError
-    raise UpdeltaError(f"executor {opts.executor!r}: choose one of serial, threads, ray")
+    make = EXECUTORS.get(opts.executor)
+    if make is None:
+        raise UpdeltaError(f"executor {opts.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    return make(opts, workers)
+
+
+# The executors by name: the names are `options.Executor` (the CLI's choices and help); tests/scan/test_executors.py
+# checks that the two agree.
+EXECUTORS: dict[str, Callable[[DiffOptions, int], Executor]] = {
+    "serial": lambda opts, workers: SerialExecutor(),
+    "threads": lambda opts, workers: ThreadExecutor(workers),
+    "ray": lambda opts, workers: RayExecutor(workers, opts.ray_address),
+}

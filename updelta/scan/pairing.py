@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from updelta.errors import PairingError
 from updelta.families.experts import expand_pairing
 from updelta.families.heads import head_splits
-from updelta.io import Checkpoint, TensorRef
 from updelta.families.naming import Family, TensorName, canonical, is_ignored, is_transposed, parse, resolve_family
+from updelta.io import Checkpoint, TensorRef
 from updelta.options import DiffOptions
 
 
@@ -80,7 +80,8 @@ def _tied_source(key: str, keys: dict[str, str], family: Family) -> str | None:
     return None
 
 
-def _filtered(name: str, opts: DiffOptions) -> bool:
+def filtered_out(name: str, opts: DiffOptions) -> bool:
+    """Whether `--include` / `--exclude` leave tensor `name` out (the scan's and the in-memory path's one filter)."""
     if opts.include and not any(re.search(p, name) for p in opts.include):
         return True
     return any(re.search(p, name) for p in opts.exclude)
@@ -117,7 +118,7 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
         if is_ignored(display, family):
             notes["ignored"].append(display)
             continue
-        if _filtered(display, opts):
+        if filtered_out(display, opts):
             notes["filtered_out"] += 1
             continue
         _refuse_quantized(bref, base)

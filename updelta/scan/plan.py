@@ -2,17 +2,17 @@
 
 A job holds plain data only (locations of the tensor's bytes, its name info, the run pairs, the
 element range, the options and the per-job settings): no open files, no checkpoints. It can be
-sent to a thread, a process, another machine or a device queue, and `jobs.run_job` /
-`jobs.run_spectral_job` compute it there.
+sent to a thread, a process, another machine or a device queue, and `scan.jobs.cheap.run_job` /
+`scan.jobs.spectral.run_spectral_job` compute it there.
 
 Everything that changes numbers is fixed here, never by the executor:
 - cheap jobs: a tensor of more than `PART_BLOCKS` blocks is split into parts of `PART_BLOCKS` blocks
   (block boundaries are those of the unsplit tensor); each part returns its per-block partial sums
-  and `jobs.tensor_records` adds them in block order, exactly as one sequential pass would;
+  and `scan.jobs.cheap.tensor_records` adds them in block order, exactly as one sequential pass would;
 - spectral jobs: one per 2-D tensor (stacked experts are split into 2-D rows), all runs in it, largest first;
 - torch threads per job, the same for every job of a pass, so the serial and the threaded executor
   give the same numbers (torch's thread count is process-wide: jobs in flight together must ask for
-  the same count, see `jobs.use_threads`): spectral jobs `max(1, torch_threads // workers)`; cheap
+  the same count, see `scan.jobs.read.use_threads`): spectral jobs `max(1, torch_threads // workers)`; cheap
   jobs the caller's `torch_threads` (the torch path's float64 reductions then add in the same order
   as before this plan existed; the C kernel uses none).
 `cost` (bytes a job materialises, an estimate) lets an executor keep the largest jobs apart.
@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 
 from updelta.errors import UpdeltaError
 from updelta.families.heads import HeadSplit
+from updelta.families.naming import TensorName
 from updelta.io.locations import FactoredLocation, TensorLocation, is_factored
 from updelta.metrics import lens as ml
-from updelta.families.naming import TensorName
 from updelta.options import DiffOptions
 from updelta.scan.pairing import Pairing
 
@@ -36,6 +36,12 @@ MAX_DEFAULT_WORKERS = 4
 # the solver's blocks; full: W0, W1, D, W0's factors (U0 whole) and LAPACK's work copy.
 SPECTRAL_COPIES = {"fast": 2, "full": 8}
 SPECTRAL_PAIRING = 1.5  # spectral jobs in flight together may cost at most this times the largest one
+
+
+def block_elems(device: str, opts: DiffOptions) -> int:
+    """Elements per block of the cheap pass on `device` (at least `CUDA_MIN_BLOCK` off the CPU)."""
+    block = max(int(opts.block_elems), 1)
+    return block if device == "cpu" else max(block, CUDA_MIN_BLOCK)
 
 
 def spectral_budget(jobs) -> int:
@@ -76,7 +82,7 @@ class TensorSpec:
     base_tied: bool
     sides: tuple[Side, ...]  # in run order
     pairs: tuple[tuple[str, str], ...]  # the scan's run pairs with both runs in this tensor
-    heads: HeadSplit | None = None  # attention-head ranges (heads.py), None when not an attention weight
+    heads: HeadSplit | None = None  # attention-head ranges (families/heads.py), None when not an attention weight
 
     @property
     def numel(self) -> int:
@@ -282,13 +288,11 @@ def wants(t, spec: LensSpec | None) -> bool:
 def make_plan(pairing: Pairing, pairs: tuple[tuple[str, str], ...], opts: DiffOptions, env: Env,
               lens=None) -> Plan:
     """Every job of a scan, in plan order (pure: the same inputs give the same plan). `lens`: a
-    `jobs_lens.LensSpec` (the spectral jobs of its output-side tensors also compute their top directions)."""
+    `plan.LensSpec` (the spectral jobs of its output-side tensors also compute their top directions)."""
     workers = resolve_workers(opts.workers, env)
     cheap_threads = max(1, env.torch_threads)
     spectral_threads = max(1, env.torch_threads // workers)
-    block = max(int(opts.block_elems), 1)
-    if env.device.startswith("cuda"):
-        block = max(block, CUDA_MIN_BLOCK)
+    block = block_elems(env.device, opts)
     part = block * PART_BLOCKS
     specs = tensor_specs(pairing, pairs)
     # adapter sides leave the cheap jobs for their own (docs/adapters.md)

@@ -46,7 +46,7 @@ CANCEL_DEADLINE_S = 10.0  # how long closing waits for the cancels to land
 
 def _run_task(fn, job):
     """What a Ray task runs: `fn(job)` with its files opened and closed inside the task."""
-    from updelta.io.readers import reader_scope
+    from updelta.io.readers import reader_scope  # torch: not in the Ray driver until a job runs
 
     with reader_scope():
         return fn(job)
@@ -54,7 +54,7 @@ def _run_task(fn, job):
 
 def import_ray():
     try:
-        import ray
+        import ray  # optional extra: ray
     except ImportError:
         raise UpdeltaError("--executor ray: ray is not installed; pip install 'updelta[ray]' "
                            "(or use --executor threads)") from None

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from updelta.metrics import schema
-from updelta.metrics.sums import pair_row
 from updelta.metrics.summary import summarize
+from updelta.metrics.sums import pair_row
 
 CHEAP = list(schema.CHEAP)
 

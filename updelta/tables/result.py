@@ -29,12 +29,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from updelta.metrics import schema
-from updelta.tables.aggregate import aggregate_pairs, aggregate_tensors, counted, tower_counts, towers_included
 from updelta.atomic import atomic_dir, atomic_path
 from updelta.errors import UpdeltaError
-from updelta.tables.meta import RunInfo
+from updelta.metrics import schema
 from updelta.metrics.sums import pair_row
+from updelta.tables.aggregate import aggregate_pairs, aggregate_tensors, counted, tower_counts, towers_included
+from updelta.tables.meta import RunInfo
 
 META_KEY = b"updelta"
 TENSOR_COLUMNS = schema.TENSOR_COLUMNS

@@ -106,8 +106,8 @@ class Trajectory:
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write `trajectory.parquet` (meta in its key-value metadata) into folder `out`, atomically."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # pyarrow: loaded only when saving
+        import pyarrow.parquet as pq  # pyarrow: loaded only when saving
 
         out = Path(out)
         if out.exists() and not out.is_dir():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from updelta.errors import UpdeltaError
+from updelta.models.smollm2 import smollm2_path
 from updelta.train.model import default_base_path
 from updelta.train.options import OptionsError
 
@@ -25,8 +27,6 @@ def resolve_base(value: str | Path | None) -> Path:
     if value is None or str(value) == "toy":
         return default_base_path()
     if str(value) == "smollm2":
-        from updelta.errors import UpdeltaError
-        from updelta.models.smollm2 import smollm2_path
 
         try:
             return smollm2_path()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import typer
 
 from updelta.commands.params import with_options
-from updelta.train import dft, es, grpo, sft
+from updelta.train import METHODS
 from updelta.train.options import OptionsError
 from updelta.train.pretrain import PretrainOptions, pretrain
 from updelta.train.runs import RunResult
@@ -53,7 +53,5 @@ def _command(options_cls: type, run: Callable[[Any], RunResult], doc: str) -> Ca
 
 
 app.command("pretrain")(_command(PretrainOptions, pretrain, pretrain.__doc__))
-app.command("sft")(_command(sft.SFTOptions, sft.train, sft.train.__doc__))
-app.command("dft")(_command(dft.DFTOptions, dft.train, dft.train.__doc__))
-app.command("grpo")(_command(grpo.GRPOOptions, grpo.train, grpo.train.__doc__))
-app.command("es")(_command(es.ESOptions, es.train, es.train.__doc__))
+for _name, _method in METHODS.items():  # one command per registered method (train/__init__.py, METHODS)
+    app.command(_name)(_command(_method.options, _method.train, _method.train.__doc__))

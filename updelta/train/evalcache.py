@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from updelta.atomic import write_text
+from updelta.models.smollm2 import cache_dir
 
 
 def folder_key(folder: Path) -> list[str]:
@@ -30,7 +31,6 @@ def folder_key(folder: Path) -> list[str]:
 
 
 def cache_path(kind: str, folder: Path, payload: Any) -> Path:
-    from updelta.models.smollm2 import cache_dir
 
     digest = hashlib.sha256(json.dumps([kind, folder_key(folder), payload], sort_keys=True).encode()).hexdigest()
     return cache_dir() / "evals" / f"{kind}-{digest[:24]}.json"

@@ -31,8 +31,8 @@ from updelta.train.losses import (
     grpo_per_token_loss,
     token_logprobs,
 )
-from updelta.train.optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
 from updelta.train.model import activation_checkpointing, release_memory
+from updelta.train.optim import MAX_GRAD_NORM, build_optimizer, lr_at, set_lr
 from updelta.train.options import OptionsError, RunOptions, check_choice, option
 from updelta.train.runs import RunResult, RunWriter, Setup, finetune
 from updelta.train.supervised import frozen_reference, logits_from

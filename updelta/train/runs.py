@@ -36,6 +36,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from updelta.atomic import atomic_dir, write_text
+from updelta.io import open_checkpoint
 from updelta.scan.progress import Progress
 from updelta.train.bases import resolve_base, start_of
 from updelta.train.checks import bit_identical, no_signal, update_budget
@@ -201,7 +202,6 @@ def evaluate_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
 def fingerprint(folder: Path) -> str:
     """`Checkpoint.identity()["fingerprint"]` of the folder a run started from (eval.json `base_fingerprint`: what
     the report checks a run's base against)."""
-    from updelta.io import open_checkpoint
 
     return open_checkpoint(folder).identity()["fingerprint"]
 

@@ -20,6 +20,7 @@ from typing import Callable
 from transformers import PreTrainedTokenizerBase
 
 from updelta.train import chat_tasks, tasks
+from updelta.train.data import load_data, split_held_out
 from updelta.train.tasks import EVAL_SPLITS, Example
 
 TOY_VOCAB_MAX = 256  # a tokenizer this small is the char-level one of the committed base
@@ -83,7 +84,6 @@ def build_suite(tokenizer: PreTrainedTokenizerBase, data: Path | None = None, se
     suite = toy_suite() if profile(tokenizer) == "toy" else chat_suite(tokenizer)
     if data is None:
         return suite
-    from updelta.train.data import load_data, split_held_out
 
     records = load_data(data, lambda q: q if suite.name == "toy" else chat_prompt(tokenizer, q), tokenizer)
     train, held = split_held_out(records)

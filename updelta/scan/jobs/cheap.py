@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from updelta.io.readers import open_reader
-from updelta.metrics import elementwise as ew
-from updelta.metrics import pairwise as pw
+from updelta.metrics import elementwise as ew, pairwise as pw
 from updelta.scan.jobs import kernel, prefetch, where
 from updelta.scan.jobs.read import Buffers, raw_to_torch, use_threads
 from updelta.scan.plan import CheapJob, TensorSpec
@@ -37,7 +36,7 @@ class CheapPart:
     hists: dict[str, np.ndarray] = field(default_factory=dict)
     added_fro: dict[str, float] = field(default_factory=dict)  # last part only
     nbytes: int = 0
-    where: object = None  # jobs_where.WherePart: row/column reductions (docs/metrics.md, Where an update sits)
+    where: object = None  # where.WherePart: row/column reductions (docs/metrics.md, Where an update sits)
 
 
 @dataclass
@@ -45,7 +44,7 @@ class TensorRecords:
     records: list[dict]
     pair_records: list[dict]
     nonfinite: list[str]  # "name (run: base N, ft M)" for tensors with NaN/Inf
-    tables: dict = field(default_factory=dict)  # heads, pairs_heads, neurons rows (jobs_where.finish)
+    tables: dict = field(default_factory=dict)  # heads, pairs_heads, neurons rows (where.finish)
 
 
 def run_job(job: CheapJob) -> CheapPart:
@@ -95,13 +94,13 @@ def _kernel_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: Buffers) -> 
             part.sums[r].append(fused[r])
             continue
         b, kb = kernel.kernel_input(raw, dtypes[r])
-        part.sums[r].append(kernel.fused.stats(a, ka, b, kb, o.atol, o.eta, part.hists.get(r)))
+        part.sums[r].append(kernel.stats(a, ka, b, kb, o.atol, o.eta, part.hists.get(r)))
     if t.pairs:
         n = raw0.size
         w0 = kernel.widen_f32(raw0, t.base.dtype, bufs.get("w0", n * 4, np.float32))
         wide = {r: kernel.widen_f32(raw, dtypes[r], bufs.get(("w", r), n * 4, np.float32)) for r, raw in raws.items()}
         for ra, rb in t.pairs:
-            part.pair_sums[(ra, rb)].append(kernel.fused.pair(w0, wide[ra], wide[rb], o.atol, o.eta))
+            part.pair_sums[(ra, rb)].append(kernel.pair(w0, wide[ra], wide[rb], o.atol, o.eta))
 
 
 def _torch_block(job: CheapJob, raw0, raws, part: CheapPart, bufs: Buffers) -> None:

@@ -14,7 +14,7 @@ cheap jobs. A job streams W0 by row blocks once and, per block, folds each updat
 
 Pairs: two plain LoRA updates (no merge dtype): <D_a, D_b> = s_a s_b sum((L_a^T L_b) * (R_a R_b^T)) from the
 factors; otherwise the two updates are streamed side by side. Spectral columns: `spectral_side` (called from
-`jobs.run_spectral_job`).
+`scan.jobs.spectral.run_spectral_job`).
 """
 from __future__ import annotations
 
@@ -24,14 +24,13 @@ import time
 import numpy as np
 import torch
 
-from updelta.io.locations import FactoredLocation, is_factored
-from updelta.io.locations import TensorLocation
+from updelta.io.locations import FactoredLocation, TensorLocation, is_factored
 from updelta.io.readers import open_reader
-from updelta.scan.jobs.cheap import pair_ids, tensor_ids
-from updelta.metrics import elementwise as ew
-from updelta.metrics import factored as fm
-from updelta.metrics import pairwise as pw
+from updelta.metrics import elementwise as ew, factored as fm, pairwise as pw
+from updelta.metrics.schema import BlockSums, PairBlockSums
 from updelta.options import DiffOptions
+from updelta.scan.jobs.cheap import TensorRecords, changed, pair_ids, tensor_ids
+from updelta.scan.jobs.read import load, materialize, raw_to_torch, use_threads
 from updelta.scan.plan import FactoredJob, TensorSpec
 
 MERGE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -39,13 +38,6 @@ NULL_COUNTS = ("n_eq", "n_le_atol", "n_le_rtol", "sparsity_exact", "sparsity_ato
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
-def _load(loc: TensorLocation, dev: torch.device, dtype=torch.float64) -> torch.Tensor:
-    from updelta.scan.jobs.read import raw_to_torch
-
-    raw = open_reader(loc).read(0, loc.numel)
-    return raw_to_torch(raw, loc.dtype).to(dev).to(dtype).reshape(loc.shape)
-
-
 class _Rows:
     """Row blocks of one stored tensor (1-D: one block), as torch tensors in the storage dtype."""
 
@@ -54,7 +46,6 @@ class _Rows:
         self.cols = loc.shape[-1] if len(loc.shape) >= 2 else 1
 
     def read(self, r0: int, r1: int) -> torch.Tensor:
-        from updelta.scan.jobs.read import raw_to_torch
 
         raw = self.reader.read(r0 * self.cols, (r1 - r0) * self.cols)
         x = raw_to_torch(raw.copy(), self.loc.dtype).to(self.dev)
@@ -72,12 +63,12 @@ class Update:
         self.zero = loc.kind == "zero"  # a base tensor the adapter does not touch: D = 0, nothing to load
         if self.zero:
             return
-        b = _load(loc.b, dev)
+        b = load(loc.b, dev)
         if loc.a is None:
             self.vec = b
         else:
-            self.b, self.a = b, _load(loc.a, dev)
-        self.mag = _load(loc.magnitude, dev) if loc.magnitude is not None else None
+            self.b, self.a = b, load(loc.a, dev)
+        self.mag = load(loc.magnitude, dev) if loc.magnitude is not None else None
 
     # D = s * (B @ A) (transposed when stored so), the product taken as PEFT takes it
     def product(self, r0: int, r1: int, dtype=torch.float64) -> torch.Tensor:
@@ -144,15 +135,17 @@ def _spans(rows: int, cols: int, block: int):
 
 
 # ---- the job ----------------------------------------------------------------------------------------------
-def _exact_sums(w0: torch.Tensor, d: torch.Tensor, hist) -> tuple:
-    """The `Sums.add` tuple of one block from W0 and the exact D (float64); counts are 0 (null later)."""
+def _exact_sums(w0: torch.Tensor, d: torch.Tensor, hist) -> BlockSums:
+    """The `Sums.add` record of one block from W0 and the exact D (float64); counts are 0 (null later)."""
     w0, d = w0.reshape(-1), d.reshape(-1)
     ad = d.abs()
     quick = (float(torch.dot(d, d)), float(torch.dot(w0, w0)), float(torch.dot(d, w0)), float(ad.sum()))
     if all(math.isfinite(x) for x in quick):  # every element finite (a NaN/Inf would reach the sums)
         if hist is not None:
             ew._histogram(ad.float(), hist)
-        return (d.numel(), 0, 0, *quick, float(ad.max()) if ad.numel() else 0.0, 0, 0, 0)
+        ss_d, ss_base, dot, sum_abs = quick
+        return BlockSums(used=d.numel(), nonfinite_base=0, nonfinite_ft=0, ss_d=ss_d, ss_base=ss_base, dot=dot,
+                         sum_abs=sum_abs, max_abs=float(ad.max()) if ad.numel() else 0.0, eq=0, le_atol=0, le_rtol=0)
     f0 = torch.isfinite(w0)
     w1 = w0 + d
     f1 = torch.isfinite(w1) & torch.isfinite(d)
@@ -162,8 +155,10 @@ def _exact_sums(w0: torch.Tensor, d: torch.Tensor, hist) -> tuple:
     ad = dm.abs()
     if hist is not None:
         ew._histogram(ad[m].float(), hist)
-    return (int(m.sum()), int((~f0).sum()), int((~f1).sum()), float((dm * dm).sum()), float((w0m * w0m).sum()),
-            float((dm * w0m).sum()), float(ad.sum()), float(ad.max()) if ad.numel() else 0.0, 0, 0, 0)
+    return BlockSums(used=int(m.sum()), nonfinite_base=int((~f0).sum()), nonfinite_ft=int((~f1).sum()),
+                     ss_d=float((dm * dm).sum()), ss_base=float((w0m * w0m).sum()), dot=float((dm * w0m).sum()),
+                     sum_abs=float(ad.sum()), max_abs=float(ad.max()) if ad.numel() else 0.0, eq=0, le_atol=0,
+                     le_rtol=0)
 
 
 def _common(t: TensorSpec) -> dict:
@@ -172,8 +167,6 @@ def _common(t: TensorSpec) -> dict:
 
 def run_factored_job(job: FactoredJob):
     """TensorRecords (records of the adapter runs, records of their pairs) of one tensor."""
-    from updelta.scan.jobs.cheap import TensorRecords
-    from updelta.scan.jobs.read import use_threads
 
     use_threads(job.threads)
     t, opts, dev = job.tensor, job.opts, torch.device(job.device)
@@ -223,8 +216,9 @@ def run_factored_job(job: FactoredJob):
                 db = deltas[rb] if rb in deltas else vals[rb].double() - w0
                 m = torch.isfinite(da) & torch.isfinite(db)
                 da, db = da[m], db[m]
-                psums[p].add((int(m.sum()), float((da * db).sum()), float((da * da).sum()), float((db * db).sum()),
-                              0, 0, 0, 0))
+                psums[p].add(PairBlockSums(used=int(m.sum()), dot=float((da * db).sum()), ss_a=float((da * da).sum()),
+                                           ss_b=float((db * db).sum()), both_exact=0, both_atol=0, both_rtol=0,
+                                           sign_agree=0))
     # plain LoRA without a merge dtype: the norm from the factors (exact); D was not needed in full
     for r, u in ups.items():
         s = sums[r]
@@ -251,7 +245,8 @@ def run_factored_job(job: FactoredJob):
         ps = psums[p]
         if p not in streamed:
             ua, ub = ups[ra], ups[rb]
-            ps.add((t.numel, _factor_dot(ua, ub), sums[ra].ss_d, sums[rb].ss_d, 0, 0, 0, 0))
+            ps.add(PairBlockSums(used=t.numel, dot=_factor_dot(ua, ub), ss_a=sums[ra].ss_d, ss_b=sums[rb].ss_d,
+                                 both_exact=0, both_atol=0, both_rtol=0, sign_agree=0))
         precs.append(_pair_record(t, p, ps, sums, valued[ra] and valued[rb]))
     return TensorRecords(recs, precs, nonfinite)
 
@@ -269,7 +264,6 @@ def _factor_dot(ua: Update, ub: Update) -> float:
 
 
 def _pair_record(t: TensorSpec, p, ps: pw.PairSums, sums: dict, counted: bool) -> dict:
-    from updelta.scan.jobs.cheap import changed
 
     ra, rb = p
     head = pair_ids(t, ra, rb)
@@ -324,9 +318,8 @@ def dense_w1(u: Update, base: TensorLocation, opts: DiffOptions, dtype: torch.dt
 
 
 def spectral_only(job) -> dict[str, dict]:
-    """`jobs.run_spectral_job` for a tensor whose every side is an adapter's: W0 is materialised only when some side
+    """`scan.jobs.spectral.run_spectral_job` for a tensor whose every side is an adapter's: W0 is materialised only when some side
     needs it (`full`, DoRA, a merge dtype), so plain LoRA and untouched tensors cost no dense copy in `fast`."""
-    from updelta.scan.jobs.read import materialize, use_threads
 
     use_threads(job.threads)
     t, opts, dev = job.tensor, job.opts, torch.device(job.device)
@@ -348,7 +341,7 @@ def spectral_side(w0: torch.Tensor | None, t: TensorSpec, loc: FactoredLocation,
     core: exact), so `fast` needs nothing dense; `full` builds W1 = W0 + D once for the subspace columns and leaves
     `offprincipal_overlap` null (it needs stored values). DoRA, or any update with a merge dtype: W1 is built
     densely and measured as a dense run's. Untouched tensors: D = 0."""
-    from updelta.metrics import spectral
+    from updelta.metrics import spectral  # torch: loaded only on this path
 
     t0 = time.perf_counter()
     u = Update(loc, w0.device if w0 is not None else (dev or torch.device("cpu")))
@@ -365,7 +358,6 @@ def spectral_side(w0: torch.Tensor | None, t: TensorSpec, loc: FactoredLocation,
         else torch.float32
     if md is not None or u.mag is not None or fro2 == 0.0:
         if w0 is None:
-            from updelta.scan.jobs.read import materialize
             w0 = _oriented(materialize(t.base, t.numel, t.shape, u.dev), t.transposed).contiguous()
         w1 = _oriented(dense_w1(u, t.base, opts, wdt), t.transposed)
         out = spectral.spectral_columns(w0, w1, opts)

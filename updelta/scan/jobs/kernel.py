@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from updelta.metrics.schema import BlockSums, PairBlockSums
+
 try:  # the optional C kernel (see setup.py); the torch path gives the same numbers
     from updelta import _fused as fused
 except ImportError:  # pragma: no cover - exercised when no compiler was available at install
@@ -26,6 +28,31 @@ def available() -> bool:
 def accepts(*dtypes: str) -> bool:
     """Whether the kernel is built and reads every one of `dtypes`."""
     return fused is not None and all(d in KERNEL_DTYPES for d in dtypes)
+
+
+# ---- the one adapter of the kernel's outputs: its tuples become named records here, and nowhere else ----------
+# The C functions return plain tuples in the order of `schema.BlockSums` / `schema.PairBlockSums` (`_ext/fused.c`,
+# `stats_tuple` and `py_pair`); tests/metrics/test_sums_records.py checks the order field by field.
+
+def stats(a, ka: int, b, kb: int, atol: float, eta: float, hist=None) -> BlockSums:
+    """One block's cheap sums of `b` against `a` (kernel inputs, `kernel_input`); `hist` int64[257] or None."""
+    return BlockSums._make(fused.stats(a, ka, b, kb, atol, eta, hist))
+
+
+def pair(w0, wa, wb, atol: float, eta: float) -> PairBlockSums:
+    """One block's pair sums of two runs' float32 values against the base's."""
+    return PairBlockSums._make(fused.pair(w0, wa, wb, atol, eta))
+
+
+def stats_rowcol(a, ka: int, b, kb: int, atol: float, eta: float, hist, pos: int, cols: int, rows, col) -> BlockSums:
+    """`stats` and, in the same pass, the row and column energies of D into `rows` / `col` (docs/metrics.md)."""
+    return BlockSums._make(fused.stats_rowcol(a, ka, b, kb, atol, eta, hist, pos, cols, rows, col))
+
+
+def stats_heads(a, ka: int, b, kb: int, atol: float, eta: float, hist, pos: int, cols: int, axis: int, rs,
+                cs) -> BlockSums:
+    """`stats` and, in the same pass, the row/column energies per head range (docs/metrics.md)."""
+    return BlockSums._make(fused.stats_heads(a, ka, b, kb, atol, eta, hist, pos, cols, axis, rs, cs))
 
 
 def kernel_input(raw: np.ndarray, dtype: str):

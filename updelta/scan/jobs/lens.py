@@ -7,7 +7,7 @@
   missing, or `lens_k` is 0;
 - `wants(tensor, spec)`: whether a spectral job computes the tensor's top directions (an output-side module of a
   text layer whose output size is the unembedding's hidden size);
-- `dense(job, cols, d)` / `factored(job, cols, tensor, loc)`: called by `jobs.run_spectral_job`, they put the
+- `dense(job, cols, d)` / `factored(job, cols, tensor, loc)`: called by `scan.jobs.spectral.run_spectral_job`, they put the
   update's top-`lens_k` `metrics.lens.Directions` into the run's spectral columns under `KEY` (popped by the
   engine, never a column);
 - `run_lens_job(LensJob) -> rows`: every direction of the scan pushed through the final-norm gain and the
@@ -25,9 +25,12 @@ import numpy as np
 import torch
 
 from updelta.families.heads import text_config
+from updelta.families.naming import canonical, family as family_of
 from updelta.io.locations import TensorLocation
 from updelta.io.readers import open_reader
 from updelta.metrics import lens as ml
+from updelta.scan.jobs.factored import Update
+from updelta.scan.jobs.read import raw_to_torch, use_threads
 from updelta.scan.plan import Entry, LensJob, LensSpec, wants  # noqa: F401 (wants: re-exported)
 
 KEY = "_lens"  # the spectral columns' key of a run's Directions (not a column)
@@ -47,7 +50,6 @@ def family_lens(family: str) -> dict | None:
 
 def setup(base, family: str, opts) -> tuple[LensSpec | None, dict]:
     """The lens of a scan of checkpoint `base` (an `io.Checkpoint`) of family `family`, or None and why."""
-    from updelta.families.naming import canonical, family as family_of
 
     if opts.spectral == "off" or int(opts.lens_k) == 0:
         return None, {"skipped": "--spectral off" if opts.spectral == "off" else "--lens-k 0"}
@@ -96,7 +98,6 @@ def factored(job, cols: dict, t, loc) -> None:
     vector updates get none (no lens rows)."""
     if not getattr(job, "lens", False):
         return
-    from updelta.scan.jobs.factored import Update
 
     if loc.magnitude is not None or job.opts.merge_dtype != "off":
         return
@@ -125,7 +126,6 @@ def entries(plan, by_key: dict) -> tuple[Entry, ...]:
 
 
 def _rows_f64(reader, loc: TensorLocation, ids: np.ndarray, hidden: int) -> np.ndarray:
-    from updelta.scan.jobs.read import raw_to_torch
 
     out = np.empty((ids.size, hidden))
     for j, i in enumerate(ids):
@@ -135,7 +135,6 @@ def _rows_f64(reader, loc: TensorLocation, ids: np.ndarray, hidden: int) -> np.n
 
 def run_lens_job(job: LensJob) -> list[dict]:
     """The `Result.lens` rows of every entry: per direction, the TOP promoted and TOP suppressed tokens."""
-    from updelta.scan.jobs.read import raw_to_torch, use_threads
 
     use_threads(job.threads)
     spec, dev = job.spec, torch.device(job.device)

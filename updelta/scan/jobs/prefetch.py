@@ -1,7 +1,7 @@
 """Block reads one step ahead, into pinned host buffers: the reading side of the CUDA path (`--device cuda`).
 
 `block_reads(job, base, readers)` yields, for the blocks of a cheap job in order, the same
-`(start, count, raw0, {run: raw})` that a plain read loop gives (`jobs.run_job`), but a background thread reads
+`(start, count, raw0, {run: raw})` that a plain read loop gives (`scan.jobs.cheap.run_job`), but a background thread reads
 block k+1 while the caller computes block k on the device. Two buffer slots alternate: block k lives in slot
 k % 2 until the caller asks for block k+1; then slot k % 2 is refilled with block k+2 once the device work queued
 on block k is done (a CUDA event recorded when the caller moves on, so the next read never overwrites bytes a
@@ -25,7 +25,7 @@ SLOTS = 2
 
 
 def wanted(job) -> bool:
-    """Whether `jobs.run_job` reads this job's blocks through `block_reads` (the CUDA path)."""
+    """Whether `scan.jobs.cheap.run_job` reads this job's blocks through `block_reads` (the CUDA path)."""
     return torch.device(job.device).type == "cuda"
 
 

@@ -2,10 +2,10 @@
 
 `full` spectral mode needs an exact SVD of every base matrix W0 (`metrics.spectral.base_decomposition`); it is
 the same for every run of a compare or trajectory and for every later command on the same base. Within a command
-`jobs.run_spectral_job` computes it at most once per tensor (lazily: not at all when no run changed the tensor);
+`scan.jobs.spectral.run_spectral_job` computes it at most once per tensor (lazily: not at all when no run changed the tensor);
 across commands it is stored in `io.decomp_cache.DecompCache` under a key made of
 
-- a BLAKE2b-256 digest of every byte of the tensor as stored (taken by `jobs._materialize` on the bytes it has just
+- a BLAKE2b-256 digest of every byte of the tensor as stored (taken by `scan.jobs.read.read_wide` on the bytes it has just
   read for the decomposition; `tensor_digest`), so a base file changed anywhere, even keeping its name, size and
   the first and last bytes that the checkpoint fingerprint samples, is never served from the cache;
 - the storage dtype and shape, the orientation (GPT-2 Conv1D weights are transposed), the working dtype (float32,
@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from updelta.io.decomp_cache import DecompCache
 from updelta.options import DiffOptions
 
 FORMAT = 1
@@ -51,7 +52,7 @@ def kept_k(opts: DiffOptions, shape: tuple[int, ...]) -> int:
 def base_provider(w0: torch.Tensor, opts: DiffOptions, key: str | None) -> Callable:
     """A zero-argument function giving `base_decomposition(w0, opts)`, computed (or read from the cache under
     `key`; None: no cache) on the first call only, and stored after computing."""
-    from updelta.metrics.spectral import Decomp, base_decomposition, work_dtype
+    from updelta.metrics.spectral import Decomp, base_decomposition, work_dtype  # torch: loaded only on this path
 
     memo: list = []
 
@@ -93,6 +94,5 @@ def _valid(arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> bool:
 
 
 def _cache():
-    from updelta.io.decomp_cache import DecompCache
 
     return DecompCache()

@@ -1,4 +1,4 @@
-"""Where an update sits, computed in the cheap pass: the hooks `jobs.run_job` and `jobs.tensor_records` call.
+"""Where an update sits, computed in the cheap pass: the hooks `scan.jobs.cheap.run_job` and `scan.jobs.cheap.tensor_records` call.
 
 - `start(job)`: the per-part state (None when `DiffOptions.where` is off or the tensor is not 2-D);
 - `kernel_sums(job, raw0, raws, part, hists)`: on the C kernel, one block's cheap sums and its row/column
@@ -41,10 +41,10 @@ def start(job) -> WherePart | None:
 
 
 def kernel_sums(job, raw0, raws: dict, part, hists: dict) -> dict | None:
-    """One block of a 2-D tensor under `where`, on the C kernel: every run's cheap sums (what `kernel.fused.stats`
+    """One block of a 2-D tensor under `where`, on the C kernel: every run's cheap sums (what `kernel.stats`
     returns, bit for bit) and its row/column reductions from one pass over the block (`kernel.fused.stats_rowcol`,
     or `kernel.fused.stats_heads` for a tensor with heads), and the per-head dot products of every run pair. Returns
-    {run: sums}, or None when the block has no where work (the caller then calls `kernel.fused.stats`)."""
+    {run: sums}, or None when the block has no where work (the caller then calls `kernel.stats`)."""
     st = part.where
     if st is None:
         return None
@@ -61,12 +61,12 @@ def kernel_sums(job, raw0, raws: dict, part, hists: dict) -> dict | None:
         b, kb = kernel.kernel_input(x, dtypes[r])
         if axis is None:
             rows, col = np.zeros(nrows), np.zeros(cols)
-            sums[r] = kernel.fused.stats_rowcol(a, ka, b, kb, o.atol, o.eta, hists.get(r), st.pos, cols, rows, col)
+            sums[r] = kernel.stats_rowcol(a, ka, b, kb, o.atol, o.eta, hists.get(r), st.pos, cols, rows, col)
             st.runs[r].rows.append((r0, {"ss_delta": rows}))
             st.runs[r].cols.append({"ss_delta": col})
             continue
         rs, cs = np.zeros((6, nrows)), np.zeros((6, cols))
-        sums[r] = kernel.fused.stats_heads(a, ka, b, kb, o.atol, o.eta, hists.get(r), st.pos, cols, axis, rs, cs)
+        sums[r] = kernel.stats_heads(a, ka, b, kb, o.atol, o.eta, hists.get(r), st.pos, cols, axis, rs, cs)
         rows, col = {"ss_delta": rs[0]}, {"ss_delta": cs[0]}
         src, dst = (rs, rows) if axis == 0 else (cs, col)
         for i, k in enumerate(conc.HEAD_STATS[1:], 1):
