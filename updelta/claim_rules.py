@@ -48,17 +48,17 @@ class Claim:
     kind: str = "published"  # published | prediction
 
     def as_record(self) -> dict:
-        return _clean(asdict(self))
+        return json_safe(asdict(self))
 
 
-def _clean(v):
+def json_safe(v):
     """JSON-safe: NaN and infinities as None, tuples as lists."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
