@@ -12,7 +12,9 @@
                                                             from), preset (toy|real), start (base, or the method
                                                             of the run folder it started from), suite, no_update,
                                                             no_signal (RL), before/after accuracies per split
-                                                            (fractions in [0, 1]), eval_items, budget, options,
+                                                            (fractions in [0, 1]), eval_items, budget,
+                                                            forgetting (KL to the start on the run's own task,
+                                                            and by_split on both tasks), options,
                                                             seconds, cpu_seconds, torch_threads
 
 The folder is built under a temporary name beside `out` and renamed into place when the run succeeds, so a failed run
