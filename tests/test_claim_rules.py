@@ -207,7 +207,7 @@ def _conc_zoo(sft_of, dft_of, task="knowledge"):
             for n in names:
                 top, gini = f(s)
                 tensors.append((run, n, top, gini, top, gini))
-    summary_, evals = _zoo({("sft", task): {}, ("dft", task): {}})
+    _, evals = _zoo({("sft", task): {}, ("dft", task): {}})
     return Zoo(summary, tensors), evals
 
 

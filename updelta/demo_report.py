@@ -53,7 +53,10 @@ def sections_markdown(claims, groups) -> str:
 def _html_table(md: str) -> str:
     rows = [line.strip("|").split(" | ") for line in md.splitlines() if not line.startswith("|---")]
     head, body = rows[0], rows[1:]
-    cell = lambda x: html.escape(x.strip().replace("\\|", "|").replace("**", ""))  # noqa: E731
+
+    def cell(x: str) -> str:
+        return html.escape(x.strip().replace("\\|", "|").replace("**", ""))
+
     return ("<table><thead><tr>" + "".join(f"<th>{cell(h)}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join("<tr>" + "".join(f"<td>{cell(x)}</td>" for x in r) + "</tr>" for r in body)
             + "</tbody></table>")

@@ -228,7 +228,7 @@ def measure_forgetting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         budget = longest + suite.margin_tokens
         answers = cached("start-answers", base if suite.name != "toy" else None,
                          {"prompts": prompts, "max_new_tokens": budget},
-                         lambda: greedy_answers(start_model, tokenizer, prompts, budget))
+                         lambda m=start_model, p=prompts, b=budget: greedy_answers(m, tokenizer, p, b))
         by_split[split] = forward_kl(start_model, model, tokenizer, prompts, answers=answers)
     del start_model
     release_memory()
