@@ -172,20 +172,23 @@ def prediction_claims(result, evals, idx, tokens: dict | None = None) -> list[Cl
 
 def control_ids(targets: list[int], counts: Counter, vocab: int, exclude: set, seed: int = CONTROL_SEED) -> list[int]:
     """A frequency-matched random control set: for each target id (most frequent first), one unused non-target id
-    drawn (seeded) from the `CONTROL_NEAREST` nearest in log(1 + count); fewer when the vocabulary runs out."""
+    drawn (seeded) from the `CONTROL_NEAREST` nearest in log(1 + count) (ties: the lower id); fewer when the
+    vocabulary runs out."""
+    import numpy as np
+
     rng = random.Random(seed)
-    tset = set(targets)
-    pool = [i for i in range(vocab) if i not in exclude and i not in tset]
-    used: set[int] = set()
+    logc = np.log1p(np.array([counts[i] for i in range(vocab)], dtype=np.float64))
+    free = np.ones(vocab, dtype=bool)
+    free[[i for i in set(targets) | set(exclude) if 0 <= i < vocab]] = False
     out = []
     for t in sorted(targets, key=lambda i: (-counts[i], i)):
-        free = [i for i in pool if i not in used]
-        if not free:
+        ids = np.flatnonzero(free)
+        if ids.size == 0:
             break
-        lt = math.log1p(counts[t])
-        near = sorted(free, key=lambda i: (abs(math.log1p(counts[i]) - lt), i))[:CONTROL_NEAREST]
-        pick = rng.choice(near)
-        used.add(pick)
+        dist = np.abs(logc[ids] - math.log1p(counts[t]))
+        near = ids[np.lexsort((ids, dist))[:CONTROL_NEAREST]]
+        pick = int(rng.choice(near.tolist()))
+        free[pick] = False
         out.append(pick)
     return out
 
