@@ -112,7 +112,8 @@ def run_settings(e) -> dict:
     o = extra.get("options") or {}
     budget = o.get("steps", o.get("iterations"))
     return {k: v for k, v in {
-        "lr": o.get("lr"), "steps": budget, "budget_unit": "iterations" if "iterations" in o else "steps",
+        "lr": o.get("lr", o.get("alpha")), "lr_name": "alpha (ES step size)" if "alpha" in o and "lr" not in o else None,
+        "sigma": o.get("sigma"), "population": o.get("population"), "steps": budget, "budget_unit": "iterations" if "iterations" in o else "steps",
         "batch_size": o.get("batch_size"), "save_dtype": e.save_dtype, "weight_decay": e.weight_decay,
         "eval_items": extra.get("eval_items") or o.get("eval_items"), "preset": extra.get("preset"),
         "start": extra.get("start"), "quick": o.get("quick")}.items() if v is not None}
@@ -143,7 +144,9 @@ def settings_text(st: dict) -> str:
     for label, s in st.items():
         bits = []
         if "lr" in s:
-            bits.append(f"lr {s['lr']:g}")
+            bits.append(f"{'alpha' if 'lr_name' in s else 'lr'} {s['lr']:g}")
+        if "sigma" in s:
+            bits.append(f"sigma {s['sigma']:g}, population {s.get('population')}")
         if "steps" in s:
             bits.append(f"{s['steps']} {s.get('budget_unit', 'steps')}")
         if "save_dtype" in s:
