@@ -59,10 +59,25 @@ def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
     assert all(summary["runs"][n]["evaluation"]["method"] == n.split("-")[0] for n in names)
     claims = [f for f in summary["findings"] if f["topic"] == "claim"]
     assert len(claims) >= 5
-    assert all(f["text"].split(":")[0] in ("reproduced", "not reproduced", "inconclusive") for f in claims)
+    assert all(f["text"].split(":")[0] in ("reproduced", "direction only", "not reproduced", "inconclusive")
+               for f in claims)
+    records = summary["claims"]  # the claim records (docs/claims.md)
+    assert len(records) == len(claims) and all(r["threshold"] and r["settings"] is not None for r in records)
+    assert {r["kind"] for r in records} == {"published", "prediction"}
+    assert any(r["claim"].startswith("SFT's logit-lens directions") for r in records)
+    razor = next(r for r in records if r["claim"].startswith("Forgetting is predicted"))
+    kn = next(x for x in razor["measured"]["runs"] if x["run"] == "sft-knowledge-s0")
+    ev = json.loads((out / "runs" / "sft-knowledge-s0" / "eval.json").read_text())
+    assert ev["forgetting"]["split"] == "knowledge" and kn["kl_own_task"] == ev["forgetting"]["kl_per_token"]
+    groups = summary["zoo"]["groups"]
+    assert [(g["method"], g["task"]) for g in groups] == list(ZOO) + [demo.FROM_SFT]
+    assert "figures/tradeoff.png" in summary["figures"] and (out / "figures" / "tradeoff.png").exists()
+    md = (out / "report.md").read_text()
+    assert "## Claims tested on this zoo" in md and "retention lost / gain" in md and "tradeoff.png" in md
+    assert "Claims tested on this zoo" in (out / "report.html").read_text()
     assert "Findings" in (out / "report.md").read_text()
     for header in ["target gain", "OOD gain", "retention change", "rel update", "sparse exact", "sparse atol",
-                   "sparse rtol", "median erank", "flags"]:
+                   "sparse rtol", "median erank", "flags", "own-task gain", "gain / rel update"]:
         assert header in cap.out
     assert "report:" in cap.out and "1/4 base" in cap.err and "4/4 report" in cap.err
     # Re-running reuses every finished run and rewrites the report in place.

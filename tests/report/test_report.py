@@ -214,7 +214,7 @@ def test_bad_input_writes_nothing_and_folders_are_protected(result, tmp_path):
 
 
 def test_cli_report_from_checkpoints_with_eval(runs, tmp_path, monkeypatch, capsys):
-    from test_gates import run_main
+    from clirun import run_main
 
     b, paths, d = runs
     out = tmp_path / "rep"

@@ -114,7 +114,7 @@ def test_levels_agree_with_direct_computation(planted):
 
 
 def test_cli_writes_trajectory_parquet(planted, tmp_path, monkeypatch, capsys):
-    from test_gates import run_main
+    from clirun import run_main
 
     d, *_ = planted
     out = tmp_path / "traj"

@@ -34,3 +34,28 @@ def test_forward_kl_known_answer():
     ref = ((lp0.exp() * (lp0 - lp1)).sum(-1)[mask]).mean().item()
     assert got["tokens"] == int(mask.sum()) and got["prompts"] == 4
     assert ref > 1e-4 and abs(got["kl_per_token"] - ref) < 1e-5 * max(1.0, ref)
+
+
+def test_measure_forgetting_uses_the_runs_own_task():
+    """RL's Razor measures the KL on the task being learned: a knowledge run's `kl_per_token` is the KL on the
+    knowledge prompts (the same number `forward_kl` gives on them), the target prompts' KL is kept for reference."""
+    from updelta.train.runs import measure_forgetting
+    from updelta.train.suites import build_suite
+
+    base = default_base_path()
+    start, tok = load_model(base)
+    moved = copy.deepcopy(start)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))
+    suite = build_suite(tok)
+    got = measure_forgetting(moved, tok, suite, base, 6, task="knowledge")
+    assert got["split"] == "knowledge" and got["prompts"] == 6 and set(got["by_split"]) == {"knowledge", "target_id"}
+    items = suite.eval_items("knowledge", 6)
+    budget = max(len(tok(x.completion, add_special_tokens=False)["input_ids"]) for x in items) + suite.margin_tokens
+    ref = forward_kl(start, moved, tok, [x.prompt for x in items], budget)
+    assert got["kl_per_token"] == ref["kl_per_token"] and got["tokens"] == ref["tokens"]
+    assert got["by_split"]["knowledge"]["kl_per_token"] == ref["kl_per_token"]
+    target = measure_forgetting(moved, tok, suite, base, 6, task="target")
+    assert target["split"] == "target_id" and target["kl_per_token"] == got["by_split"]["target_id"]["kl_per_token"]
+    assert target["kl_per_token"] != got["kl_per_token"]

@@ -46,6 +46,8 @@ def test_splits_are_disjoint_and_sized():
     knowledge = eval_examples("knowledge")
     assert knowledge == train_examples("knowledge")              # memorisation: the test asks the trained facts
     new_names = {x.prompt.split(" of ")[1] for x in knowledge}
+    assert len(knowledge) == 210 and len(new_names) == 70  # at least 200 items in every split (docs/claims.md)
+    assert all(len(eval_examples(s)) >= 200 for s in EVAL_SPLITS)
     stream = list(itertools.islice(pretrain_stream(seed=0), 20_000))
     assert not new_names & {x.prompt.split(" of ")[1] for x in stream if " of " in x.prompt}
     held_out = {x.prompt for split in ("target_id", "retention") for x in eval_examples(split) if "+" in x.prompt}

@@ -6,6 +6,7 @@ import typer
 
 from updelta.commands.params import with_options
 from updelta.demo.zoo import DEMO_HELP, DemoOptions, format_table, run_demo
+from updelta.demo.zoo_table import format_groups
 
 
 @with_options(DemoOptions, help=DEMO_HELP)
@@ -15,9 +16,14 @@ def demo(opts: DemoOptions) -> None:
 
     res = run_demo(opts)
     typer.echo(format_table(res.table))
-    typer.echo("\nClaims from the literature, tested on this zoo:")
+    if res.groups:
+
+        typer.echo("\nThe trade-off per method and task (mean ± std over seeds):")
+        typer.echo(format_groups(res.groups))
+    typer.echo("\nClaims from the literature (and updelta's predictions), tested on this zoo:")
     for c in res.claims:
-        typer.echo(f"  [{c.verdict}] {c.claim}: {c.text}")
+        kind = " (updelta's prediction)" if c.kind == "prediction" else ""
+        typer.echo(f"  [{c.verdict}] {c.claim}{kind}: {c.text}")
     typer.echo(f"\nreport: {res.out / 'report.md'} (and report.html) in {res.seconds:.0f} s")
 
 

@@ -32,7 +32,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from updelta.demo.claim_rules import gain_se
 from updelta.demo.claims import RUN_NAME, Claim, claims, zoo_name
+from updelta.demo.predictions import token_sets
+from updelta.demo.sections import add_zoo_sections
+from updelta.demo.zoo_table import group_rows, run_rows
 from updelta.errors import UpdeltaError
 from updelta.tables.evals import load_evals
 
@@ -46,6 +50,8 @@ PRECISION = {("grpofp32", "target"): ("grpo", {"save_dtype": "float32"}),
              ("grpolr10", "target"): ("grpo", {"lr": "lr10"})}
 TOY_DEMO_BUDGET = {"es": {"iterations": 15}, "grpo": {"steps": 20}}  # toy zoo without --quick: half the ES and GRPO
 DEFAULT_SEEDS = {"toy": 2, "real": 1}  # the verdict rule needs two seeds; one real-base seed takes most of an hour
+SE_SPLITS = {"target_gain": "target_id", "ood_gain": "target_ood", "knowledge_gain": "knowledge",
+             "retention_change": "retention"}
 REPORT_ENTRIES = ("report.md", "report.html", "summary.json", "figures", "tables")
 
 
@@ -82,6 +88,7 @@ class DemoOutcome:
     claims: list[Claim]
     report: object  # updelta.report.ReportOutcome
     seconds: float
+    groups: list[dict] = None  # the trade-off table (updelta.demo.zoo_table.group_rows)
 
 
 def _stage(msg: str) -> None:
@@ -262,6 +269,7 @@ def summary_table(result, evals: dict) -> list[dict]:
             "ood_gain": g.get("target_ood", math.nan),
             "knowledge_gain": g.get("knowledge", math.nan),
             "retention_change": g.get("retention", math.nan),
+            **{f"{k}_se": gain_se(e, split) for k, split in SE_SPLITS.items()},
             "rel_delta": r["rel_delta"],
             "sparsity_exact": r["sparsity_exact"],
             "sparsity_atol": r["sparsity_atol"],
@@ -277,8 +285,13 @@ def format_table(rows: list[dict]) -> str:
 
     header = ["run", "target gain", "OOD gain", "knowledge gain", "retention change", "rel update",
               "sparse exact", "sparse atol", "sparse rtol", "median erank", "flags"]
-    body = [[r["run"], f"{r['target_gain']:+.3f}", f"{r['ood_gain']:+.3f}", f"{r['knowledge_gain']:+.3f}",
-             f"{r['retention_change']:+.3f}", fmt(r["rel_delta"]), fmt(r["sparsity_exact"], "pct"),
+
+    def eff(r: dict, k: str) -> str:  # an accuracy change with its standard error (claim_rules.gain_se)
+        se = r.get(f"{k}_se", math.nan)
+        return f"{r[k]:+.3f}" + (f" ±{se:.3f}" if not math.isnan(se) else "")
+
+    body = [[r["run"], eff(r, "target_gain"), eff(r, "ood_gain"), eff(r, "knowledge_gain"),
+             eff(r, "retention_change"), fmt(r["rel_delta"]), fmt(r["sparsity_exact"], "pct"),
              fmt(r["sparsity_atol"], "pct"), fmt(r["sparsity_rtol"], "pct"), fmt(r["median_erank"]),
              r.get("flags") or "-"] for r in rows]
     return table(body, header)
@@ -309,14 +322,17 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
            + (f" ({len(run_bases)} against the checkpoint each started from)" if run_bases else ""))
     result = compare(base, runs, run_bases=run_bases, **options)
     evals = load_evals({name: folder / "eval.json" for name, folder in runs.items()})
-    found = claims(result, evals)
+    found = claims(result, evals, token_sets(base))
     extra = [Finding("claim", c.claim, f"{c.verdict}: {c.text}", c.source) for c in found]
+    zoo_rows = run_rows(result, evals)
+    groups = group_rows(zoo_rows)
     _stage(f"4/4 report into {out}")
     with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
         outcome = write_report(result, Path(tmp) / "report", evals=evals, extra_findings=extra)
+        add_zoo_sections(Path(tmp) / "report", found, zoo_rows, groups)
         _install_report(Path(tmp) / "report", out)
     rows = summary_table(result, evals)
-    return DemoOutcome(out, rows, found, outcome, time.perf_counter() - t0)
+    return DemoOutcome(out, rows, found, outcome, time.perf_counter() - t0, groups)
 
 
 def _parts(name: str) -> tuple[str, str, int]:

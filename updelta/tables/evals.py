@@ -21,6 +21,7 @@ from pathlib import Path
 
 from updelta.errors import EvaluationError, UpdeltaError
 
+KNOWN = {"method", "task", "seed", "save_dtype", "weight_decay", "base", "base_fingerprint", "before", "after"}
 SPLITS = ("target_id", "target_ood", "knowledge", "retention")
 SPLIT_LABELS = {"target_id": "target (in-dist.)", "target_ood": "target (OOD)", "knowledge": "knowledge",
                 "retention": "retention"}
@@ -98,13 +99,12 @@ def load_eval(path: str | os.PathLike) -> Evaluation:
     if not any(k in before for k in after):
         raise UpdeltaError(f"{p}: 'before' and 'after' share no split; cannot compute gains")
     wd = d.get("weight_decay")
-    known = {"method", "task", "seed", "save_dtype", "weight_decay", "base", "base_fingerprint", "before", "after"}
     return Evaluation(path=str(p), before=before, after=after, method=d.get("method"), task=d.get("task"),
                       seed=d.get("seed"), save_dtype=d.get("save_dtype"),
                       weight_decay=float(wd) if isinstance(wd, (int, float)) and not isinstance(wd, bool) else None,
                       base=_str(d.get("base"), "base", p), base_fingerprint=_str(d.get("base_fingerprint"),
                                                                                  "base_fingerprint", p),
-                      extra={k: v for k, v in d.items() if k not in known})
+                      extra={k: v for k, v in d.items() if k not in KNOWN})
 
 
 def parse_eval_specs(specs) -> dict[str, Evaluation]:
@@ -131,7 +131,8 @@ def load_evals(evals) -> dict[str, Evaluation]:
                                    after=_accs(e.get("after"), "after", name), method=e.get("method"),
                                    task=e.get("task"), seed=e.get("seed"), save_dtype=e.get("save_dtype"),
                                    weight_decay=e.get("weight_decay"), base=_str(e.get("base"), "base", name),
-                                   base_fingerprint=_str(e.get("base_fingerprint"), "base_fingerprint", name))
+                                   base_fingerprint=_str(e.get("base_fingerprint"), "base_fingerprint", name),
+                                   extra={k: v for k, v in e.items() if k not in KNOWN})
         else:
             out[name] = load_eval(e)
     return out

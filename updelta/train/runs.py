@@ -12,7 +12,9 @@
                                                             from), preset (toy|real), start (base, or the method
                                                             of the run folder it started from), suite, no_update,
                                                             no_signal (RL), before/after accuracies per split
-                                                            (fractions in [0, 1]), eval_items, budget, options,
+                                                            (fractions in [0, 1]), eval_items, budget,
+                                                            forgetting (KL to the start on the run's own task,
+                                                            and by_split on both tasks), options,
                                                             seconds, cpu_seconds, torch_threads
 
 The folder is built under a temporary name beside `out` and renamed into place when the run succeeds, so a failed run
@@ -206,22 +208,33 @@ def fingerprint(folder: Path) -> str:
     return open_checkpoint(folder).identity()["fingerprint"]
 
 
+KL_SPLIT = {"target": "target_id", "knowledge": "knowledge"}  # the prompts of the task a run learns (RL's Razor)
+
+
 def measure_forgetting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite: Suite, base: Path,
-                       limit: int | None) -> dict[str, Any]:
-    """E_x KL(pi_0 || pi) per token on the target_id prompts (`forgetting.py`): the start model (float32) loaded
-    from `base`, its greedy answers cached per start folder (`evalcache.py`)."""
+                       limit: int | None, task: str = "target") -> dict[str, Any]:
+    """E_x KL(pi_0 || pi) per token (`forgetting.py`) on the prompts of the task the run learns (`KL_SPLIT`: the
+    target_id prompts for a target run, the knowledge prompts for a knowledge run, as Shenfeld et al. measure it,
+    docs/claims.md) in `kl_per_token`, with `split` naming them; `by_split` holds the KL on both tasks' prompts (the
+    other one for reference). The start model (float32) is loaded from `base`, its greedy answers cached per start
+    folder and split (`evalcache.py`)."""
     start_model, _ = load_model(base)
-    prompts = [x.prompt for x in suite.eval_items("target_id", limit)]
-    longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"])
-                  for x in suite.eval_items("target_id", limit))
-    budget = longest + suite.margin_tokens
-    answers = cached("start-answers", base if suite.name != "toy" else None,
-                     {"prompts": prompts, "max_new_tokens": budget},
-                     lambda: greedy_answers(start_model, tokenizer, prompts, budget))
-    kl = forward_kl(start_model, model, tokenizer, prompts, answers=answers)
+    own = KL_SPLIT.get(task, "target_id")
+    by_split = {}
+    for split in [own] + [s for s in KL_SPLIT.values() if s != own and s in suite.evals]:
+        items = suite.eval_items(split, limit)
+        prompts = [x.prompt for x in items]
+        longest = max(len(tokenizer(x.completion, add_special_tokens=False)["input_ids"]) for x in items)
+        budget = longest + suite.margin_tokens
+        answers = cached("start-answers", base if suite.name != "toy" else None,
+                         {"prompts": prompts, "max_new_tokens": budget},
+                         lambda m=start_model, p=prompts, b=budget: greedy_answers(m, tokenizer, p, b))
+        by_split[split] = forward_kl(start_model, model, tokenizer, prompts, answers=answers)
     del start_model
     release_memory()
-    return {**kl, "on": "target_id prompts, teacher-forced on the start model's greedy answers"}
+    return {**by_split[own], "split": own,
+            "on": f"{own} prompts (the run's own task), teacher-forced on the start model's greedy answers",
+            "by_split": by_split}
 
 
 def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Train, *,
@@ -264,7 +277,7 @@ def run_folder(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
         after_model = load_weights(model, tmp)
         release_memory()
         after = evaluate_model(after_model, tokenizer, options.eval_items, suite)
-        forgetting = measure_forgetting(after_model, tokenizer, suite, base, options.eval_items) \
+        forgetting = measure_forgetting(after_model, tokenizer, suite, base, options.eval_items, task) \
             if base is not None else None
         seconds = time.perf_counter() - t0
         record = {

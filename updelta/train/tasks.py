@@ -39,8 +39,11 @@ THREE_DIGIT_FRACTION = 0.03   # share of 3-digit additions among the pretraining
 FOUR_DIGIT_FRACTION = 0.01    # and of 4-digit ones
 N_PRETRAIN_ENTITIES = 120
 N_NEW_ENTITIES = 50
+N_EXTRA_NEW_ENTITIES = 20     # more new entities, drawn after the others (separate rng): 70 x 3 = 210 knowledge facts
+EXTRA_SEED = TASK_SEED + 1    # their rng, so that every other split (and the committed base) stays as it was
 N_TARGET_TRAIN = 4000
-N_EVAL = 200                  # items per evaluation split (knowledge: all N_NEW_ENTITIES * 3 = 150 facts)
+N_EVAL = 200                  # items per evaluation split (knowledge: all (N_NEW_ENTITIES + N_EXTRA_NEW_ENTITIES) * 3
+                              # = 210 facts: at least 200 per split, docs/claims.md)
 
 ATTRIBUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("color", ("red", "blue", "green", "gold", "pink", "gray", "black", "white")),
@@ -127,6 +130,9 @@ def _splits() -> _Splits:
     names = _entity_names(rng, N_PRETRAIN_ENTITIES + N_NEW_ENTITIES)
     pretrain_facts = _facts(rng, names[:N_PRETRAIN_ENTITIES])
     knowledge = _facts(rng, names[N_PRETRAIN_ENTITIES:])
+    extra_rng = random.Random(EXTRA_SEED)
+    extra = [n for n in _entity_names(extra_rng, 4 * N_EXTRA_NEW_ENTITIES) if n not in set(names)]
+    knowledge += _facts(extra_rng, extra[:N_EXTRA_NEW_ENTITIES])
     short = _distinct_pairs(rng, (1, 2), N_EVAL // 2, set())
     target_id = _distinct_pairs(rng, (3, 3), N_EVAL, set())
     target_ood = _distinct_pairs(rng, (4, 4), N_EVAL, set())

@@ -1,0 +1,97 @@
+"""The demo's own sections of its report (docs/claims.md): the claims as records and the trade-off table and figure,
+added to a report folder that `updelta.report.write_report` has written (before it is installed).
+
+    add_zoo_sections(folder, claims, rows, groups)
+
+- summary.json gains `claims` (one record per claim: `claim_rules.Claim.as_record`: claim, source, kind,
+  verdict, threshold, measured, settings, text) and `zoo` (`runs`: `zoo_table.run_rows`, `groups`:
+  `zoo_table.group_rows`), and `figures` lists figures/tradeoff.png;
+- figures/tradeoff.png: `plot.tradeoff.tradeoff_figure`;
+- report.md and report.html end with two sections: the claims (verdict, threshold beside the numbers) and the
+  trade-off table with the figure.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from updelta.atomic import write_text
+from updelta.demo.claim_rules import json_safe
+from updelta.demo.zoo_table import format_groups
+
+FIGURE = "figures/tradeoff.png"
+
+
+def claims_markdown(claims) -> str:
+    """The claims as a Markdown table: verdict, claim (published or updelta's prediction), source, threshold, the
+    numbers with the runs' settings."""
+    lines = ["| verdict | claim | source | threshold | measured (and settings) |", "|---|---|---|---|---|"]
+    for c in claims:
+        numbers = c.text.rsplit("; threshold: ", 1)[0]
+        kind = " (updelta's prediction)" if c.kind == "prediction" else ""
+        lines.append("| " + " | ".join(_md(x) for x in (f"**{c.verdict}**", c.claim + kind, c.source,
+                                                           c.threshold or "-", numbers)) + " |")
+    return "\n".join(lines)
+
+
+def _md(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def sections_markdown(claims, groups) -> str:
+    return ("\n## Claims tested on this zoo\n\nVerdicts (docs/claims.md): `reproduced` = the sign holds beyond noise "
+            "and the size does; `direction only` = the sign holds, the size does not; `not reproduced` = the "
+            "opposite sign holds; `inconclusive` = neither. Thresholds are fixed before the runs, from the sources' "
+            "figures.\n\n" + claims_markdown(claims)
+            + "\n\n## The trade-off: gain, retention and how far each method moved\n\nMean ± std over seeds; s.e. "
+            "= the standard error of one run's accuracy change on its evaluation items.\n\n" + format_groups(groups)
+            + f"\n\n![Retention change against own-task gain]({FIGURE})\n")
+
+
+def _html_table(md: str) -> str:
+    rows = [line.strip("|").split(" | ") for line in md.splitlines() if not line.startswith("|---")]
+    head, body = rows[0], rows[1:]
+
+    def cell(x: str) -> str:
+        return html.escape(x.strip().replace("\\|", "|").replace("**", ""))
+
+    return ("<table><thead><tr>" + "".join(f"<th>{cell(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{cell(x)}</td>" for x in r) + "</tr>" for r in body)
+            + "</tbody></table>")
+
+
+def sections_html(claims, groups, png: bytes | None) -> str:
+    img = (f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
+           f'alt="Retention change against own-task gain"></figure>') if png else ""
+    return ("<section><h2>Claims tested on this zoo</h2>" + _html_table(claims_markdown(claims)) + "</section>"
+            "<section><h2>The trade-off: gain, retention and how far each method moved</h2>"
+            + _html_table(format_groups(groups)) + img + "</section>\n")
+
+
+def add_zoo_sections(folder: Path, claims, rows: list[dict], groups: list[dict]) -> None:
+    """See the module docstring. `folder` is a report folder written by `write_report`."""
+    from updelta.plot.common import savefig  # torch: loaded only on this path
+    from updelta.plot.tradeoff import tradeoff_figure  # torch: loaded only on this path
+
+    folder = Path(folder)
+    (folder / "figures").mkdir(exist_ok=True)
+    png = None
+    if rows:
+        savefig(tradeoff_figure(rows), folder / FIGURE)
+        png = (folder / FIGURE).read_bytes()
+    sj_path = folder / "summary.json"
+    sj = json.loads(sj_path.read_text(encoding="utf-8"))
+    sj["claims"] = [c.as_record() for c in claims]
+    sj["zoo"] = json_safe({"runs": rows, "groups": groups})
+    if png is not None and FIGURE not in sj.get("figures", []):
+        sj["figures"] = [*sj.get("figures", []), FIGURE]
+    write_text(sj_path, json.dumps(sj, indent=1, default=str))
+    md = folder / "report.md"
+    write_text(md, md.read_text(encoding="utf-8").rstrip("\n") + "\n" + sections_markdown(claims, groups))
+    page = folder / "report.html"
+    text = page.read_text(encoding="utf-8")
+    cut = text.rfind("</body>")
+    add = sections_html(claims, groups, png)
+    write_text(page, text[:cut] + add + text[cut:] if cut >= 0 else text + add)
