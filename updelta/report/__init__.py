@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..aggregate import noted_records
 from ..atomic import atomic_dir
 from ..errors import UpdeltaError, UpdeltaWarning
 from ..evals import Evaluation, check_bases, check_names, load_evals
@@ -99,7 +100,7 @@ def summary_json(result, evals: dict[str, Evaluation], gate_results, items, figu
     m = result.meta  # written as recorded (JSON), not re-serialised from `result.info`
     info = result.info
     runs = {}
-    summ = {r["run"]: r for r in _records(result.summary)}
+    summ = {r["run"]: r for r in noted_records(result.summary, _records(result.summary))}
     for r in result.runs:
         runs[r] = {
             "identity": info.runs[r].to_dict() if r in info.runs else None,

@@ -11,7 +11,8 @@ import math
 import pandas as pd
 
 from .. import schema
-from ..aggregate import aggregate_tensors, towers_included, unchanged_runs
+from ..aggregate import SPARSITY_NA, aggregate_tensors, sparsity_cell, sparsity_left_out, towers_included, \
+    unchanged_runs
 from ..evals import SPLIT_LABELS
 from ..gates import GRAMMAR
 from ..meta import info as run_info
@@ -47,7 +48,7 @@ def _metric_table(df: pd.DataFrame, keys: list[str], extra_cols=(), flags=None, 
     for i, (_, r) in enumerate(df.iterrows()):
         row = [(labels or {}).get(r[k], fmt(r[k])) if k != "layer" else _layer(r[k]) for k in keys]
         row += [fmt(r["n_tensors"], "int")] + ([fmt(r["numel"], "int")] if numel else []) + \
-            [_v(r[c], k) for c, k in cols]
+            [sparsity_cell(_v(r[c], k), r) if c.startswith("sparsity_") else _v(r[c], k) for c, k in cols]
         if extra_vals is not None:
             row += extra_vals[i]
         rows.append(row)
@@ -280,8 +281,9 @@ def layer_blocks(result) -> list:
         for L in layers:
             row = [str(L)]
             for r in runs:
-                v = lay[(lay["run"] == r) & (lay["layer"] == L)][metric]
-                row.append(_v(float(v.iloc[0]), kind) if len(v) else "-")
+                v = lay[(lay["run"] == r) & (lay["layer"] == L)]
+                text = _v(float(v[metric].iloc[0]), kind) if len(v) else "-"
+                row.append(sparsity_cell(text, v.iloc[0]) if len(v) and metric.startswith("sparsity_") else text)
             rows.append(row)
         tab = Table(["layer"] + runs, rows, caption=f"`{metric}` per layer")
         out += [Details(f"{metric} per layer ({len(rows)} layers)", [tab])] if len(rows) > LONG else [tab]
