@@ -284,7 +284,7 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
     """Run the whole demo (see the module docstring)."""
     from .api import compare
     from .evals import load_evals
-    from .report import Finding, write_report
+    from .report import write_report
 
     if opts.seeds is not None and opts.seeds < 1:
         raise UpdeltaError(f"--seeds must be at least 1, got {opts.seeds}")
@@ -307,10 +307,9 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
     result = compare(base, runs, run_bases=run_bases, **options)
     evals = load_evals({name: folder / "eval.json" for name, folder in runs.items()})
     found = claims(result, evals)
-    extra = [Finding("claim", c.claim, f"{c.verdict}: {c.text}", c.source) for c in found]
     _stage(f"4/4 report into {out}")
     with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
-        outcome = write_report(result, Path(tmp) / "report", evals=evals, extra_findings=extra)
+        outcome = write_report(result, Path(tmp) / "report", evals=evals, claims=found)
         _install_report(Path(tmp) / "report", out)
     rows = summary_table(result, evals)
     return DemoOutcome(out, rows, found, outcome, time.perf_counter() - t0)

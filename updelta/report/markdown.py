@@ -63,7 +63,7 @@ def _block(b, doc: Document | None = None) -> str:
         return table(b)
     if isinstance(b, Image):
         s = f"![{b.alt}]({b.path})"
-        return f"{s}\n\n*{b.caption}*" if b.caption else s
+        return f"*{b.caption}*\n{s}" if b.caption else s  # one paragraph: the caption, then the figure
     if isinstance(b, Details):
         inner = "\n\n".join(_block(x) for x in b.blocks)
         return f"<details><summary>{b.summary}</summary>\n\n{inner}\n\n</details>"
