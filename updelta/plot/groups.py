@@ -1,5 +1,5 @@
 """Runs of a zoo drawn by group: one colour per training method, one marker per task, seeds of one (method, task)
-joined (docs/plots.md conventions: the same run has the same look in every figure).
+joined, so that the two seeds of one method read as one group (the same run has the same look in every figure).
 
 Where a run's method, task and seed come from, first found wins:
 1. its evaluation (eval.json `method`, `task`, `seed`): columns `method`, `task`, `seed` of the table drawn, or
