@@ -74,7 +74,7 @@ def claims_blocks(claims) -> list:
     return [Heading("Claims from the literature"),
             Para(f"Each published claim that these runs can test, with its verdict ({tally}) and the numbers behind "
                  f"it (the verdict rule: `updelta.claims`, docs/methods.md)."),
-            Table([h.capitalize() if h != "text" else "numbers" for h in header], body, ["l"] * len(header))]
+            Table([h.capitalize() if h != "text" else "Numbers" for h in header], body, ["l"] * len(header))]
 
 
 # ---- per-topic tables ----------------------------------------------------------------------------------------
