@@ -134,7 +134,7 @@ def size_table(result) -> Table | None:
     if not rows:
         return None
     return Table(["run", "delta_fro / smallest", "largest rel_delta of a tensor",
-                  "largest components: share of ||D||^2 (of elements)", "rel_delta over layers"], rows,
+                  "largest components: share of ss_delta (of elements)", "rel_delta over layers"], rows,
                  ["l", "r", "l", "l", "l"])
 
 
