@@ -130,8 +130,19 @@ def test_adapter_sparsity_is_na_not_unchanged(adapter, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     summary = md[md.index("## Summary"):md.index("\n## ", md.index("## Summary") + 5)]
     assert "100.00%" not in summary.split("\n| run")[1].splitlines()[2]
+    assert "have no sparsity counts" in summary  # the n/a is explained beside the table
     sj = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert sj["runs"][s["run"]]["whole_model"]["sparsity_note"].startswith("n/a")
+    # the figures: the adapted component's cells are not drawn at 100% unchanged, and the figure says why
+    from updelta.plot import heatmap, layer_profile
+
+    fig = layer_profile(res, "sparsity_atol")
+    shown = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert "attn" not in shown and "mlp" in shown
+    assert any("adapter factors have no sparsity counts" in t.get_text() for t in fig.texts)
+    fig = heatmap(res, "sparsity_atol")
+    assert any("no sparsity_atol for q, v (adapter factors have no sparsity counts)" in t.get_text()
+               for t in fig.texts)
 
 
 def test_partial_left_out_is_said_on_the_same_line():

@@ -72,6 +72,8 @@ def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, 
     if df.empty:
         raise UpdeltaError(f"layer_profile of {metric}: no per-layer rows in the table")
     df, agg_note = C.aggregate_cells(df, keys, metric)
+    df, na_note = C.sparsity_na(df, metric)  # adapter cells without counts: not drawn, said in the note
+    agg_note = "; ".join(x for x in (agg_note, na_note) if x) or None
     df = df.assign(_s=C.series_key(df), _v=C.numeric(df[metric]), layer=df["layer"].astype("int64"))
     present = [c for c in C.COMPONENT_ORDER if c in set(df["component"])]
     present += sorted(set(df["component"]) - set(present))

@@ -202,6 +202,12 @@ def summary_blocks(result, evals: dict, gate_results) -> list:
     t.align = t.aligns()[: len(t.header) - len(extra_cols)] + ["r"] * len(splits) + (["l"] if marks else [])
     t.fit = True
     blocks = [Heading("Summary (whole model)"), t]
+    left = [sparsity_left_out(r) for _, r in s.iterrows()]
+    if any(n for n, _ in left):
+        blocks.append(Para(f"**Sparsity {'n/a' if any(e for _, e in left) else 'partial'}**: "
+                           + (SPARSITY_NA + "; a share with '(k tensors n/a)' leaves those k tensors out."
+                              if any(e for _, e in left) else "'(k tensors n/a)': k tensors without sparsity counts "
+                              "(adapter factors, docs/adapters.md) are left out of the figure.")))
     if same:
         blocks.append(Para(f"**Unchanged**: {', '.join(same)}: every tensor is bit-identical to the base (W1 == W0 "
                            f"for every compared element). Their zeros are not repeated below: the figures say so "
