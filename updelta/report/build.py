@@ -295,7 +295,7 @@ def layer_blocks(result) -> list:
     rows = []
     for metric, kind in (("rel_delta", "g"), ("sparsity_atol", "pct"), ("sparsity_exact", "pct")):
         for L in layers:
-            row = [f"`{metric}`", str(L)]
+            row = [metric, str(L)]
             for r in runs:
                 v = lay[(lay["run"] == r) & (lay["layer"] == L)]
                 text = _v(float(v[metric].iloc[0]), kind) if len(v) else "-"
