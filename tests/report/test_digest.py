@@ -7,13 +7,13 @@ import json
 import re
 from dataclasses import dataclass
 
+import ckpt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from matplotlib.colors import to_hex
 
-import ckpt
 import updelta
 from updelta.claims import Claim
 from updelta.plot import groups as G
@@ -54,14 +54,14 @@ def test_findings_are_one_table_per_topic_with_the_reference_once(zoo, tmp_path)
     assert "of elements unchanged under atol" not in findings  # no per-run sentence restating the table
     rows = {m["run"]: m for m in re.finditer(r"^\| (?P<run>[a-z]+-target-s\d) +\| +(?P<exact>[\d.]+%) +\| +"
                                               r"(?P<atol>[\d.]+%) +\| +(?P<rtol>[\d.]+%) +\| bf16 +\|", findings,
-                                              re.M)}
+                                              re.MULTILINE)}
     assert set(rows) == set(fracs)  # one row per run, planted shares exact
     sizes = res.tensors.drop_duplicates("name")["numel"].astype(int)
     for run, f in fracs.items():  # exactly round(f * n) elements changed per tensor
         kept = 1 - sum(round(f * n) for n in sizes) / sizes.sum()
         assert rows[run]["atol"] == rows[run]["exact"] == f"{100 * kept:.2f}%", (run, rows[run]["atol"])
     assert "| run " in findings and "delta_fro / smallest" in findings
-    big = re.search(r"^\| grpo-target-s1 +\| +([\d.]+)x", findings, re.M)
+    big = re.search(r"^\| grpo-target-s1 +\| +([\d.]+)x", findings, re.MULTILINE)
     small = res.summary.set_index("run")["delta_fro"]
     assert big.group(1) == f"{small['grpo-target-s1'] / small.min():.3g}"
     # the findings are all still in summary.json
@@ -116,12 +116,12 @@ def test_adapter_sparsity_is_na_not_unchanged(adapter, tmp_path):
     assert s["sparsity_exact"] == 1.0 and s["n_sparsity_null"] == 4  # the figure over the counted tensors
     text = summary_text(res)
     whole = text.split("Whole model")[1].split("\n\n")[0]
-    row = [ln for ln in whole.splitlines() if ln.startswith(s["run"])][0]
+    row = next(ln for ln in whole.splitlines() if ln.startswith(s["run"]))
     assert "100.00%" not in row and row.count("n/a") == 3
     assert "have no sparsity counts" in whole
     comp = text.split("Per component")[1].split("\n\n")[0]
-    assert re.search(r"^\S+ +attn .* n/a +n/a +n/a", comp, re.M)  # the adapted component
-    assert re.search(r"^\S+ +mlp .* 100\.00% +100\.00% +100\.00%", comp, re.M)  # really unchanged: stays 100%
+    assert re.search(r"^\S+ +attn .* n/a +n/a +n/a", comp, re.MULTILINE)  # the adapted component
+    assert re.search(r"^\S+ +mlp .* 100\.00% +100\.00% +100\.00%", comp, re.MULTILINE)  # really unchanged: stays 100%
     from updelta.commands.common import summary_json
 
     rec = summary_json(res)["summary"][0]

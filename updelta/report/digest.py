@@ -17,7 +17,6 @@ import math
 import pandas as pd
 
 from ..aggregate import aggregate_tensors, sparsity_cell
-from ..text import fmt
 from .document import Bullets, Heading, Para, Table
 from .findings import storage
 
