@@ -133,6 +133,9 @@ def test_adapter_sparsity_is_na_not_unchanged(adapter, tmp_path):
     assert "have no sparsity counts" in summary  # the n/a is explained beside the table
     sj = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert sj["runs"][s["run"]]["whole_model"]["sparsity_note"].startswith("n/a")
+    found = [f["text"] for f in sj["findings"] if f["topic"] == "sparsity"]
+    assert found == ["n/a: every changed tensor (4) has no sparsity counts (adapter factors; docs/adapters.md, "
+                     "--merge-dtype); the tensors that have counts are unchanged"]  # not "bit-identical"
     # the figures: the adapted component's cells are not drawn at 100% unchanged, and the figure says why
     from updelta.plot import heatmap, layer_profile
 
