@@ -47,7 +47,10 @@ def test_every_field_is_a_flag_with_the_fields_help_and_default(command):
             assert neg is not None and neg.opts == ["--no-" + flag[2:]] and not p.secondary_opts
             assert p.is_flag and neg.is_flag and p.default is False and neg.default is False
             shown, hidden = (neg, p) if f.default else (p, neg)
-            assert hidden.hidden and not shown.hidden and shown.help.startswith(f.metadata["help"])
+            assert hidden.hidden and not shown.hidden and shown.help.endswith(f.metadata["help"])
+            assert shown.metavar == ""  # a flag takes no value: no <bool> placeholder in --help
+            if f.default:  # the listed --no-x says that it turns the described default off
+                assert shown.help.startswith(f"Turns off what {flag} (on by default) does: ")
             continue
         assert p.help == f.metadata["help"]
         if isinstance(f.default, tuple):
@@ -88,6 +91,21 @@ def test_bool_flags_both_ways_and_help_is_short(monkeypatch, capsys):
     code, out, _ = run_main(monkeypatch, capsys, "diff", "--help")
     assert code == 0 and "Engine options" in out
     assert len(out.splitlines()) <= 170, len(out.splitlines())  # 287 lines with a column of --no-x flags
+
+
+def test_help_lists_flags_without_a_value_placeholder(monkeypatch, capsys):
+    """`--no-progress <bool>  Show a progress bar on stderr.` read as the opposite of its help, with a value it does
+    not take: every flag of ours is listed bare, and a listed --no-x says that it turns the default off."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for command in ENGINE_COMMANDS:
+        code, out, _ = run_main(monkeypatch, capsys, command, "--help")
+        assert code == 0
+        lines = [ln for ln in out.splitlines() if "--" in ln]
+        bad = [ln for ln in lines if "<bool>" in ln and "--help" not in ln]  # --help is typer's own
+        assert not bad, bad
+        row = next(ln for ln in lines if "--no-progress" in ln)
+        assert "Turns off what --progress (on by default) does: Show a progress bar on stderr." in row
+        assert any("--histogram" in ln and "Count |W1 - W0|" in ln for ln in lines)
 
 
 @pytest.mark.parametrize("overrides, needles", [

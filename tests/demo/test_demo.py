@@ -71,10 +71,11 @@ def test_demo_quick_pipeline_and_reuse(tmp_path, monkeypatch, capsys):
     assert ev["forgetting"]["split"] == "knowledge" and kn["kl_own_task"] == ev["forgetting"]["kl_per_token"]
     groups = summary["zoo"]["groups"]
     assert [(g["method"], g["task"]) for g in groups] == list(ZOO) + [demo.FROM_SFT]
-    assert "figures/tradeoff.png" in summary["figures"] and (out / "figures" / "tradeoff.png").exists()
+    assert "figures/retention_vs_gain.png" in summary["figures"] and (out / "figures" / "retention_vs_gain.png").exists()
     md = (out / "report.md").read_text()
-    assert "## Claims tested on this zoo" in md and "retention lost / gain" in md and "tradeoff.png" in md
-    assert "Claims tested on this zoo" in (out / "report.html").read_text()
+    assert "## Claims from the literature" in md and "retention lost / gain" in md and "retention_vs_gain.png" in md
+    assert "Claims from the literature" in (out / "report.html").read_text()
+    assert md.index("## Claims from the literature") < md.index("retention lost / gain")  # claims come first
     assert "Findings" in (out / "report.md").read_text()
     for header in ["target gain", "OOD gain", "retention change", "rel update", "sparse exact", "sparse atol",
                    "sparse rtol", "median erank", "flags", "own-task gain", "gain / rel update"]:

@@ -250,6 +250,9 @@ def test_many_runs_give_pair_ranges_and_extra_findings_are_listed(tmp_path):
     oc = write_report(r, tmp_path / "rep", figures=False, extra_findings=[claim])
     assert oc.findings[-1] == claim
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "**DFT gains more than SFT on the target task**: inconclusive: +0.01 (1 seed). Published: Wu et al." in md
+    # a claim finding is a row of the claims table: claim, verdict, numbers, source
+    assert re.search(r"\| DFT gains more than SFT on the target task +\| \*\*inconclusive\*\* +\| \+0\.01 \(1 seed\) +"
+                     r"\| Wu et al\. 2025 +\|", md)
+    assert md.index("## Claims from the literature") < md.index("## Findings")
     sj = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert sj["findings"][-1]["topic"] == "claim"

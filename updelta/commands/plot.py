@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Figure file: .png (150 dpi), .svg or "
                                                                         ".pdf. Default: KIND.png here.")] = None,
         run: Annotated[Optional[List[str]], typer.Option("--run", help="Only this run (repeatable).")] = None,
-        bias: Annotated[bool, typer.Option("--bias/--no-bias", help="heatmap, spectrum: add bias columns.")] = False,
+        bias: Annotated[bool, typer.Option("--bias/--no-bias", metavar="", help="heatmap, spectrum: add bias columns.")] = False,
         scale: Annotated[str, typer.Option("--scale", help="Colour/y scale: auto (log when values span >= 100x), "
                                                            "log or linear.")] = "auto",
         eval_: Annotated[Optional[List[str]], typer.Option(

@@ -61,7 +61,7 @@ def report(
         "--gate", help=_esc("[AGG:]METRIC OP VALUE[@SELECTOR]") + ", e.g. 'rel_delta<=0.05', "
                        "'sparsity_atol>=0.5@grpo', 'max:rel_delta<=0.2@component=attn' (repeatable; see above).")
     ] = None,
-    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the figures (the slowest "
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", metavar="", help="Draw the figures (the slowest "
                                                                        "part of a small report).")] = True,
     run_base: Annotated[Optional[List[str]], typer.Option("--run-base", help=RUN_BASE_HELP)] = None,
     *, opts: DiffOptions, report_opts: ReportOptions,

@@ -21,7 +21,7 @@ def trajectory(
              "or a folder holding checkpoint-* folders; ordered by the step number in each name.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder to write trajectory.parquet into "
                                                                     "(other files there are kept).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole-model rows as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the whole-model rows as JSON.")] = False,
     *, opts: DiffOptions,
 ) -> None:
     """Every metric of each checkpoint against the base, by training step, in one streaming pass.

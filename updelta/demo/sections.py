@@ -5,10 +5,10 @@ added to a report folder that `updelta.report.write_report` has written (before 
 
 - summary.json gains `claims` (one record per claim: `claim_rules.Claim.as_record`: claim, source, kind,
   verdict, threshold, measured, settings, text) and `zoo` (`runs`: `zoo_table.run_rows`, `groups`:
-  `zoo_table.group_rows`), and `figures` lists figures/tradeoff.png;
-- figures/tradeoff.png: `plot.tradeoff.tradeoff_figure`;
-- report.md and report.html end with two sections: the claims (verdict, threshold beside the numbers) and the
-  trade-off table with the figure.
+  `zoo_table.group_rows`), and `figures` lists figures/retention_vs_gain.png;
+- figures/retention_vs_gain.png: `plot.tradeoff.tradeoff_figure`;
+- report.md and report.html end with the trade-off table and its figure (the claims themselves are a table near
+  the top of the report: `write_report(..., claims=...)`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from updelta.atomic import write_text
 from updelta.demo.claim_rules import json_safe
 from updelta.demo.zoo_table import format_groups
 
-FIGURE = "figures/tradeoff.png"
+FIGURE = "figures/retention_vs_gain.png"  # the report's own figures/tradeoff.png is gain against update size
 
 
 def claims_markdown(claims) -> str:
@@ -41,11 +41,7 @@ def _md(s: str) -> str:
 
 
 def sections_markdown(claims, groups) -> str:
-    return ("\n## Claims tested on this zoo\n\nVerdicts (docs/claims.md): `reproduced` = the sign holds beyond noise "
-            "and the size does; `direction only` = the sign holds, the size does not; `not reproduced` = the "
-            "opposite sign holds; `inconclusive` = neither. Thresholds are fixed before the runs, from the sources' "
-            "figures.\n\n" + claims_markdown(claims)
-            + "\n\n## The trade-off: gain, retention and how far each method moved\n\nMean ± std over seeds; s.e. "
+    return ("\n## The trade-off: gain, retention and how far each method moved\n\nMean ± std over seeds; s.e. "
             "= the standard error of one run's accuracy change on its evaluation items.\n\n" + format_groups(groups)
             + f"\n\n![Retention change against own-task gain]({FIGURE})\n")
 
@@ -65,8 +61,7 @@ def _html_table(md: str) -> str:
 def sections_html(claims, groups, png: bytes | None) -> str:
     img = (f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
            f'alt="Retention change against own-task gain"></figure>') if png else ""
-    return ("<section><h2>Claims tested on this zoo</h2>" + _html_table(claims_markdown(claims)) + "</section>"
-            "<section><h2>The trade-off: gain, retention and how far each method moved</h2>"
+    return ("<section><h2>The trade-off: gain, retention and how far each method moved</h2>"
             + _html_table(format_groups(groups)) + img + "</section>\n")
 
 

@@ -300,7 +300,7 @@ def format_table(rows: list[dict]) -> str:
 def run_demo(opts: DemoOptions) -> DemoOutcome:
     """Run the whole demo (see the module docstring)."""
     from updelta.api import compare  # torch, transformers: loaded when the zoo runs
-    from updelta.report import Finding, write_report  # torch, transformers: loaded when the zoo runs
+    from updelta.report import write_report  # torch, transformers: loaded when the zoo runs
 
     if opts.seeds is not None and opts.seeds < 1:
         raise UpdeltaError(f"--seeds must be at least 1, got {opts.seeds}")
@@ -323,12 +323,11 @@ def run_demo(opts: DemoOptions) -> DemoOutcome:
     result = compare(base, runs, run_bases=run_bases, **options)
     evals = load_evals({name: folder / "eval.json" for name, folder in runs.items()})
     found = claims(result, evals, token_sets(base))
-    extra = [Finding("claim", c.claim, f"{c.verdict}: {c.text}", c.source) for c in found]
     zoo_rows = run_rows(result, evals)
     groups = group_rows(zoo_rows)
     _stage(f"4/4 report into {out}")
     with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
-        outcome = write_report(result, Path(tmp) / "report", evals=evals, extra_findings=extra)
+        outcome = write_report(result, Path(tmp) / "report", evals=evals, claims=found)
         add_zoo_sections(Path(tmp) / "report", found, zoo_rows, groups)
         _install_report(Path(tmp) / "report", out)
     rows = summary_table(result, evals)

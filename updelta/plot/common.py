@@ -25,6 +25,7 @@ from updelta.tables.aggregate import (
     aggregate_pairs,
     aggregate_tensors,
     counted,
+    sparsity_left_out,
     towers_included,
     unchanged,
     unchanged_runs,
@@ -257,6 +258,21 @@ def aggregate_cells(df: pd.DataFrame, keys: list[str], metric: str) -> tuple[pd.
         pass
     g = df.assign(**{metric: numeric(df[metric])}).groupby(keys, dropna=False, sort=False, observed=True)
     return g[metric].median().reset_index(), f"{metric}: median over up to {int(sizes.max())} tensors per cell"
+
+
+def sparsity_na(df: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str | None]:
+    """Cells of an aggregate sparsity figure whose every changed tensor has no sparsity counts (an adapter's factors
+    without --merge-dtype): their value counts unchanged tensors only (100%) and would read as "nothing changed",
+    so they are not drawn (NaN), and the note says so. Other metrics and tables: unchanged."""
+
+    if not metric.startswith("sparsity_") or "n_sparsity_null" not in df.columns:
+        return df, None
+    na = np.array([sparsity_left_out(r)[1] for _, r in df.iterrows()], dtype=bool)
+    if not na.any():
+        return df, None
+    df = df.copy()
+    df.loc[na, metric] = np.nan
+    return df, f"n/a in {int(na.sum())} cell(s): adapter factors have no sparsity counts"
 
 
 def savefig(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:

@@ -142,6 +142,8 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
     panel_cols = list(C.PAIR_KEYS) if pair else ["run"]
     keys = panel_cols + ["layer", "component", "module", "param"]
     df, agg_note = C.aggregate_cells(df, keys, metric)
+    df, na_note = C.sparsity_na(df, metric)  # adapter cells without counts: not drawn, said in the note
+    agg_note = "; ".join(x for x in (agg_note, na_note) if x) or None
     if agg_note:
         notes.append(agg_note)
     df = df.assign(_panel=C.series_key(df), _v=C.numeric(df[metric]), layer=df["layer"].astype("int64"))
@@ -157,7 +159,9 @@ def heatmap(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=N
     empty = np.isnan(arr).all(axis=(0, 1))
     if empty.any() and not empty.all():
         names = sorted({column_label(c) for c, e in zip(cols, empty) if e})
-        notes.append(f"no {metric} for {', '.join(names)} (e.g. 1-D tensors have no spectrum): columns not shown")
+        why = ("adapter factors have no sparsity counts" if metric.startswith("sparsity_") else
+               "e.g. 1-D tensors have no spectrum")
+        notes.append(f"no {metric} for {', '.join(names)} ({why}): columns not shown")
         arr = arr[:, :, ~empty]
         cols = [c for c, e in zip(cols, empty) if not e]
     L, K, P = len(layers), len(cols), len(panels)

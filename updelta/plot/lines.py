@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from updelta.errors import UpdeltaError
 from updelta.metrics import schema
-from updelta.plot import common as C
+from updelta.plot import common as C, groups as G
 from updelta.plot.grids import column_key, column_label
 from updelta.plot.labels import fix_layout, place_labels
 
@@ -38,9 +38,10 @@ def _profile_table(data, metric: str, meta: dict | None) -> tuple[pd.DataFrame, 
     return df, meta
 
 
-def _series_style(keys: list[str], meta: dict) -> dict[str, dict]:
-    colors = C.run_colors(meta, keys)
-    return {k: {"color": colors[k], "marker": C.marker_of(i)} for i, k in enumerate(keys)}
+def _series_style(keys: list[str], meta: dict, table: pd.DataFrame | None = None) -> dict[str, dict]:
+    """Per series: colour, marker, line style; runs of a zoo by group (colour per method, marker per task, line
+    style per seed: `groups.styles`), other series one colour each."""
+    return G.styles(keys, meta, table)
 
 
 def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, runs=None,
@@ -69,6 +70,8 @@ def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, 
     if df.empty:
         raise UpdeltaError(f"layer_profile of {metric}: no per-layer rows in the table")
     df, agg_note = C.aggregate_cells(df, keys, metric)
+    df, na_note = C.sparsity_na(df, metric)  # adapter cells without counts: not drawn, said in the note
+    agg_note = "; ".join(x for x in (agg_note, na_note) if x) or None
     df = df.assign(_s=C.series_key(df), _v=C.numeric(df[metric]), layer=df["layer"].astype("int64"))
     present = [c for c in C.COMPONENT_ORDER if c in set(df["component"])]
     present += sorted(set(df["component"]) - set(present))
@@ -123,7 +126,7 @@ def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, 
                 if is_log:
                     y = np.where(y > 0, y, np.nan)
                 ax.plot(d["layer"].to_numpy(), y, color=sty[s]["color"], marker=sty[s]["marker"] if ms else None,
-                        markersize=ms or 3, lw=1.4, label=s)
+                        markersize=ms or 3, lw=1.4, ls=sty[s]["ls"], label=s)
             ax.set_title(comp)
             ax.grid(True, axis="y")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
@@ -134,8 +137,9 @@ def layer_profile(data, metric: str = "rel_delta", *, meta: dict | None = None, 
             if k // ncol == nrow - 1 or k + ncol >= len(present):
                 ax.set_xlabel("layer")
                 ax.tick_params(labelbottom=True)
-        handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=1.4, label=s) for s in series]
-        fig.legend(handles=handles, loc="outside right upper", frameon=False,
+        handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=1.4, ls=sty[s]["ls"], label=s)
+                   for s in series]
+        fig.legend(handles=handles, loc="outside right center", frameon=False,
                    title="pair of runs" if pair else "run")
         C.titles(fig, title, meta, runs=C.runs_in(df, meta) + same, note="\n".join(notes) if notes else None)
     return fig
@@ -318,7 +322,8 @@ def _spectrum_by_run(df, meta, series, rows, groups, by, eps, title, same) -> Fi
                     x = np.arange(1, med.size + 1) if xkind == "index" else eps
                     if xkind == "index":
                         k_max = max(k_max, med.size)
-                    ax.plot(x, med, color=sty[s]["color"], marker=sty[s]["marker"], markersize=2.5, lw=1.2)
+                    ax.plot(x, med, color=sty[s]["color"], marker=sty[s]["marker"], markersize=2.5, lw=1.2,
+                            ls=sty[s]["ls"])
                     drawn += 1
                 if yscale == "log" and drawn:
                     ax.set_yscale("log")
@@ -353,8 +358,9 @@ def _spectrum_by_run(df, meta, series, rows, groups, by, eps, title, same) -> Fi
                 if ys and max(ys) / min(ys) > 1e8:
                     axes[ri, 0].set_ylim(max(ys) * 1e-8, max(ys) * 2)
                     note_floor = True
-        handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=1.2, label=s) for s in series]
-        fig.legend(handles=handles, loc="outside right upper", frameon=False, title="run")
+        handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=1.2, ls=sty[s]["ls"], label=s)
+                   for s in series]
+        fig.legend(handles=handles, loc="outside right center", frameon=False, title="run")
         note = "one curve per run: the median over its tensors (every layer) of each quantity"
         if note_floor:
             note += "; σ below 1e-8 of the largest (round-off: rank below k) not shown"
@@ -578,7 +584,8 @@ def tradeoff(summary, *, x: str = "rel_delta", meta: dict | None = None) -> Figu
         raise UpdeltaError(f"tradeoff: no run has both {x} and an evaluation change")
     df = df[has]
     series = C.run_order(df, meta)
-    sty = _series_style(series, meta)
+    sty = _series_style(series, meta, df)
+    joins = G.seed_sets(series, sty)
     xs = df["_x"].to_numpy()
     logx = C.auto_log(xs, x)
     ncol = min(len(gains), 2)
@@ -598,6 +605,12 @@ def tradeoff(summary, *, x: str = "rel_delta", meta: dict | None = None) -> Figu
                 m = (df["run"] == s).to_numpy()
                 xv, yv = df["_x"].to_numpy()[m], ys.to_numpy()[m]
                 ax.scatter(xv, yv, color=sty[s]["color"], marker=sty[s]["marker"], s=36, zorder=3, label=s)
+            for js in joins:  # the seeds of one method and task, joined in order of x
+                pts = sorted((float(df.loc[df["run"] == r, "_x"].iloc[0]), float(ys[(df["run"] == r).to_numpy()].iloc[0]))
+                             for r in js)
+                pts = [p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])]
+                if len(pts) > 1:
+                    ax.plot(*zip(*pts), color=sty[js[0]]["color"], lw=0.9, alpha=0.6, zorder=2)
             if logx:
                 ax.set_xscale("log")
             else:
@@ -614,9 +627,11 @@ def tradeoff(summary, *, x: str = "rel_delta", meta: dict | None = None) -> Figu
             if k // ncol == nrow - 1 or k + ncol >= len(gains):
                 ax.set_xlabel(C.metric_label(x, meta), fontsize=8)
                 ax.tick_params(labelbottom=True)
-        handles = [Line2D([], [], color=sty[s]["color"], marker=sty[s]["marker"], lw=0, label=s) for s in series]
-        fig.legend(handles=handles, loc="outside right upper", frameon=False, title="run")
-        C.titles(fig, f"update size ({x}) against evaluation change, one point per run", meta, runs=series)
+        handles, what = G.legend_handles(series, sty)
+        fig.legend(handles=handles, loc="outside right center", frameon=False, title=what)
+        note = ("colour: method, marker: task; the seeds of one method and task are joined" if joins else
+                None) if what != "run" else None
+        C.titles(fig, f"update size ({x}) against evaluation change, one point per run", meta, runs=series, note=note)
         fig.get_layout_engine().set(w_pad=0.08, wspace=0.06)
         renderer = fix_layout(fig)  # labels are placed in the final layout, measured with the renderer
         for k, g in enumerate(gains):

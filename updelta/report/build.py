@@ -11,17 +11,27 @@ import math
 import pandas as pd
 
 from updelta.metrics import schema
+from updelta.report.digest import claims_blocks, is_tabled, spectral_references, topic_blocks
 from updelta.report.document import Bullets, Contents, Details, Document, Heading, Image, Para, Table
 from updelta.report.gates import GRAMMAR
 from updelta.report.lens import lens_blocks
 from updelta.report.text import fmt
 from updelta.report.where import where_blocks
-from updelta.tables.aggregate import aggregate_tensors, towers_included, unchanged_runs
+from updelta.tables.aggregate import (
+    SPARSITY_NA,
+    aggregate_tensors,
+    sparsity_cell,
+    sparsity_left_out,
+    towers_included,
+    unchanged_runs,
+)
 from updelta.tables.evals import SPLIT_LABELS
 from updelta.tables.meta import info as run_info
 
 RUN_COLS = [(c, schema.fmt_of(c)) for c in schema.HEADLINE]
 LONG = 16  # tables longer than this go into a <details> block
+MATRIX_RUNS = 8  # more runs than this: no delta_cos matrix in the text (the figure has it)
+CONV = "atol"  # the convention of the one-sided overlaps shown (Mukherjee et al. measure under atol)
 
 
 def conventions(meta) -> str:
@@ -47,7 +57,7 @@ def _metric_table(df: pd.DataFrame, keys: list[str], extra_cols=(), flags=None, 
     for i, (_, r) in enumerate(df.iterrows()):
         row = [(labels or {}).get(r[k], fmt(r[k])) if k != "layer" else _layer(r[k]) for k in keys]
         row += [fmt(r["n_tensors"], "int")] + ([fmt(r["numel"], "int")] if numel else []) + \
-            [_v(r[c], k) for c, k in cols]
+            [sparsity_cell(_v(r[c], k), r) if c.startswith("sparsity_") else _v(r[c], k) for c, k in cols]
         if extra_vals is not None:
             row += extra_vals[i]
         rows.append(row)
@@ -135,8 +145,15 @@ def _finding_text(f, with_ref: bool) -> str:
     return s + (f". Published: {f.reference}." if with_ref and f.reference else ".")
 
 
-def finding_blocks(items) -> list:
-    """Findings grouped by topic; a reference shared by the whole group is stated once beside it."""
+def finding_blocks(items, result=None, evals=None) -> list:
+    """Findings: with `result`, the per-run findings as one table per topic (`digest.topic_blocks`) and the rest as
+    bullets (per-run findings that a table of the report says are not repeated); the bullets grouped by topic, a
+    reference shared by the whole group stated once beside it."""
+    tables = []
+    if result is not None:
+        tables = topic_blocks(result, evals or {}, items)
+        runs = set(result.runs)
+        items = [f for f in items if not is_tabled(f, runs)]
     groups: list[list] = []
     for f in items:
         if groups and groups[-1][0].topic == f.topic:
@@ -152,7 +169,7 @@ def finding_blocks(items) -> list:
             continue
         head = f"**{TOPICS.get(g[0].topic, g[0].topic)}**" + (f" (published: {shared})" if shared else "")
         out.append((head, [_finding_text(f, shared is None) for f in g]))
-    return [Heading("Findings"), Bullets(out)]
+    return [Heading("Findings")] + tables + ([Bullets(out)] if out else [])
 
 
 def _gate_marks(gate_results, pair: bool) -> dict[str, str]:
@@ -191,6 +208,12 @@ def summary_blocks(result, evals: dict, gate_results) -> list:
     t.align = t.aligns()[: len(t.header) - len(extra_cols)] + ["r"] * len(splits) + (["l"] if marks else [])
     t.fit = True
     blocks = [Heading("Summary (whole model)"), t]
+    left = [sparsity_left_out(r) for _, r in s.iterrows()]
+    if any(n for n, _ in left):
+        blocks.append(Para(f"**Sparsity {'n/a' if any(e for _, e in left) else 'partial'}**: "
+                           + (SPARSITY_NA + "; a share with '(k tensors n/a)' leaves those k tensors out."
+                              if any(e for _, e in left) else "'(k tensors n/a)': k tensors without sparsity counts "
+                              "(adapter factors, docs/adapters.md) are left out of the figure.")))
     if same:
         blocks.append(Para(f"**Unchanged**: {', '.join(same)}: every tensor is bit-identical to the base (W1 == W0 "
                            f"for every compared element). Their zeros are not repeated below: the figures say so "
@@ -206,7 +229,7 @@ SPECTRAL = [(c, schema.fmt_of(c)) for c in ("stable_rank", "energy_rank_90", "en
                                                "offprincipal_chance", "intruders")]
 
 
-def spectral_blocks(result) -> list:
+def spectral_blocks(result, findings=()) -> list:
     s = result.summary
     cols = [(c, k) for c, k in SPECTRAL if c in s.columns and s[c].notna().any()]
     if not cols:
@@ -219,7 +242,7 @@ def spectral_blocks(result) -> list:
         return []
     rows = [[r["run"], fmt(r.get("n_spectral"), "int"), fmt(r.get("n_spectral_unchanged"), "int")]
             + [_v(r[c], kind) for c, kind in cols] for _, r in s.iterrows()]
-    return [Heading("Spectral (medians over changed 2-D updates)"),
+    return [Heading("Spectral (medians over changed 2-D updates)")] + spectral_references(findings) + [
             Para(f"Per run, the median over its changed 2-D tensors of each spectral figure of the update D "
                  f"(`--spectral {o.spectral}`, top {k} singular values); unchanged tensors (W1 == W0) have no "
                  f"spectrum and are left out, counted in `n_spectral_unchanged`. An energy rank of '-' means it "
@@ -275,16 +298,18 @@ def layer_blocks(result) -> list:
         return []
     if same:
         out.append(Para(f"Not listed: {', '.join(same)} (unchanged: bit-identical to the base)."))
+    rows = []
     for metric, kind in (("rel_delta", "g"), ("sparsity_atol", "pct"), ("sparsity_exact", "pct")):
-        rows = []
         for L in layers:
-            row = [str(L)]
+            row = [metric, str(L)]
             for r in runs:
-                v = lay[(lay["run"] == r) & (lay["layer"] == L)][metric]
-                row.append(_v(float(v.iloc[0]), kind) if len(v) else "-")
+                v = lay[(lay["run"] == r) & (lay["layer"] == L)]
+                text = _v(float(v[metric].iloc[0]), kind) if len(v) else "-"
+                row.append(sparsity_cell(text, v.iloc[0]) if len(v) and metric.startswith("sparsity_") else text)
             rows.append(row)
-        tab = Table(["layer"] + runs, rows, caption=f"`{metric}` per layer")
-        out += [Details(f"{metric} per layer ({len(rows)} layers)", [tab])] if len(rows) > LONG else [tab]
+    tab = Table(["metric", "layer"] + runs, rows, ["l", "r"] + ["r"] * len(runs))
+    out += [Details(f"rel_delta, sparsity_atol and sparsity_exact per layer ({len(layers)} layers)", [tab])] \
+        if len(rows) > 3 * LONG else [tab]
     return out
 
 
@@ -318,52 +343,48 @@ def pair_blocks(result, gate_results) -> list:
     ps = ps[~ps["run_a"].isin(same) & ~ps["run_b"].isin(same)]
     atol = result.info.options.atol
 
-    def side(p, flip, what):
-        s = "b" if flip else "a"
-        return f"{_v(p[f'overlap_{s}_{what}'], 'pct')} ({_v(p[f'overlap_{s}_random_{what}'], 'pct')})"
-
     out = [Heading("Across runs"),
            Para("Cosines are between the updates D = W1 - W0 (whole model: flattened over every tensor, the "
                 "task-vector convention), never between the weights themselves. Masks are the changed elements; "
-                "the value in parentheses is the baseline for independent masks of the same densities."),
-           _matrix(result, lambda p, f: _v(p["delta_cos"]), "`delta_cos` (whole model; random baseline 0)", runs),
-           _matrix(result, lambda p, f: f"{_v(p['jaccard_atol'])} ({_v(p['jaccard_random_atol'])})",
-                   f"`jaccard_atol` (|D| <= {atol:g}) with the random baseline", runs),
-           _matrix(result, lambda p, f: side(p, f, "atol"),
-                   "`overlap_atol`: share of the row run's changed elements also changed in the column run "
-                   "(random baseline)", runs),
-           _matrix(result, lambda p, f: _v(p["sign_agree"], "pct"),
-                   "`sign_agree`: same sign among elements changed in both runs (exact; random baseline 50%)",
-                   runs)]
+                "the value in parentheses is the baseline for independent masks of the same densities. The table "
+                "gives every figure of every pair (Jaccard, one-sided overlaps, sign agreement and the delta cosine "
+                "per component)."),
+           ]
+    if len(runs) <= MATRIX_RUNS:
+        out.append(_matrix(result, lambda p, f: _v(p["delta_cos"]), "`delta_cos` (whole model; random baseline 0)",
+                           runs))
+    else:  # a matrix wider than a page: the figure draws it, the table below has every value
+        out.append(Para(f"The `delta_cos` matrix of the {len(runs)} runs is the figure "
+                        f"`run_similarity_delta_cos`; every value is in the table below."))
     if same:
         out.insert(2, Para(f"Not compared: {', '.join(same)} (unchanged: bit-identical to the base, so there is no "
                            f"update to compare)."))
     pc = result.pairs_components
-    if pc is not None and not pc.empty:
-        comps = list(dict.fromkeys(pc["component"].astype(str)))
-        rows = []
-        for _, p in ps.iterrows():
-            row = [f"{p['run_a']} vs {p['run_b']}"]
-            for c in comps:
-                v = pc[(pc["run_a"] == p["run_a"]) & (pc["run_b"] == p["run_b"]) & (pc["component"].astype(str) == c)]
-                row.append(_v(float(v["delta_cos"].iloc[0])) if len(v) else "-")
-            rows.append(row)
-        out.append(Table(["pair"] + comps, rows, caption="`delta_cos` per component"))
+    comps = list(dict.fromkeys(pc["component"].astype(str))) if pc is not None and not pc.empty else []
     pair_marks = _gate_marks(gate_results, pair=True)
     header = ["pair", "delta_cos"] + [f"jaccard_{c} (random)" for c in schema.CONVS] + \
-        ["overlap_a_atol", "overlap_b_atol", "sign_agree", "both changed (exact)"]
+        [f"overlap_a_{CONV} (random)", f"overlap_b_{CONV} (random)", "sign_agree", "both changed (exact)"] + \
+        [f"delta_cos {c}" for c in comps]
     rows, flags = [], []
     for _, p in ps.iterrows():
         key = f"{p['run_a']}/{p['run_b']}"
+        per = []
+        for c in comps:
+            v = pc[(pc["run_a"] == p["run_a"]) & (pc["run_b"] == p["run_b"]) & (pc["component"].astype(str) == c)]
+            per.append(_v(float(v["delta_cos"].iloc[0])) if len(v) else "-")
         rows.append([f"{p['run_a']} vs {p['run_b']}", _v(p["delta_cos"])]
                     + [f"{_v(p[f'jaccard_{c}'])} ({_v(p[f'jaccard_random_{c}'])})" for c in schema.CONVS]
-                    + [_v(p["overlap_a_atol"], "pct"), _v(p["overlap_b_atol"], "pct"), _v(p["sign_agree"], "pct"),
-                       fmt(p["n_both_exact"], "int")] + ([pair_marks.get(key, "-")] if pair_marks else []))
+                    + [f"{_v(p[f'overlap_{s}_{CONV}'], 'pct')} ({_v(p[f'overlap_{s}_random_{CONV}'], 'pct')})"
+                       for s in ("a", "b")]
+                    + [_v(p["sign_agree"], "pct"), fmt(p["n_both_exact"], "int")] + per
+                    + ([pair_marks.get(key, "-")] if pair_marks else []))
         flags.append("fail" if "FAIL" in pair_marks.get(key, "") else None)
     if pair_marks:
         header.append("gates")
     t = Table(header, rows, ["l"] + ["r"] * (len(header) - 1 - bool(pair_marks)) + (["l"] if pair_marks else []),
-              flags, caption="Every pair, all three conventions")
+              flags, caption=f"Every pair, all three conventions (`overlap_a_{CONV}`: share of run a's changed elements "
+                             f"also changed in run b, |D| > {atol:g}; `sign_agree`: same sign among elements changed "
+                             f"in both, exact, random baseline 50%)")
     out += _maybe_details(f"all pairs ({len(rows)})", t)
     return out
 
@@ -390,21 +411,22 @@ def provenance_blocks(result) -> list:
                      _q(ident.fingerprint)])
     ck = Table(["checkpoint", "path", "format", "parameters", "dtypes (tensors)", "fingerprint"], rows,
                ["l", "l", "l", "r", "l", "l"])
-    ot = Table(["option", "value"], [[k, f"`{v}`"] for k, v in m.options.values.items()], ["l", "l"])
+    ot = Para(" · ".join(f"`{k}={v}`" for k, v in m.options.values.items()))
     info = (f"updelta {_q(m.updelta_version)}, device {_q(m.device)}, kernel {_q(m.kernel)}, "
             f"family {_q(m.pairing.family)}, {_q(m.seconds)} s")
     return [Heading("Provenance"), Para(info), ck, Details("every option used", [ot])]
 
 
-def build(result, evals: dict, gate_results, findings, figures, missing) -> Document:
+def build(result, evals: dict, gate_results, findings, figures, missing, claims=()) -> Document:
     doc = Document("updelta report")
     doc.add(*header_blocks(result))
     doc.add(Contents())
     doc.add(*summary_blocks(result, evals, gate_results))
     doc.add(*gate_blocks(gate_results))
-    doc.add(*finding_blocks(findings))
+    doc.add(*claims_blocks(list(claims) or [f for f in findings if f.topic == "claim"]))
+    doc.add(*finding_blocks(findings, result, evals))
     doc.add(*eval_blocks(result, evals))
-    doc.add(*spectral_blocks(result))
+    doc.add(*spectral_blocks(result, findings))
     doc.add(*component_blocks(result))
     doc.add(*layer_blocks(result))
     doc.add(*fold_long(where_blocks(result)))  # docs/metrics.md, Where an update sits

@@ -32,8 +32,9 @@ def tradeoff_table(result, evals: dict) -> pd.DataFrame:
     s = result.summary.copy()
     for run, e in evals.items():
         m = s["run"] == run
-        if e.method:
-            s.loc[m, "method"] = e.method
+        for k in ("method", "task", "seed"):  # the run's group in the figures (updelta.plot.groups)
+            if getattr(e, k, None) is not None:
+                s.loc[m, k] = getattr(e, k)
         for k in e.splits:
             s.loc[m, f"before_{k}"] = e.before[k]
             s.loc[m, f"after_{k}"] = e.after[k]
@@ -41,8 +42,16 @@ def tradeoff_table(result, evals: dict) -> pd.DataFrame:
     return s
 
 
+def plot_meta(result, evals: dict) -> dict:
+    """The result's meta with each evaluated run's method, task and seed (`run_groups`): the figures colour runs by
+    method, mark them by task and join seeds (updelta.plot.groups)."""
+    groups = {r: {"method": e.method, "task": e.task, "seed": e.seed} for r, e in evals.items() if e.method}
+    return {**(result.meta or {}), "run_groups": groups} if groups else (result.meta or {})
+
+
 def _specs(result, evals: dict):
     """(stem, caption, plot function name, reason it does not apply or None, draw(function) -> Figure)."""
+    M = plot_meta(result, evals)
     t = result.tensors
     multi = len(result.pairs_summary) > 0
     spectral = "topk_sv" in t.columns and t["topk_sv"].notna().any()
@@ -56,9 +65,9 @@ def _specs(result, evals: dict):
         ("heatmap_sparsity_atol", "Share of elements unchanged (atol) per layer and module", "heatmap", None,
          lambda f: f(result, "sparsity_atol")),
         ("layer_profile_rel_delta", "Relative update per layer, one line per run", "layer_profile", None,
-         lambda f: f(result, "rel_delta")),
+         lambda f: f(result, "rel_delta", meta=M)),
         ("layer_profile_sparsity_atol", "Share unchanged (atol) per layer, one line per run", "layer_profile", None,
-         lambda f: f(result, "sparsity_atol")),
+         lambda f: f(result, "sparsity_atol", meta=M)),
         ("run_similarity_delta_cos", "Delta cosine between runs (whole model)", "run_similarity",
          None if multi else "needs at least two runs", lambda f: f(result, "delta_cos")),
         ("run_similarity_jaccard_atol", "Jaccard of changed-element masks (atol) between runs", "run_similarity",
@@ -68,9 +77,9 @@ def _specs(result, evals: dict):
          None if has_heads else f"no per-head rows ({heads_skip or 'no attention heads'})",
          lambda f: f(result, "energy_vs_even")),
         ("spectrum", "Singular values of the updates", "spectrum",
-         None if spectral else "no spectral columns (computed with --spectral off)", lambda f: f(result)),
+         None if spectral else "no spectral columns (computed with --spectral off)", lambda f: f(result, meta=M)),
         ("distribution", "Distribution of |D|", "distribution",
-         None if hist else "no |D| histograms (compute with --histogram)", lambda f: f(result)),
+         None if hist else "no |D| histograms (compute with --histogram)", lambda f: f(result, meta=M)),
         ("tradeoff", "Gain against update size, with measured retention", "tradeoff",
          None if evals else "no evaluations given (--eval NAME=FILE.json)",
          lambda f: f(tradeoff_table(result, evals), meta=result.meta)),

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from updelta.options import DiffOptions
-from updelta.tables.aggregate import aggregate_tensors
+from updelta.tables.aggregate import aggregate_tensors, sparsity_left_out
 from updelta.tables.evals import SPLIT_LABELS
 
 # Published ranges (metrics.md); quoted beside the figures they can be compared with.
@@ -106,12 +106,18 @@ def sparsity_findings(result, evals: dict) -> list[Finding]:
         e = evals.get(run)
         if e is not None and e.weight_decay is not None:
             ctx.append(f"weight decay {e.weight_decay:g}")
-        if r["sparsity_exact"] == 1.0:
+        left, every = sparsity_left_out(r)
+        if every:  # only unchanged tensors have counts: the 100% says nothing about the update
+            text = (f"n/a: every changed tensor ({left}) has no sparsity counts (adapter factors; docs/adapters.md, "
+                    f"--merge-dtype); the tensors that have counts are unchanged")
+        elif r["sparsity_exact"] == 1.0:
             text = (f"every one of {int(r['n_compared']):,} elements is bit-identical to the base "
                     f"(100% unchanged under all three conventions)")
         else:
             text = (f"{pct(r['sparsity_atol'])} of elements unchanged under atol ({'; '.join(ctx)}); "
                     f"exact (W1 == W0): {pct(r['sparsity_exact'])}; rtol (eta {eta:g}): {pct(r['sparsity_rtol'])}")
+            if left:
+                text += f"; {left} tensor(s) without sparsity counts (adapter factors) left out"
         ref = REF_SPARSITY
         if atol != PUBLISHED_ATOL or not _is_bf16(result, run):
             ref += f"; not directly comparable here ({storage(result, run)}, atol {atol:g})"

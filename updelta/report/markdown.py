@@ -63,7 +63,7 @@ def _block(b, doc: Document | None = None) -> str:
         return table(b)
     if isinstance(b, Image):
         s = f"![{b.alt}]({b.path})"
-        return f"{s}\n\n*{b.caption}*" if b.caption else s
+        return f"*{b.caption}*\n{s}" if b.caption else s  # one paragraph: the caption, then the figure
     if isinstance(b, Details):
         inner = "\n\n".join(_block(x) for x in b.blocks)
         return f"<details><summary>{b.summary}</summary>\n\n{inner}\n\n</details>"
@@ -71,5 +71,17 @@ def _block(b, doc: Document | None = None) -> str:
 
 
 def render(doc: Document) -> str:
-    parts = [f"# {doc.title}"] + [x for x in (_block(b, doc) for b in doc.blocks) if x]
+    parts, figs = [f"# {doc.title}"], []
+    for b in doc.blocks:  # consecutive figures: one paragraph, a line break after each caption and figure
+        if isinstance(b, Image):
+            figs.append(_block(b, doc).replace("\n", "<br>\n"))
+            continue
+        if figs:
+            parts.append("<br>\n".join(figs))
+            figs = []
+        x = _block(b, doc)
+        if x:
+            parts.append(x)
+    if figs:
+        parts.append("<br>\n".join(figs))
     return "\n\n".join(parts).rstrip() + "\n"

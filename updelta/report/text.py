@@ -7,7 +7,14 @@ from pathlib import Path
 import pandas as pd
 
 from updelta.metrics import schema
-from updelta.tables.aggregate import towers_included, unchanged, unchanged_runs
+from updelta.tables.aggregate import (
+    SPARSITY_NA,
+    sparsity_cell,
+    sparsity_left_out,
+    towers_included,
+    unchanged,
+    unchanged_runs,
+)
 from updelta.tables.meta import PairingNotes, RunInfo
 from updelta.tables.result import Result
 
@@ -35,7 +42,7 @@ def table(rows: list[list[str]], header: list[str]) -> str:
         out = []
         for i, x in enumerate(r):
             x = str(x)
-            num = not hdr and (x[:1].isdigit() or x[:1] in "-+." and x[1:2].isdigit() or x == "-")
+            num = not hdr and (x[:1].isdigit() or x[:1] in "-+." and x[1:2].isdigit() or x in ("-", "n/a"))
             out.append(x.rjust(widths[i]) if num and i > 0 else x.ljust(widths[i]))
         return "  ".join(out).rstrip()
     sep = "  ".join("-" * w for w in widths)
@@ -55,8 +62,25 @@ def _rows(df: pd.DataFrame, keys: list[str], cols) -> tuple[list[list[str]], lis
     cols = [c for c in cols if c[0] in df.columns]
     header = keys + ["tensors", "numel"] + [c[1] for c in cols]
     rows = [[fmt(r[k]) for k in keys] + [fmt(r["n_tensors"], "int"), fmt(r["numel"], "int")]
-            + [fmt(r[c[0]], c[2]) for c in cols] for _, r in df.iterrows()]
+            + [_cell(r, c) for c in cols] for _, r in df.iterrows()]
     return rows, header
+
+
+def _cell(r, c) -> str:
+    """One figure; a sparsity figure says what it leaves out (tensors without counts: `sparsity_cell`)."""
+    text = fmt(r[c[0]], c[2])
+    return sparsity_cell(text, r) if c[0].startswith("sparsity_") else text
+
+
+def sparsity_notes(df: pd.DataFrame) -> list[str]:
+    """The line under a table whose sparsity figures leave tensors out (adapter factors without counts)."""
+    if "n_sparsity_null" not in df.columns or not (df["n_sparsity_null"].fillna(0) > 0).any():
+        return []
+    left = [sparsity_left_out(r) for _, r in df.iterrows()]
+    parts = [SPARSITY_NA] if any(every for _, every in left) else []
+    if any(n and not every for n, every in left):
+        parts.append("'(k tensors n/a)': k tensors without sparsity counts (adapter factors) left out of the figure")
+    return ["; ".join(parts)]
 
 
 def summary_text(res: Result, top: int = 10) -> str:
@@ -66,7 +90,7 @@ def summary_text(res: Result, top: int = 10) -> str:
     out = [f"updelta {m.updelta_version or ''}: base {m.base.path}"]
     for r in runs:
         rid = m.run(r)
-        out.append(f"  {r}: {rid.path} ({rid.format}, {', '.join(rid.dtypes)})")
+        out.append(f"  {r}: {rid.path} ({', '.join([str(rid.format)] + list(rid.dtypes))})")
     out.append(f"family {m.pairing.family}, device {m.device}, "
                f"{len(res.tensors['name'].unique()) if len(res.tensors) else 0} tensors, {m.seconds} s")
     out.append(SPARSITY_NOTE.format(atol=opts.get("atol"), eta=opts.get("eta")))
@@ -76,6 +100,7 @@ def summary_text(res: Result, top: int = 10) -> str:
     summ = res.summary.assign(run=[f"{r} (unchanged)" if r in same else r for r in res.summary["run"].astype(str)])
     rows, header = _rows(summ, ["run"], SUMMARY_COLS + spec_cols)
     out.append(table(rows, header))
+    out += sparsity_notes(res.summary)
     if same:
         out.append(f"unchanged: {', '.join(same)}: every tensor bit-identical to the base (W1 == W0 for every "
                    f"compared element)")
@@ -83,6 +108,8 @@ def summary_text(res: Result, top: int = 10) -> str:
     rows, header = _rows(res.components, ["run", *(["tower"] if "tower" in res.components else []), "component"],
                          SUMMARY_COLS + spec_cols)
     out.append(table(rows, header))
+    if not sparsity_notes(res.summary):
+        out += sparsity_notes(res.components)
     if spec_cols and "energy_rank_90" in res.tensors:
         k = opts.topk
         out.append(f"(r90 = energy rank at 90%; '-' where not reached within the top {k}, i.e. > {k})")
@@ -94,7 +121,7 @@ def summary_text(res: Result, top: int = 10) -> str:
             sub = t[(t["run"] == r) & ~unchanged(t)]  # changed tensors only: no list of zeros
             sub = sub.sort_values("rel_delta", ascending=False, na_position="last").head(top)
             rows = [[r, x["name"], schema.shape_text(x["shape"]), fmt(x["rel_delta"]), fmt(x["delta_max"]),
-                     fmt(x["sparsity_exact"], "pct")] for _, x in sub.iterrows()]
+                     _tensor_sparsity(x)] for _, x in sub.iterrows()]
             out.append(table(rows, ["run", "tensor", "shape", "rel_delta", "delta_max", "sparse exact"]))
     if len(res.pairs_summary):
         out.append("\nAcross runs (whole model; random = independent masks of the same densities)")
@@ -104,6 +131,13 @@ def summary_text(res: Result, top: int = 10) -> str:
         out.append(table(rows, ["run_a", "run_b", "delta_cos", "jaccard exact", "random", "overlap_a", "sign_agree"]))
     out += _notes(m.pairing, res)
     return "\n".join(out)
+
+
+def _tensor_sparsity(x) -> str:
+    """A tensor's exact sparsity; n/a for a tensor without counts (an adapter's factors, docs/adapters.md)."""
+    if "n_eq" in x and pd.isna(x["n_eq"]):
+        return "n/a"
+    return fmt(x["sparsity_exact"], "pct")
 
 
 def _notes(p: PairingNotes, res: Result) -> list[str]:

@@ -15,6 +15,12 @@ def _layer(v) -> str:
     return "-" if pd.isna(v) else str(int(v))
 
 
+def _part(r) -> str:
+    """The head's part (q, k, v, o) when the module name does not already say it (fused qkv)."""
+    part, module = str(r["part"]), str(r["module"])
+    return "" if module.startswith(part) or module.split("_")[0].endswith(part) else f"{part} "
+
+
 def where_blocks(result) -> list:
     t = result.tensors
     heads, neurons = getattr(result, "heads", None), getattr(result, "neurons", None)
@@ -36,8 +42,6 @@ def where_blocks(result) -> list:
         rows.append([run, str(len(g)), fmt(g["row_top1_share"].median(), "pct"),
                      fmt(g["row_top10_share"].median(), "pct"), fmt(frac, "pct"),
                      fmt(g["col_top1_share"].median(), "pct"), fmt(g["row_gini"].median())])
-        out.append(Para(f"{run}: 90% of the update energy of the median 2-D tensor lies in {fmt(frac, 'pct')} of "
-                        f"its rows; its top 1% of rows hold {fmt(g['row_top1_share'].median(), 'pct')}."))
     if rows:
         out.append(Table(["run", "2-D tensors", "top 1% rows", "top 10% rows", "rows for 90%", "top 1% cols",
                           "row Gini"], rows))
@@ -48,25 +52,31 @@ def where_blocks(result) -> list:
             tot = h["ss_delta"].sum()
             if not tot > 0:
                 continue
-            for _, r in h.sort_values("ss_delta", ascending=False, kind="stable").head(TOP).iterrows():
-                hrows.append([run, _layer(r["layer"]), str(r["module"]), str(r["part"]), str(int(r["head"])),
-                              fmt(r["ss_delta"] / tot, "pct"), fmt(r["energy_share"], "pct"), fmt(r["rel_delta"])])
+            top = h.sort_values("ss_delta", ascending=False, kind="stable").head(TOP)
+            hrows.append([run, "; ".join(
+                f"L{_layer(r['layer'])} {r['module']} {_part(r)}h{int(r['head'])} {fmt(r['ss_delta'] / tot, 'pct')} "
+                f"({fmt(r['energy_share'], 'pct')}, {fmt(r['rel_delta'])})" for _, r in top.iterrows())])
         if hrows:
-            out += [Para(f"The {TOP} attention heads with most of each run's attention update energy (share of the "
-                         f"run's summed head energies; share of the head's own module)."),
-                    Table(["run", "layer", "module", "part", "head", "share of run", "share of module",
-                           "rel_delta"], hrows)]
+            out += [Para(f"The {TOP} attention heads with most of each run's attention update energy, largest first: "
+                         f"layer, module, head, share of the run's summed head energies (share of the head's own "
+                         f"module, the head's rel_delta)."),
+                    Table(["run", f"top {TOP} heads"], hrows, ["l", "l"])]
     if neurons is not None and not neurons.empty:
         for kind, what in (("neuron", "MLP neurons"), ("token", "token rows (embeddings, untied head)")):
             n = neurons[neurons["kind"] == kind]
             nrows = []
             for run in result.runs:
-                for _, r in n[n["run"] == run].sort_values("energy", ascending=False, kind="stable").head(TOP).iterrows():
+                top = n[n["run"] == run].sort_values("energy", ascending=False, kind="stable").head(TOP)
+                if top.empty:
+                    continue
+                cells = []
+                for _, r in top.iterrows():
                     label = str(int(r["index"])) + (f" {r['token']!r}" if kind == "token" and r["token"] else "")
-                    nrows.append([run, _layer(r["layer"]), str(r["module"]), f"{r['axis']} {label}",
-                                  fmt(r["energy_share"], "pct")])
+                    where = f"L{_layer(r['layer'])} " if not pd.isna(r["layer"]) else ""
+                    cells.append(f"{where}{r['module']} {r['axis']} {label} {fmt(r['energy_share'], 'pct')}")
+                nrows.append([run, "; ".join(cells)])
             if nrows:
-                out += [Para(f"The {TOP} {what} that moved most per run (largest ||D[i, :]||^2 or ||D[:, j]||^2; "
-                             f"share of their tensor's update energy)."),
-                        Table(["run", "layer", "module", "row/col", "share of tensor"], nrows)]
+                out += [Para(f"The {TOP} {what} that moved most per run, largest first (largest ||D[i, :]||^2 or "
+                             f"||D[:, j]||^2): layer, module, row or column, share of their tensor's update energy."),
+                        Table(["run", f"top {TOP} {what.split(' (')[0]}"], nrows, ["l", "l"])]
     return out

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +21,7 @@ from updelta.report.build import build
 from updelta.report.figures import FigureMissing, make_figures
 from updelta.report.findings import Finding, as_frame, findings as compute_findings
 from updelta.report.gates import GateResult, evaluate, parse_gates, validate
+from updelta.tables.aggregate import noted_records
 from updelta.tables.evals import Evaluation, check_bases, check_names, load_evals
 
 REPORT_MARKERS = ("report.md", "summary.json")
@@ -87,7 +88,7 @@ def summary_json(result, evals: dict[str, Evaluation], gate_results, items, figu
     m = result.meta  # written as recorded (JSON), not re-serialised from `result.info`
     info = result.info
     runs = {}
-    summ = {r["run"]: r for r in _records(result.summary)}
+    summ = {r["run"]: r for r in noted_records(result.summary, _records(result.summary))}
     for r in result.runs:
         runs[r] = {
             "identity": info.runs[r].to_dict() if r in info.runs else None,
@@ -137,12 +138,14 @@ def eval_base_findings(result, evals: dict[str, Evaluation], options: ReportOpti
 
 
 def write_report(result, out_dir: str | os.PathLike, evals=None, gates=(), *, figures: bool = True,
-                 extra_findings=(), options: ReportOptions | None = None) -> ReportOutcome:
+                 extra_findings=(), options: ReportOptions | None = None, claims=()) -> ReportOutcome:
     """Write the report of `result` into `out_dir` and evaluate `gates` (expressions or `Gate`s).
 
     `evals`: {run: Evaluation | path to eval.json | dict}; each one's base is checked against the base its run was
     measured from (`evals.check_bases`; `options.eval_base_mismatch`). `extra_findings`: `Finding`s computed
-    elsewhere (e.g. claims tested on a zoo of runs), listed after the report's own. A malformed gate,
+    elsewhere, listed after the report's own. `claims`: claim records (`updelta.demo.claims.Claim`) tested on these
+    runs: a table right after the summary (one row per claim, a column per field of the record), in summary.json
+    ("claims") and, as findings of topic "claim", in tables/findings.parquet. A malformed gate,
     an unknown metric, a selector that matches nothing, an evaluation for an unknown run, or an evaluation of
     another base (unless `eval_base_mismatch="warn"`) raises `UpdeltaError` before anything is written. Failed
     gates do not raise: see `ReportOutcome.passed`. Warnings are findings in the report, `ReportOutcome.warnings`
@@ -156,10 +159,12 @@ def write_report(result, out_dir: str | os.PathLike, evals=None, gates=(), *, fi
     base_items = eval_base_findings(result, evals, options)
     out = check_out_dir(out_dir)
     gate_results = [evaluate(result, g) for g in gate_list]
-    items = compute_findings(result, evals) + base_items + list(extra_findings)
+    claims = list(claims)
+    items = compute_findings(result, evals) + base_items + list(extra_findings) + [
+        Finding("claim", c.claim, f"{c.verdict}: {c.text}", c.source) for c in claims]
     figs, missing = make_figures(result, evals) if figures else ([], [FigureMissing("all", "", "not drawn "
                                                                                     "(--no-figures)")])
-    doc = build(result, evals, gate_results, items, figs, missing)
+    doc = build(result, evals, gate_results, items, figs, missing, claims)
     with atomic_dir(out) as tmp:
         (tmp / "figures").mkdir()
         for f in figs:
@@ -172,6 +177,7 @@ def write_report(result, out_dir: str | os.PathLike, evals=None, gates=(), *, fi
         (tmp / "report.md").write_text(md_render.render(doc), encoding="utf-8")
         (tmp / "report.html").write_text(html_render.render(doc), encoding="utf-8")
         sj = summary_json(result, evals, gate_results, items, figs, missing)
+        sj["claims"] = _clean([asdict(c) for c in claims])
         (tmp / "summary.json").write_text(json.dumps(sj, indent=1, default=str), encoding="utf-8")
     texts = [f.text.removeprefix("warning: ") for f in base_items]
     for w in texts:

@@ -216,3 +216,54 @@ def aggregate_pairs(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         out[c] = v
     out["n_tensors"] = s["n_tensors"].astype("int64").to_numpy()
     return int_keys(out)
+
+
+SPARSITY_NA = ("n/a: the adapter's updated tensors have no sparsity counts (D is never stored; docs/adapters.md, "
+               "`--merge-dtype`)")
+
+
+def sparsity_left_out(row) -> tuple[int, bool]:
+    """(tensors left out of an aggregate row's sparsity figures for lack of counts, whether every changed tensor of
+    the row is among them). In the second case the figure counts unchanged tensors only and says nothing about the
+    update: renderers print n/a; in the first they say on the same line how many tensors were left out."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    n = get("n_sparsity_null", 0)
+    n = 0 if n is None or pd.isna(n) else int(n)
+    if n == 0:
+        return 0, False
+    tensors, same = get("n_tensors", None), get("n_unchanged", None)
+    if tensors is None or same is None or pd.isna(tensors) or pd.isna(same):
+        return n, False
+    return n, n >= int(tensors) - int(same)
+
+
+def sparsity_cell(text: str, row) -> str:
+    """A formatted sparsity figure of an aggregate row, with what it leaves out (`sparsity_left_out`): the text
+    itself, `n/a`, or `98.10% (4 tensors n/a)`."""
+    n, every = sparsity_left_out(row)
+    if n == 0:
+        return text
+    return "n/a" if every else f"{text} ({n} tensor{'s' if n != 1 else ''} n/a)"
+
+
+def sparsity_note(row) -> str | None:
+    """What an aggregate row's sparsity figures leave out, in words (JSON, reports); None when nothing is."""
+    n, every = sparsity_left_out(row)
+    if n == 0:
+        return None
+    if every:
+        return (f"n/a: every changed tensor ({n}) has no sparsity counts (adapter factors; docs/adapters.md); the "
+                f"sparsity figures count unchanged tensors only and say nothing about the update")
+    return f"{n} tensor{'s' if n != 1 else ''} without sparsity counts (adapter factors) left out of the sparsity figures"
+
+
+def noted_records(df: pd.DataFrame, records: list[dict]) -> list[dict]:
+    """`records` (one per row of the aggregate `df`) with `sparsity_note` added where a row's sparsity figures leave
+    tensors out (`sparsity_note`)."""
+    if "n_sparsity_null" not in df.columns:
+        return records
+    out = []
+    for rec, (_, row) in zip(records, df.iterrows()):
+        note = sparsity_note(row)
+        out.append({**rec, "sparsity_note": note} if note else rec)
+    return out
