@@ -169,6 +169,11 @@ def _build(p, fmt: str, files: list, config: dict, weight_map: dict | None, inde
     if not ck.tensors:
         ck.close()
         raise CheckpointError(f"{p}: holds no tensors")
+    if fmt == "gguf":  # GGUF: ggml types, float32 values, metadata as config (io.gguf_file, docs/inputs.md)
+        from .gguf_file import gguf_refs
+        ck.tensors = gguf_refs(ck.tensors)
+        ck.config = {"gguf": {k: v for k, v in files[0].metadata.items() if not isinstance(v, (tuple, list))
+                              and not k.startswith("tokenizer.")}}
     from .quantized import dequantize  # FP8 weights de-quantized, other quantized layouts refused (docs/quantized.md)
     try:
         dequantize(ck)

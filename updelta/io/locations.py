@@ -37,7 +37,7 @@ from ..errors import CheckpointError
 from .safetensors_file import DTYPES, SafetensorsFile, pread_elements
 from .torch_file import TorchFile
 
-FileFormat = Literal["safetensors", "torch", "dcp", "remote"]
+FileFormat = Literal["safetensors", "torch", "dcp", "remote", "gguf", "gguf-hf"]
 # torch-style dtype name -> numpy dtype of the raw storage (bf16 as uint16 bits, fp8 as uint8)
 RAW_DTYPES: dict[str, np.dtype] = {name: raw for name, raw in DTYPES.values() if raw is not None}
 
@@ -54,6 +54,7 @@ class TensorLocation:
     offset: int = -1  # safetensors: absolute byte offset of element 0 in the file; -1 for torch files
     dequant: "Dequant | None" = None  # a quantized weight read as float32 values (`io.quantized`)
     start: int = 0  # element offset of this view into the stored tensor (0: the whole tensor)
+    stored: str = ""  # the stored type when `dtype` is what reads decode to (GGUF: "Q4_K"; io.gguf_file)
 
     @property
     def numel(self) -> int:
@@ -85,8 +86,13 @@ def _remote(path: str):
     return RemoteSafetensorsFile(path)
 
 
+def _gguf(path: str):
+    from .gguf_file import GGUFFile
+    return GGUFFile(path)
+
+
 # location_format -> opener of a file object from its location_path (objects with their own `read`)
-OPENERS: dict[str, Callable[[str], object]] = {"dcp": _dcp, "remote": _remote}
+OPENERS: dict[str, Callable[[str], object]] = {"dcp": _dcp, "remote": _remote, "gguf": _gguf}
 
 
 class BlockReader(Protocol):
@@ -123,6 +129,16 @@ class _TorchReader:
 
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         return self.tf.read(self.name, self.start + start, count, out)
+
+
+class _GGUFReader:
+    """Float32 values of a GGUF tensor (io.gguf_file): stored, or in Hugging Face's convention ("gguf-hf")."""
+
+    def __init__(self, f, loc: TensorLocation):
+        self.f, self.name, self.start, self.hf = f, loc.name, loc.start, loc.format == "gguf-hf"
+
+    def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self.f.read(self.name, self.start + start, count, out, hf=self.hf)
 
 
 class _View:
@@ -202,6 +218,8 @@ def open_reader(loc: TensorLocation) -> BlockReader:
         return _SafetensorsReader(_FILES.fd(loc.path), loc)
     if loc.format == "torch":
         return _TorchReader(_FILES.torch_file(loc.path), loc)
+    if loc.format in ("gguf", "gguf-hf"):  # de-quantized float32; "gguf-hf": in Hugging Face's convention
+        return _GGUFReader(_FILES.torch_file(loc.path, OPENERS["gguf"]), loc)
     if loc.format in OPENERS:
         return _TorchReader(_FILES.torch_file(loc.path, OPENERS[loc.format]), loc)
     raise ValueError(f"open_reader: unknown file format {loc.format!r}")
