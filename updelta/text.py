@@ -7,6 +7,7 @@ import pandas as pd
 
 from . import schema
 from .aggregate import towers_included, unchanged, unchanged_runs
+from .gguf_notes import gguf_lines
 from .meta import PairingNotes
 from .result import Result
 from .runbases import base_lines
@@ -132,6 +133,7 @@ def _notes(p: PairingNotes, res: Result) -> list[str]:
         stored = ", ".join(sorted(q.get("stored_dtypes") or {}))
         lines.append(f"de-quantized ({who}): {q.get('dequantized')} {stored} weights x their scales ({blocks}; "
                      f"{q.get('method')}), measured as float32 values; scale tensors not compared")
+    lines += gguf_lines(p.extra, res.tensors)  # GGUF names, transforms and error by quant type (gguf_notes)
     lines += base_lines(res.info)  # per-run bases, pairs not compared (runbases)
     if "n_spectral_skipped" in res.summary.columns:
         n = int(res.summary["n_spectral_skipped"].fillna(0).max())
