@@ -288,3 +288,72 @@ def test_real_smollm2_gguf_pairs_with_its_bf16_folder(smollm2):
     assert set(df.dtype_base) == {"Q4_1", "F32", "Q8_0"}
     q = df.set_index("name").loc["model.layers.0.self_attn.q_proj.weight"]
     assert 5e-4 < q.rel_delta < 2e-3
+
+
+def test_gpt2_conv1d_weights_transposed_back(tmp_path):
+    """GPT-2 stores Conv1D weights [in, out]; llama.cpp's converter writes them [out, in] and transformers'
+    GPT2TensorProcessor transposes them back: updelta reads them back in the folder's orientation."""
+    from safetensors.numpy import save_file
+    import json
+
+    rng = np.random.default_rng(9)
+    sd = {"transformer.h.0.attn.c_attn.weight": rng.standard_normal((H, 3 * H)).astype(np.float32),
+          "transformer.h.0.mlp.c_fc.weight": rng.standard_normal((H, FF)).astype(np.float32),
+          "transformer.h.0.ln_1.weight": rng.standard_normal(H).astype(np.float32)}
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file(sd, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                                                    "n_embd": H, "n_head": HEADS, "n_layer": 1}))
+    g = write(tmp_path / "g.gguf", {"blk.0.attn_qkv.weight": sd["transformer.h.0.attn.c_attn.weight"].T,
+                                     "blk.0.ffn_up.weight": sd["transformer.h.0.mlp.c_fc.weight"].T,
+                                     "blk.0.attn_norm.weight": sd["transformer.h.0.ln_1.weight"]}, arch="gpt2")
+    res = _diff(folder, g)
+    assert set(res.tensors.name) == set(sd) and (res.tensors.delta_fro == 0).all()
+    run = res.meta["run_order"][0]
+    assert len(res.meta["pairing"]["gguf"][run]["transformed"]["transposed"]) == 2
+
+
+def test_quantization_error_by_quant_type(tmp_path):
+    """HF folder against a GGUF of the same weights, half Q8_0, half F32: the update is the quantization error;
+    by_quant_type sums it per type (sqrt of summed squares over the type's tensors)."""
+    from updelta.gguf_notes import by_quant_type
+
+    sd = llama_hf(np.random.default_rng(4))
+    folder = save_hf(sd, tmp_path / "hf")
+    t = {}
+    for hf, g in LLAMA_GGUF.items():
+        w = sd[hf]
+        w = permute(w, HEADS, HEADS) if g == "blk.0.attn_q.weight" else permute(w, HEADS, KV) if \
+            g == "blk.0.attn_k.weight" else w
+        t[g] = (w, Q.Q8_0) if w.ndim == 2 and g != "token_embd.weight" else w
+    g = write(tmp_path / "q8.gguf", t)
+    res = _diff(folder, g)
+    df = res.tensors.set_index("name")
+    assert (df.loc[df.dtype_ft == "F32", "delta_fro"] == 0).all()
+    q8 = df[df.dtype_ft == "Q8_0"]
+    assert len(q8) == 7 and (q8.rel_delta > 1e-3).all() and (q8.rel_delta < 1e-2).all()  # 8-bit absmax error
+    o = oracle(g)
+    for n in q8.index:  # the Frobenius norm ignores the q/k row order: compare with what was written
+        written = t[LLAMA_GGUF[n]][0].astype(np.float64)
+        assert q8.loc[n, "delta_fro"] == pytest.approx(np.linalg.norm(o[LLAMA_GGUF[n]] - written), rel=1e-6), n
+    row = by_quant_type(res.tensors).set_index("quant_type").loc["Q8_0"]
+    assert row.tensors == 7
+    want = math.sqrt((q8.delta_fro ** 2).sum()) / math.sqrt((q8.base_fro ** 2).sum())
+    assert row.rel_delta == pytest.approx(want, rel=1e-12)
+    assert row.worst_module in {m for m in q8.module} and row.worst_layer == 0
+
+
+def test_seeded_gguf_fuzz_sample(tmp_path):
+    """80 seeded cases of the GGUF fuzz job (benchmarks/fuzz_readers.py --format gguf runs 10,000)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import fuzz_readers
+
+    outcomes = fuzz_readers.fuzz_gguf(80, seed=1, workdir=tmp_path, progress=False)
+    bad = [o for o in outcomes if o.outcome.startswith("VIOLATION")]
+    assert not bad, bad[:5]
+    assert {o.kind for o in outcomes} == set(fuzz_readers.GGUF_KINDS)
+    assert sum(o.outcome == "measured" for o in outcomes) > 15 and sum(o.outcome == "refused" for o in outcomes) > 40

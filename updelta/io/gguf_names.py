@@ -88,6 +88,7 @@ class Transform:
     rows: np.ndarray | None = None
     gather: np.ndarray | None = None
     shift: float = 0.0
+    transpose: bool = False  # a 2-D tensor stored transposed, read whole (at most FULL_PROBE elements)
     what: str = ""  # "rows permuted", "shifted by -1", ... (for the notes)
     why: str = ""  # non-empty: not convertible
 
@@ -96,10 +97,14 @@ class Transform:
         return not self.why
 
     def read(self, f, name: str, start: int, count: int, vals: np.ndarray) -> None:
-        if self.gather is not None:
-            whole = np.empty(math.prod(f.shape(name)), dtype=vals.dtype)
+        if self.gather is not None or self.transpose:  # a small tensor (<= FULL_PROBE elements) reordered whole
+            stored = f.shape(name)
+            whole = np.empty(math.prod(stored), dtype=vals.dtype)
             f._stored(name, 0, whole.size, whole)
-            np.take(whole, self.gather[start:start + count], out=vals)
+            if self.transpose:
+                vals[:] = whole.reshape(stored).T.reshape(-1)[start:start + count]
+            else:
+                np.take(whole, self.gather[start:start + count], out=vals)
         elif self.rows is not None:
             cols = math.prod(self.shape[1:])
             r0, r1 = start // cols, -(-(start + count) // cols)
@@ -165,6 +170,14 @@ def transform_of(f, name: str) -> Transform:
         gather = perm.reshape(-1).astype(np.int64)
         if r.shape == shape and np.array_equal(gather, np.arange(numel)):
             return Transform(shape, shift=shift, what=", ".join(what))
+        cols = math.prod(shape[1:])
+        if r.shape == shape:  # a row permutation found by the whole probe (Bloom's fused qkv): rows, not elements
+            rows = gather[::cols] // cols
+            if np.array_equal(gather, (rows[:, None] * cols + np.arange(cols)).reshape(-1)):
+                return Transform(shape, rows=rows, shift=shift, what=", ".join(["rows permuted", *what]))
+        if len(shape) == 2 and r.shape == shape[::-1] and np.array_equal(
+                gather, np.arange(numel).reshape(shape).T.reshape(-1)):  # GPT-2's Conv1D .T: no index array kept
+            return Transform(tuple(r.shape), transpose=True, shift=shift, what=", ".join(["transposed", *what]))
         return Transform(tuple(r.shape), gather=gather, shift=shift,
                          what=", ".join(["elements reordered" + (" (transposed)" if r.shape != shape else ""), *what]))
     return Transform(shape, why=why if numel <= FULL_PROBE else f"{why}; too large to probe whole")
