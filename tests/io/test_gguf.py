@@ -357,3 +357,16 @@ def test_seeded_gguf_fuzz_sample(tmp_path):
     assert not bad, bad[:5]
     assert {o.kind for o in outcomes} == set(fuzz_readers.GGUF_KINDS)
     assert sum(o.outcome == "measured" for o in outcomes) > 15 and sum(o.outcome == "refused" for o in outcomes) > 40
+
+
+def test_ollama_blob_without_suffix_is_read_by_its_magic(tmp_path):
+    path, _ = small_base(tmp_path / "m.gguf")
+    blob = tmp_path / "blobs" / "sha256-0123abcd"
+    blob.parent.mkdir()
+    blob.write_bytes(path.read_bytes())
+    res = _diff(path, blob)
+    assert len(res.tensors) == 5 and (res.tensors.delta_fro == 0).all()
+    other = tmp_path / "sha256-ffff"
+    other.write_bytes(b"not a model at all")
+    with pytest.raises(CheckpointError, match="unknown weight file type; expected .safetensors, .gguf"):
+        open_checkpoint(other)

@@ -162,6 +162,8 @@ def _gguf(p: Path) -> Layout | None:
         files = folder_files(p)
     elif p.suffix == ".gguf" and p.is_file():
         files = split_files(p) or (p,)
+    elif p.suffix not in FILE_READERS and _gguf_magic(p):  # an Ollama blob (sha256-...): a GGUF without suffix
+        files = (p,)
     else:
         return None
     return Layout("gguf", files) if files else None
@@ -192,8 +194,21 @@ def resolve(p: Path) -> Layout | None:
     return None
 
 
+def _gguf_magic(p: Path) -> bool:
+    """A regular file that starts with GGUF's magic (never opens a FIFO or a device)."""
+    if not p.is_file():
+        return False
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def open_file(path: Path) -> TensorFile:
     reader = FILE_READERS.get(path.suffix or path.name)
+    if reader is None and path.suffix not in FILE_READERS and _gguf_magic(path):
+        reader = _gguf_file
     if reader is None:
         raise CheckpointError(f"{path}: unknown weight file type; expected .safetensors, .gguf, .bin, .pt or .pth")
     return reader(path)
