@@ -430,9 +430,14 @@ def gguf_damage(rng: random.Random, kind: str, raw: bytes, layout) -> bytes:
 
 
 def gguf_oracle(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor as gguf-py reads it: de-quantized, or (integer types, which it does not de-quantize) its
+    stored integers."""
     import gguf
+    from gguf import GGMLQuantizationType as Q
     r = gguf.GGUFReader(str(path))
-    return {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(-1) for t in r.tensors}
+    ints = (Q.I8, Q.I16, Q.I32, Q.I64)
+    return {t.name: (np.asarray(t.data) if t.tensor_type in ints else gguf.quants.dequantize(t.data, t.tensor_type))
+            .astype(np.float64).reshape(-1) for t in r.tensors}
 
 
 def run_gguf_case(rng: random.Random, kind: str, base: Path, work: Path, raw: bytes, layout, want0) -> Outcome:
@@ -462,8 +467,10 @@ def run_gguf_case(rng: random.Random, kind: str, base: Path, work: Path, raw: by
         signal.alarm(0)
         return Outcome(kind, "VIOLATION-measured-rejected-file", f"{type(e).__name__}: {str(e)[:100]}")
     signal.alarm(0)
-    only = set(res.info.pairing.only_in_run.get(res.meta["run_order"][0], ()))
-    if set(res.tensors.name) | only != set(got):
+    run = res.meta["run_order"][0]
+    only = set(res.info.pairing.only_in_run.get(run, ()))
+    non_float = {n.removesuffix(f" ({run})") for n in res.info.pairing.non_float}  # integer tensors: listed
+    if set(res.tensors.name) | only | non_float != set(got):
         return Outcome(kind, "VIOLATION-wrong-tensor", f"{sorted(res.tensors.name)} vs {sorted(got)}")
     for row in res.tensors.itertuples():
         w0, w1 = want0.get(row.name), got[row.name]

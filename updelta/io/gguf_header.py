@@ -13,7 +13,7 @@ alignment (`general.alignment`, default 32).
 - the tensor and key/value counts against the bytes left (each tensor info takes >= 24 bytes, each pair >= 13),
   every string length and array count against the bytes left before reading it, strings <= 64 MiB, no nested
   arrays, known value types, keys and tensor names valid UTF-8 and unique;
-- `general.alignment`, when present, a uint32 power of two;
+- `general.alignment`, when present, of type uint32 and a power of two;
 - each tensor: 1 to 4 dimensions, a ggml type id the `gguf` package knows, ne[0] a whole number of the type's
   blocks, element and byte counts below 2^63, its offset a multiple of the alignment, equal to the previous
   tensor's end rounded up to the alignment (as llama.cpp's gguf.cpp requires: no overlap, no hole, file order),
@@ -188,17 +188,18 @@ def read_header(fd: int, file_size: int, path) -> GGUFHeader:
         raise _bad(path, f"header claims {n_tensors} tensors and {n_kv} keys, more than the {c.left()} bytes "
                          f"left can hold")
     metadata: dict = {}
+    vtypes: dict[str, int] = {}
     for i in range(n_kv):
         key = c.text(f"key {i}")
         if key in metadata:
             raise _bad(path, f"key {key!r} appears twice")
-        vtype = c.unpack("<I", f"value type of {key!r}")
+        vtype = vtypes[key] = c.unpack("<I", f"value type of {key!r}")
         metadata[key] = _value(c, vtype, key)
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if "general.alignment" in metadata:
-        raw_type_ok = isinstance(alignment, int) and not isinstance(alignment, bool)
-        if not raw_type_ok or alignment <= 0 or alignment & (alignment - 1) or alignment >= 1 << 32:
-            raise _bad(path, f"general.alignment {alignment!r} is not a power of two")
+    if "general.alignment" in metadata:  # a uint32 power of two (llama.cpp and gguf-py read it as uint32 only)
+        if vtypes["general.alignment"] != 4 or alignment <= 0 or alignment & (alignment - 1):
+            raise _bad(path, f"general.alignment {alignment!r} ({TYPE_NAMES.get(vtypes['general.alignment'])}) is "
+                             f"not a uint32 power of two")
     types = ggml_types()
     raw_infos = []
     names: set[str] = set()
