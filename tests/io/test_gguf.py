@@ -370,3 +370,22 @@ def test_ollama_blob_without_suffix_is_read_by_its_magic(tmp_path):
     other.write_bytes(b"not a model at all")
     with pytest.raises(CheckpointError, match="unknown weight file type; expected .safetensors, .gguf"):
         open_checkpoint(other)
+
+
+def test_alignment_of_another_type_is_refused(tmp_path):
+    """Found by the fuzz job: gguf-py and llama.cpp read general.alignment as uint32 only; a uint64 one is
+    refused, never trusted."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "a.gguf"), "llama")
+    w.add_uint64("general.alignment", 32)
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(32, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError):
+        gguf.GGUFReader(str(tmp_path / "a.gguf"))
+    with pytest.raises(CheckpointError, match=r"a\.gguf: truncated or corrupt GGUF file \(general\.alignment 32 "
+                                              r"\(uint64\) is not a uint32 power of two\)"):
+        open_checkpoint(tmp_path / "a.gguf")
