@@ -288,6 +288,14 @@ def test_real_smollm2_gguf_pairs_with_its_bf16_folder(smollm2):
     assert set(df.dtype_base) == {"Q4_1", "F32", "Q8_0"}
     q = df.set_index("name").loc["model.layers.0.self_attn.q_proj.weight"]
     assert 5e-4 < q.rel_delta < 2e-3
+    # the stored (still permuted) rows against the folder's: the error un-permuting avoids
+    from safetensors import safe_open
+    with safe_open(str(smollm2 / "model.safetensors"), "pt") as st:
+        w = st.get_tensor("model.layers.0.self_attn.q_proj.weight").double().numpy()
+    f = GGUFFile(g)
+    stored = f.read("blk.0.attn_q.weight", 0, w.size).reshape(w.shape).astype(np.float64)
+    f.close()
+    assert 1.0 < np.linalg.norm(stored - w) / np.linalg.norm(w) < 2.0
 
 
 def test_gpt2_conv1d_weights_transposed_back(tmp_path):
