@@ -397,3 +397,23 @@ def test_alignment_of_another_type_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"a\.gguf: truncated or corrupt GGUF file \(general\.alignment 32 "
                                               r"\(uint64\) is not a uint32 power of two\)"):
         open_checkpoint(tmp_path / "a.gguf")
+
+
+def test_bloom_fused_qkv_rows_as_transformers_reorders_them(tmp_path):
+    """Bloom's fused qkv (weight and bias): read in HF convention, equal to transformers' BloomTensorProcessor
+    applied to the whole de-quantized tensor (found by the whole-tensor probe, applied as a row order)."""
+    from transformers.modeling_gguf_pytorch_utils import BloomTensorProcessor
+
+    w = np.random.default_rng(0).standard_normal((3 * H, H)).astype(np.float32)
+    g = write(tmp_path / "b.gguf", {"blk.0.attn_qkv.weight": w, "blk.0.attn_qkv.bias": w[:, 0].copy()},
+              arch="bloom")
+    proc = BloomTensorProcessor(config={"n_head": HEADS, "hidden_size": H})
+    f = GGUFFile(g)
+    try:
+        for n, x in (("blk.0.attn_qkv.weight", w), ("blk.0.attn_qkv.bias", w[:, 0].copy())):
+            want = proc.process(weights=x, name=n).weights
+            assert f.transform(n).rows is not None and not np.array_equal(want, x)
+            np.testing.assert_array_equal(f.read(n, 0, want.size, hf=True).reshape(want.shape), want)
+            np.testing.assert_array_equal(f.read(n, 70, 50, hf=True), want.reshape(-1)[70:120])
+    finally:
+        f.close()
