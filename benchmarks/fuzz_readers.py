@@ -2,6 +2,7 @@
 
     python benchmarks/fuzz_readers.py --cases 10000 --seed 0      # the full job (a few minutes)
     python benchmarks/fuzz_readers.py --cases 200 --seed 0        # the sample that CI runs (tests/io)
+    python benchmarks/fuzz_readers.py --format gguf --cases 10000  # GGUF damage kinds, gguf-py as the oracle
 
 Each case copies a small valid bf16 checkpoint (one file, or two shards with an index) and damages it one way:
 mutated header JSON (types swapped, odd offsets, shapes, dtypes, duplicate keys, metadata), a lying length prefix,
@@ -330,20 +331,194 @@ def fuzz(cases: int, seed: int, workdir: Path | None = None, progress: bool = Tr
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---- GGUF ------------------------------------------------------------------------------------------------------
+# A small GGUF (F32, F16, Q8_0, Q4_0, Q4_K raw blocks; string and number arrays, general.alignment) written by
+# gguf-py's GGUFWriter, damaged one way, compared with the intact file by `updelta.diff`. Oracle: gguf-py's own
+# `GGUFReader` + `gguf.quants.dequantize`; a file updelta measures must be one the oracle reads, with the same
+# tensors and the same ||W1 - W0||_F (rtol 1e-5). The oracle trusts every count, so it only runs on files updelta
+# accepted (a lying count could make it allocate without bound).
+
+GGUF_KINDS = ("g_magic", "g_counts", "g_field", "g_tensor_info", "g_truncate", "g_append", "g_flip_header",
+              "g_flip_data")
+LIES = (0, 1, 2, 3, 4, 7, 8, 9, 12, 24, 31, 32, 33, 99, 255, 256, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 62, 2 ** 63,
+        2 ** 64 - 1)
+
+
+def gguf_base(path: Path) -> Path:
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("fuzz")
+    w.add_custom_alignment(32)
+    w.add_block_count(1)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_embedding_length(64)
+    w.add_token_list([b"<s>", b"a", b"bb", b"ccc", b"\xe2\x96\x81d"])
+    w.add_token_scores([0.0, -1.0, -2.0, -3.0, -4.0])
+    w.add_tensor("token_embd.weight", (0.05 * rng.standard_normal((8, 64))).astype(np.float16))
+    for n, qt, rows in (("blk.0.attn_q.weight", Q.Q8_0, 64), ("blk.0.attn_k.weight", Q.Q4_0, 32)):
+        w.add_tensor(n, gguf.quants.quantize((0.05 * rng.standard_normal((rows, 64))).astype(np.float32), qt),
+                     raw_dtype=qt)
+    raw = rng.integers(0, 256, size=(4, 144), dtype=np.uint8)
+    raw[:, 0:4] = np.frombuffer(np.full(8, 0.01, np.float16).tobytes(), np.uint8).reshape(4, 4)
+    w.add_tensor("blk.0.ffn_up.weight", raw, raw_dtype=Q.Q4_K)
+    w.add_tensor("blk.0.attn_norm.weight", (1 + 0.1 * rng.standard_normal(64)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _gguf_parts(path: Path) -> tuple[list, list, int]:
+    """(kv part positions, tensor-info part positions, data start) of the intact file, from gguf-py's reader:
+    each a list of (absolute offset, byte size) of every integer part (lengths, counts, types, dims, offsets)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+
+    def parts(field, skip_data_of_strings=True):
+        out, pos = [], field.offset
+        for part in field.parts:
+            if part.dtype != np.uint8 and part.nbytes in (4, 8, 16, 32):  # numbers, not string bytes
+                for k in range(0, part.nbytes, part.itemsize):
+                    out.append((pos + k, part.itemsize))
+            pos += part.nbytes
+        return out
+
+    kvs = [parts(f) for name, f in r.fields.items() if not name.startswith("GGUF.")]
+    infos = [parts(t.field) for t in r.tensors]
+    return kvs, infos, int(r.data_offset)
+
+
+def gguf_damage(rng: random.Random, kind: str, raw: bytes, layout) -> bytes:
+    kvs, infos, data_start = layout
+    b = bytearray(raw)
+
+    def lie(pos: int, size: int) -> None:
+        fmt = "<I" if size == 4 else "<Q"
+        old = struct.unpack(fmt, bytes(b[pos:pos + size]))[0]
+        v = rng.choice(LIES + (old + 1, old - 1, old + 32, old * 2, rng.randrange(1 << (8 * size))))
+        b[pos:pos + size] = struct.pack(fmt, v % (1 << (8 * size)))
+
+    if kind == "g_magic":
+        if rng.random() < 0.5:
+            b[0:4] = rng.choice((b"GGUG", b"FUGG", b"\0\0\0\0", b"GGML", b"ggjt"))
+        else:
+            lie(4, 4)
+    elif kind == "g_counts":
+        lie(rng.choice((8, 16)), 8)
+    elif kind == "g_field":
+        lie(*rng.choice(rng.choice(kvs)))
+    elif kind == "g_tensor_info":
+        lie(*rng.choice(rng.choice(infos)))
+    elif kind == "g_truncate":
+        del b[rng.randrange(0, len(b)):]
+    elif kind == "g_append":
+        b += bytes(rng.randrange(256) for _ in range(rng.choice((1, 7, 32, 100))))
+    elif kind in ("g_flip_header", "g_flip_data"):
+        lo, hi = (0, data_start) if kind == "g_flip_header" else (data_start, len(b))
+        for _ in range(rng.choice((1, 1, 2, 8))):
+            i = rng.randrange(lo, hi)
+            b[i] ^= 1 << rng.randrange(8)
+    else:
+        raise ValueError(kind)
+    return bytes(b)
+
+
+def gguf_oracle(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor as gguf-py reads it: de-quantized, or (integer types, which it does not de-quantize) its
+    stored integers."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+    r = gguf.GGUFReader(str(path))
+    ints = (Q.I8, Q.I16, Q.I32, Q.I64)
+    return {t.name: (np.asarray(t.data) if t.tensor_type in ints else gguf.quants.dequantize(t.data, t.tensor_type))
+            .astype(np.float64).reshape(-1) for t in r.tensors}
+
+
+def run_gguf_case(rng: random.Random, kind: str, base: Path, work: Path, raw: bytes, layout, want0) -> Outcome:
+    target = work / "ft.gguf"
+    target.write_bytes(gguf_damage(rng, kind, raw, layout))
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(10)
+    try:
+        res = updelta.diff(base, target, spectral="off", progress=False)
+    except UpdeltaError as e:
+        signal.alarm(0)
+        msg = str(e)
+        if "\n" in msg or str(work) not in msg:
+            return Outcome(kind, "VIOLATION-message", msg[:300])
+        return Outcome(kind, "refused")
+    except _Timeout:
+        return Outcome(kind, "VIOLATION-hang")
+    except Exception as e:  # noqa: BLE001 - any other exception is what this job looks for
+        signal.alarm(0)
+        return Outcome(kind, "VIOLATION-unhandled", f"{type(e).__name__}: {str(e)[:200]}")
+    signal.alarm(10)
+    try:
+        got = gguf_oracle(target)
+    except _Timeout:
+        return Outcome(kind, "VIOLATION-measured-rejected-file", "oracle hangs")
+    except Exception as e:  # noqa: BLE001 - the oracle refuses a file updelta measured
+        signal.alarm(0)
+        return Outcome(kind, "VIOLATION-measured-rejected-file", f"{type(e).__name__}: {str(e)[:100]}")
+    signal.alarm(0)
+    run = res.meta["run_order"][0]
+    only = set(res.info.pairing.only_in_run.get(run, ()))
+    non_float = {n.removesuffix(f" ({run})") for n in res.info.pairing.non_float}  # integer tensors: listed
+    if set(res.tensors.name) | only | non_float != set(got):
+        return Outcome(kind, "VIOLATION-wrong-tensor", f"{sorted(res.tensors.name)} vs {sorted(got)}")
+    for row in res.tensors.itertuples():
+        w0, w1 = want0.get(row.name), got[row.name]
+        if w0 is None or w0.shape != w1.shape:
+            return Outcome(kind, "VIOLATION-wrong-tensor", row.name)
+        d = w1 - w0
+        d = d[np.isfinite(d)]
+        want = float(np.sqrt((d * d).sum()))
+        if not np.isclose(row.delta_fro, want, rtol=1e-5, atol=1e-12):
+            return Outcome(kind, "VIOLATION-wrong-number", f"{row.name}: {row.delta_fro} vs {want}")
+    return Outcome(kind, "measured")
+
+
+def fuzz_gguf(cases: int, seed: int, workdir: Path | None = None, progress: bool = True) -> list[Outcome]:
+    """`cases` seeded GGUF cases (GGUF_KINDS in turn); returns every outcome."""
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="updelta-fuzz-gguf-", dir=workdir))
+    try:
+        base = gguf_base(tmp / "base.gguf")
+        raw, layout, want0 = base.read_bytes(), _gguf_parts(base), gguf_oracle(base)
+        outcomes = []
+        t0 = time.perf_counter()
+        for i in range(cases):
+            outcomes.append(run_gguf_case(rng, GGUF_KINDS[i % len(GGUF_KINDS)], base, tmp, raw, layout, want0))
+            if progress and (i + 1) % 500 == 0:
+                print(f"fuzz: {i + 1}/{cases} cases, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        return outcomes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors",
+                    help="which reader to fuzz (gguf: GGUF_KINDS, oracle gguf-py)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    outcomes = fuzz(args.cases, args.seed)
+    outcomes = (fuzz_gguf if args.format == "gguf" else fuzz)(args.cases, args.seed)
+    kinds = GGUF_KINDS if args.format == "gguf" else KINDS
     secs = time.perf_counter() - t0
     by = Counter((o.kind, o.outcome) for o in outcomes)
     total = Counter(o.outcome for o in outcomes)
-    print(f"{args.cases} cases (seed {args.seed}) in {secs:.0f} s; peak RSS "
+    print(f"{args.cases} {args.format} cases (seed {args.seed}) in {secs:.0f} s; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"{'kind':<14} {'measured':>9} {'refused':>8} {'violations':>10}")
-    for k in KINDS:
+    for k in kinds:
         v = sum(n for (kk, o), n in by.items() if kk == k and o.startswith("VIOLATION"))
         print(f"{k:<14} {by[(k, 'measured')]:>9} {by[(k, 'refused')]:>8} {v:>10}")
     print("totals:", dict(total))

