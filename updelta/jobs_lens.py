@@ -17,10 +17,7 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
@@ -76,14 +73,15 @@ class LensJob:
         return ml.block_rows(h) * (h + sum(e.dirs.sigma.size for e in self.entries)) * 4
 
 
-@lru_cache(maxsize=None)
 def family_lens(family: str) -> dict | None:
-    """The family's `lens` object ({"modules": [...], "final_norm": name or null, "norm_offset": {...}})."""
+    """The family's `lens` object ({"modules": [...], "final_norm": name or null, "norm_offset": {...}}), read
+    through `naming.family` (the one loader of the family data)."""
+    from .errors import UpdeltaError
+    from .naming import family as family_of
     try:
-        text = resources.files("updelta.families").joinpath(f"{family}.json").read_text(encoding="utf-8")
-    except (FileNotFoundError, OSError):
+        d = family_of(family).lens
+    except UpdeltaError:
         return None
-    d = json.loads(text).get("lens")
     return d if isinstance(d, dict) and d.get("modules") else None
 
 
