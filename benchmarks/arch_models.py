@@ -38,13 +38,15 @@ TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_tok
               "cls_token_id", "mask_token_id", "unk_token_id")
 
 
-def _shrink_dict(d: dict) -> None:
+def _shrink_dict(d: dict, layers: int = 2) -> None:
     d.pop("per_layer_config", None)
     layers0 = next((d[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(d.get(k), int)), None)
     for k, v in SMALL.items():
         cur = d.get(k)
         if isinstance(cur, int) and not isinstance(cur, bool):
             d[k] = min(cur, v) if k in ("num_key_value_heads", "num_kv_heads") and cur else v
+            if v == 2 and k in LAYER_KEYS:
+                d[k] = min(cur, layers) if layers != 2 else 2
     if isinstance(d.get("num_key_value_heads"), int) and isinstance(d.get("num_attention_heads"), int):
         if d["num_key_value_heads"] <= 0 or d["num_attention_heads"] % d["num_key_value_heads"]:
             d["num_key_value_heads"] = d["num_attention_heads"]
@@ -53,7 +55,8 @@ def _shrink_dict(d: dict) -> None:
         cur = d.get(k)
         if isinstance(cur, (list, str)) and len(cur) > 2 and k != "attn_layer_indices":
             kinds = list(dict.fromkeys(cur))  # every kind of layer once, then the pattern's own start
-            keep = (kinds + list(cur))[: max(2, len(kinds))]
+            keep = (kinds + list(cur))[: max(layers, len(kinds))] if layers == 2 else list(cur)[:layers]
+            keep = keep if set(keep) >= set(kinds) else (kinds + list(cur))[: max(layers, len(kinds))]
             d[k] = "".join(keep) if isinstance(cur, str) else keep
             n = max(n or 0, len(keep))
     if n is not None:
@@ -75,14 +78,18 @@ def _shrink_dict(d: dict) -> None:
             d[k] = [min(x, vocab - 1) if isinstance(x, int) else x for x in v]
     for k, v in d.items():
         if isinstance(v, dict):
-            _shrink_dict(v)
+            _shrink_dict(v, layers)
 
 
-def shrink(cfg):
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers", "encoder_layers",
+              "num_decoder_layers")
+
+
+def shrink(cfg, layers: int = 2):
     """A shrunk copy of config object `cfg`: every nested config's sizes set small (keys it does not have are left
     alone), layer patterns cut to each kind of layer once."""
     d = cfg.to_dict()
-    _shrink_dict(d)
+    _shrink_dict(d, layers)
     return type(cfg).from_dict(d)
 
 

@@ -299,8 +299,26 @@ def resolve_family(names: Iterable[str], config=None, structure: bool = True) ->
     return _json_match(names, config, by_names, hit)
 
 
+def unnamed(fam: Family, names: Iterable[str]) -> list[str]:
+    """The stored names (towers and ignored buffers aside) family `fam` leaves in component `other`; a stacked
+    expert tensor is judged by its first per-expert name (`stacked_experts`, docs/experts.md)."""
+    out = []
+    for n in names:
+        if tower_of(n) is not None or is_ignored(n, fam):
+            continue
+        probe = n
+        for pattern, templates in fam.stacked_experts:
+            m = pattern.search(n)
+            if m:
+                probe = templates[0].format(*m.groups(), e=0)
+                break
+        if _parse(probe, fam).component == "other":
+            out.append(n)
+    return out
+
+
 def _unnamed(fam: Family, names: list[str]) -> int:
-    return sum(1 for n in names if not is_ignored(n, fam) and _parse(n, fam).component == "other")
+    return len(unnamed(fam, names))
 
 
 def _json_match(names: list[str], config, by_names: Family | None, hit=None) -> FamilyMatch:
@@ -320,7 +338,7 @@ def _json_match(names: list[str], config, by_names: Family | None, hit=None) -> 
 
 def _guess(fam: Family, names: list[str], match: FamilyMatch) -> FamilyMatch:
     """A family guessed from tensor names is applied only when it names every tensor; else the generic rules."""
-    missed = [n for n in names if not is_ignored(n, fam) and _parse(n, fam).component == "other"]
+    missed = unnamed(fam, names)
     if not missed:
         return match
     return FamilyMatch(families()[-1], "fallback", match.claimed, match.rejected,

@@ -71,9 +71,8 @@ def cache_key(config: dict, layers: int | None, version: str) -> str:
 
 
 def _uncovered(fam: Family, names) -> list[str]:
-    from ..naming import _parse, is_ignored, tower_of
-    return [n for n in names if tower_of(n) is None and not is_ignored(n, fam)
-            and _parse(n, fam).component == "other"]
+    from ..naming import unnamed
+    return unnamed(fam, names)
 
 
 def _as_family(d: dict, where: str) -> Family:

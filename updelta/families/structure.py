@@ -116,6 +116,8 @@ def component_of(chain: list[tuple[str, object]], leaf: str, head_ids: set[int],
             return "mlp"
         if _has(cls, "LMHead", "PredictionHead", "Predictions", "LMPrediction", "OnlyMLMHead"):
             return "head"
+        if attr in ("mlp", "ffn", "feed_forward", "mlps") and cls in ("Sequential", "ModuleList"):
+            return "mlp"
         if attr in MLP_ATTRS and _has(type(parent).__name__, "Layer", "Block"):
             return "mlp"
     return "other"
@@ -394,8 +396,9 @@ def family_from_model(model, cfg, name: str, version: str) -> dict:
     cfgd = cfg.to_dict()
     out = {
         "name": name,
-        "description": f"{name}: generated from transformers {version} classes (benchmarks/gen_families.py)",
-        "generated": {"transformers": version, "class": type(model).__name__},
+        "description": f"{name}: from the transformers {version} classes ({type(model).__name__})",
+        "generated": {"transformers": version, "class": type(model).__name__,
+                      "config_model_type": getattr(model.config, "model_type", None)},
         "priority": 0,
         "architectures": [a for a in (cfgd.get("architectures") or []) if isinstance(a, str)],
         "model_types": [name],
