@@ -25,7 +25,9 @@ EXPERT_LISTS = ("experts", "local_experts")
 QKV_ROLES = {"q_proj": "q", "query": "q", "q": "q", "wq": "q", "k_proj": "k", "key": "k", "k": "k", "wk": "k",
              "v_proj": "v", "value": "v", "v": "v", "wv": "v", "o_proj": "o", "out_proj": "o", "o": "o", "wo": "o",
              "dense": "o", "c_proj": "o", "qkv_proj": "qkv", "c_attn": "qkv", "Wqkv": "qkv", "qkv": "qkv",
-             "W_pack": "qkv", "query_key_value": "qkv", "q_b_proj": "q", "kv_b_proj": "kv"}
+             "W_pack": "qkv", "query_key_value": "qkv", "q_b_proj": "q", "kv_b_proj": "kv", "project_q": "q",
+             "project_k": "k", "project_v": "v", "attention_out": "o", "q_lin": "q", "k_lin": "k", "v_lin": "v",
+             "out_lin": "o", "Wo": "o", "Wqkv_proj": "qkv"}
 MLP_ATTRS = ("fc1", "fc2", "fc_in", "fc_out", "w1", "w2", "w3", "c_fc", "dense_h_to_4h", "dense_4h_to_h")
 
 
@@ -96,7 +98,7 @@ def component_of(chain: list[tuple[str, object]], leaf: str, head_ids: set[int],
         attr, mod = chain[i]
         cls = type(mod).__name__
         parent = chain[i - 1][1]
-        if _has(cls, "Norm") and not _has(cls, "Attention", "Mixer", "MLP"):
+        if re.search(r"Norm(\dd)?$", cls):  # LayerNorm, RMSNorm, BatchNorm1d; not RobertaPreLayerNormSelfOutput
             return "norm"
         if _has(cls, "Embedding") and not _has(cls, "Rotary"):
             return "embed"
@@ -121,6 +123,22 @@ def component_of(chain: list[tuple[str, object]], leaf: str, head_ids: set[int],
         if attr in MLP_ATTRS and _has(type(parent).__name__, "Layer", "Block"):
             return "mlp"
     return "other"
+
+
+def _attn_role(parts: list[str], chain, comp: str) -> str | None:
+    """q, k, v, o, qkv or kv for a weight of a standard (self-)attention module's projection; None otherwise
+    (linear attention, cross-attention, indexers have no head table). chain[-1] owns the weight (attribute
+    parts[-2]), chain[-2] is its parent (attribute parts[-3])."""
+    if comp != "attn" or parts[-1] != "weight" or len(parts) < 3:
+        return None
+    wrapped = parts[-2] == "linear" and len(parts) >= 4 and len(chain) >= 3  # moshi: q_proj.linear.weight
+    proj, attn_i = (parts[-3], -3) if wrapped else (parts[-2], -2)
+    role = QKV_ROLES.get(proj)
+    attn_attr, attn_cls = chain[attn_i][0], type(chain[attn_i][1]).__name__
+    if role is None or not _has(attn_cls, "Attention", "SelfOutput") or "cross" in attn_attr or _has(
+            attn_cls, "Cross", "Linear", "Indexer", "Lightning"):
+        return None
+    return role
 
 
 def _expert_owner(chain) -> bool:
@@ -322,11 +340,7 @@ def family_from_model(model, cfg, name: str, version: str) -> dict:
             t = reverted[d]
             rows.append({"disk": canonical(d), "comp": comp,
                          "stacked": stacked and len(reverted) <= 2 and (t is None or t.dim() == tensor.dim()),
-                         "conv1d": owner_cls == "Conv1D", "attn_role": QKV_ROLES.get(parts[-2]) if (
-                             comp == "attn" and parts[-1] == "weight" and len(parts) >= 3 and _has(
-                                 type(chain[-2][1]).__name__, "Attention", "SelfOutput") and not _has(
-                                 type(chain[-2][1]).__name__, "Cross", "Linear", "Indexer", "Lightning")
-                             and "cross" not in parts[-3]) else None})
+                         "conv1d": owner_cls == "Conv1D", "attn_role": _attn_role(parts, chain, comp)})
     # a stacked weight named <owner>.weight (granite input_linear) splits as <owner>.<e>.weight
     rules, seen, mods_full = [], set(), {}
     layer_containers, expert_containers = set(), set()
