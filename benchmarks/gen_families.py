@@ -68,6 +68,7 @@ def main() -> int:
     from updelta.families.structure import StructureError
 
     hand = hand_types()
+    all_types = set(arch_models.causal_lm_types())
     types = a.only.split(",") if a.only else [t for t in arch_models.causal_lm_types() if t not in hand]
     OUT.mkdir(exist_ok=True)
     written, failed, differ = 0, {}, []
@@ -79,8 +80,8 @@ def main() -> int:
             failed[t] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             continue
         for d in fams:
-            if d["name"] in hand:
-                continue
+            if d["name"] in hand or d["name"] != t and d["name"] in all_types:
+                continue  # a hand family's, or generated from its own model_type
             path = OUT / f"{d['name']}.json"
             text = dump(d)
             if a.check:

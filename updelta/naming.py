@@ -283,6 +283,8 @@ def resolve_family(names: Iterable[str], config=None, structure: bool = True) ->
     arch = _by_config(config, "architectures")
     if hit is not None and arch is not None and arch[0] is hit[0]:
         hit = arch  # both name it: reported as architectures (the more telling)
+    if hit is not None and "text_config" in hit[1] and unnamed(hit[0], names):
+        hit = None  # a text model inside another architecture (an audio tower beside it): the classes come first
     if hit is None and structure and isinstance(config, dict):
         from .families.data import resolve
         fam, where, note = resolve(config, names)

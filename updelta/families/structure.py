@@ -98,7 +98,7 @@ def component_of(chain: list[tuple[str, object]], leaf: str, head_ids: set[int],
         attr, mod = chain[i]
         cls = type(mod).__name__
         parent = chain[i - 1][1]
-        if re.search(r"Norm(\dd)?$", cls):  # LayerNorm, RMSNorm, BatchNorm1d; not RobertaPreLayerNormSelfOutput
+        if re.search(r"Norm(\dd|Gated)?$", cls):  # LayerNorm, RMSNorm, BatchNorm1d; not RobertaPreLayerNormSelfOutput
             return "norm"
         if _has(cls, "Embedding") and not _has(cls, "Rotary"):
             return "embed"
