@@ -281,3 +281,28 @@ def test_shipped_data_has_no_torch_cost():
                          env={**__import__("os").environ, "UPDELTA_NO_TRANSFORMERS": "1"})
     name, where, torch_loaded, tf_loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert (name, torch_loaded, tf_loaded) == ("starcoder2", False, False) and where.endswith("(shipped)")
+
+
+def test_in_memory_state_dict_of_transformers_5_is_named(cache, monkeypatch):
+    """A transformers 5 model in memory holds fused, stacked expert tensors (mlp.experts.gate_up_proj [E, 2I, H]):
+    the map from the classes names them too, one row per expert (docs/experts.md)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from updelta.experts import split
+    from updelta.io import TensorRef
+    monkeypatch.setenv("UPDELTA_CACHE_DIR", str(cache / "ucache-mem"))
+    cfg = arch_models.shrink(AutoConfig.for_model("ernie4_5_moe"))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    sd = model.state_dict()
+    assert "model.layers.1.mlp.experts.gate_up_proj" in sd
+    m = naming.resolve_family(list(sd), cfg.to_dict())
+    assert m.structure.startswith("transformers") and naming.unnamed(m.family, list(sd)) == []
+    ref = TensorRef("model.layers.1.mlp.experts.gate_up_proj", "float32", tuple(sd["model.layers.1.mlp.experts.gate_up_proj"]
+                                                                          .shape), None)
+    slices, s = split(ref, m.family)
+    assert s.experts == cfg.moe_num_experts and len(slices) == cfg.moe_num_experts
+    infos = [naming.parse(n, m.family) for n in slices]
+    assert [i.expert for i in infos] == list(range(cfg.moe_num_experts))
+    assert {(i.component, i.module, i.layer) for i in infos} == {("mlp", "experts.gate_up_proj", 1)}

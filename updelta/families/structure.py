@@ -333,13 +333,16 @@ def family_from_model(model, cfg, name: str, version: str) -> dict:
         if (parts[-1] == "weight" and type(chain[-1][1]).__name__ == "Linear" and key[:-6] + "bias" not in state
                 and len(reverted) == 1 and next(iter(reverted)).endswith(".weight")):
             reverted[next(iter(reverted))[:-6] + "bias"] = None  # the same module with a bias (another config)
+        if key not in reverted:  # the in-memory name too (a transformers 5 state dict: fused, stacked experts)
+            reverted[key] = tensor
         disk = list(reverted)
         if owner_cls == "Conv1D":
             transposed.add(key)
         for d in disk:
             t = reverted[d]
             rows.append({"disk": canonical(d), "comp": comp,
-                         "stacked": stacked and len(reverted) <= 2 and (t is None or t.dim() == tensor.dim()),
+                         "stacked": stacked and (d == key or len(reverted) <= 3) and (t is None or t.dim() ==
+                                                                                     tensor.dim()),
                          "conv1d": owner_cls == "Conv1D", "attn_role": _attn_role(parts, chain, comp)})
     # a stacked weight named <owner>.weight (granite input_linear) splits as <owner>.<e>.weight
     rules, seen, mods_full = [], set(), {}
