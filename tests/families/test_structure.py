@@ -306,3 +306,25 @@ def test_in_memory_state_dict_of_transformers_5_is_named(cache, monkeypatch):
     infos = [naming.parse(n, m.family) for n in slices]
     assert [i.expert for i in infos] == list(range(cfg.moe_num_experts))
     assert {(i.component, i.module, i.layer) for i in infos} == {("mlp", "experts.gate_up_proj", 1)}
+
+
+def test_gpt_oss_per_expert_bias_rows_have_the_exact_numbers(cache, monkeypatch):
+    """The 1-D per-expert slices of a stacked [E, C] bias read exactly expert e's row (float64 recomputation)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    import updelta
+    monkeypatch.setenv("UPDELTA_CACHE_DIR", str(cache / "ucache"))
+    d = build("gpt_oss", cache, {})
+    res = updelta.diff(d / "base", d / "run", spectral="off")
+    w0 = load_file(str(d / "base" / "model.safetensors"))
+    w1 = load_file(str(d / "run" / "model.safetensors"))
+    rows = res.tensors[(res.tensors["module"] == "experts.gate_up_proj") & (res.tensors["param"] == "bias")]
+    assert len(rows) == 2 * w0["model.layers.0.mlp.experts.gate_up_proj_bias"].shape[0]  # 2 layers x E experts
+    for _, r in rows.iterrows():
+        name = f"model.layers.{int(r['layer'])}.mlp.experts.gate_up_proj_bias"
+        e = int(r["expert"])
+        a, b = w0[name][e].astype(np.float64), w1[name][e].astype(np.float64)
+        assert r["delta_fro"] == pytest.approx(np.linalg.norm(b - a), rel=1e-6)
+        assert r["delta_max"] == pytest.approx(np.abs(b - a).max(), rel=1e-6)
+        assert np.linalg.norm(b - a) > 0  # the planted noise reached every expert's row
