@@ -39,10 +39,11 @@ def _quiet():
 
 def expect(types: list[str]) -> None:
     import arch_models
+
+    from updelta.experts import expand
     from updelta.families.structure import StructureError, derive
     from updelta.io import open_checkpoint
     from updelta.naming import Family, parse
-    from updelta.experts import expand
 
     for t in types:
         t0 = time.perf_counter()

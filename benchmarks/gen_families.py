@@ -27,9 +27,8 @@ LAYERS = 8
 
 def generator_config(model_type: str) -> dict:
     """The config dict the shipped data of `model_type` is derived from (the default config, shrunk)."""
-    from transformers import AutoConfig
-
     import arch_models
+    from transformers import AutoConfig
     return arch_models.shrink(AutoConfig.for_model(model_type), layers=LAYERS).to_dict()
 
 
@@ -65,6 +64,7 @@ def main() -> int:
     from transformers.utils import logging
     logging.set_verbosity_error()
     import arch_models
+
     from updelta.families.structure import StructureError
 
     hand = hand_types()

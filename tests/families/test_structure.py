@@ -24,7 +24,7 @@ from updelta.pairing import pair_checkpoints
 
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import arch_models  # noqa: E402
+import arch_models
 
 ATTN, MLP, ROUTER, NORM, EMBED, HEAD, SSM = "attn", "mlp", "router", "norm", "embed", "head", "ssm"
 LLAMA_ATTN = [(r"self_attn\.[qkvo]_proj\.(weight|bias)$", ATTN), (r"self_attn\.[qk]_norm\.weight$", NORM)]

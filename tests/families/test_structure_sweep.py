@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import arch_models  # noqa: E402
-import bench_arch_sweep  # noqa: E402
+import arch_models
+import bench_arch_sweep
 
 SUBSET = ["llama", "qwen2_moe", "mixtral", "gpt2", "phi3", "falcon", "starcoder2", "exaone4", "glm4", "cohere",
           "gpt_oss", "granitemoe", "jamba", "llama4_text", "aria_text", "qwen3_next", "mamba", "falcon_mamba",

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -32,7 +32,7 @@ IGNORED_KEYS = ("_name_or_path", "torch_dtype", "dtype", "transformers_version",
                 "quantization_config", "architectures")
 
 
-@lru_cache(maxsize=None)
+@cache
 def shipped(model_type: str) -> dict | None:
     """The shipped family dict of `model_type` (benchmarks/gen_families.py), None when there is none."""
     if not model_type.replace("_", "").replace("-", "").isalnum():
@@ -79,16 +79,17 @@ def _as_family(d: dict, where: str) -> Family:
     return Family.from_json(d, where)
 
 
-def structure(config: dict, layers: int | None = None, live: bool = True) -> tuple[Family, str]:
-    """(Family, where it came from) of checkpoint config `config` from transformers' classes: the shipped data of its
-    model_type, else the cache, else a live derivation (`live`), cached. Raises `StructureError` with the reason
-    when none applies (no model_type, auto_map, unknown to transformers, a constructor that raises, ...)."""
-    from .structure import StructureError, derive, refuse_reason, supported, transformers_version
+def structure(config: dict, layers: int | None = None) -> tuple[Family, str]:
+    """(Family, where it came from) of checkpoint config `config` (a parsed config.json) from transformers' classes:
+    the shipped data of its model_type, else the cache, else a live derivation built with `layers` blocks (the
+    checkpoint's own count), cached. Raises `StructureError` with the reason when none applies (no model_type,
+    auto_map, unknown to transformers, a constructor that raises, ...). The one function config -> structure."""
+    from .structure import StructureError, refuse_reason
     why = refuse_reason(config)
     if why:
         raise StructureError(why)
     d = shipped(config["model_type"])
-    if d is not None and not live:
+    if d is not None:
         return _as_family(d, f"updelta/families/hf/{config['model_type']}.json"), \
             f"transformers {d['generated']['transformers']} classes (shipped)"
     return _live(config, layers)
@@ -108,8 +109,8 @@ def _live(config: dict, layers: int | None) -> tuple[Family, str]:
         try:
             return _as_family(json.loads(path.read_text(encoding="utf-8")), str(path)), \
                 f"transformers {version} classes (cached)"
-        except (ValueError, OSError, Exception):
-            pass  # a damaged cache entry is derived again
+        except Exception:  # noqa: BLE001, S110 - a damaged cache entry (bad JSON, not a family) is derived again
+            pass
     t0 = time.perf_counter()
     d = derive(config, layers)
     spent = time.perf_counter() - t0
@@ -159,9 +160,9 @@ def resolve(config, names: list[str]) -> tuple[Family | None, str, str | None]:
             last = str(e)
             if d is not None:
                 missed = _uncovered(fam, names)
-                return fam, f"transformers {d['generated']['transformers']} classes (shipped)", \
-                    f"{len(missed)} tensors have no place in the shipped {mt} data (e.g. {missed[0]}) and a live " \
-                    f"derivation failed: {last}"
+                return fam, f"transformers {d['generated']['transformers']} classes (shipped)", (
+                    f"{len(missed)} tensors have no place in the shipped {mt} data (e.g. {missed[0]}) and a live "
+                    f"derivation failed: {last}")
             continue
         missed = _uncovered(fam, names)
         note = (f"{len(missed)} tensors have no place in the {mt} classes (e.g. {missed[0]}): component other"

@@ -15,6 +15,7 @@ derivation is needed at all (shipped data and the on-disk cache first).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 
 SUPPORTED = ((5, 0), (6, 0))  # transformers versions [from, to) whose classes updelta reads
@@ -148,15 +149,11 @@ def _expert_owner(chain) -> bool:
 # ---------------------------------------------------------------------------------------------- templates
 
 
-def _split_ints(name: str) -> list[str]:
-    return name.split(".")
-
-
 def _template(name: str, expert_after: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(parts with ints replaced by markers, kinds of the markers in order: layer, expert or index)."""
     parts, kinds = [], []
     seen_layer = False
-    for i, p in enumerate(name.split(".")):
+    for p in name.split("."):
         if p.isdigit():
             prev = parts[-1] if parts else ""
             if prev in expert_after:
@@ -178,7 +175,7 @@ def _module_and_param(parts: list[str], kinds: list[str], stacked: bool) -> tupl
     param = leaf
     if stacked:  # per-expert view of a stacked tensor: <owner>.<e>.<leaf>, leaf names the projection
         param = "bias" if leaf.endswith("_bias") else "weight"
-        mod = mod + [leaf[: -len("_bias")] if leaf.endswith("_bias") else leaf]
+        mod = mod + [leaf.removesuffix("_bias")]
     elif leaf not in ("weight", "bias"):  # a parameter of its own (sinks, A_log, D): its own module name
         mod = mod + [leaf]
     out, k = [], 0
@@ -187,7 +184,7 @@ def _module_and_param(parts: list[str], kinds: list[str], stacked: bool) -> tupl
         if p == "\0":
             kind = kinds[k]
             if kind == "index" and after_layer:
-                out.append("{%d}" % k)
+                out.append(f"{{{k}}}")
             if kind == "layer":
                 after_layer = True
                 out = []
@@ -223,7 +220,7 @@ def build_skeleton(config: dict, layers: int | None = None):
     cfg_d = _floats({k: v for k, v in config.items() if k not in ("auto_map", "quantization_config", "_name_or_path")})
     try:
         cfg = CONFIG_MAPPING[mt].from_dict(cfg_d)
-    except Exception as e:  # a malformed config: a note, not a traceback
+    except Exception as e:  # noqa: BLE001 - a malformed config (any error transformers raises): a note
         raise StructureError(f"transformers cannot read config.json ({type(e).__name__}: {str(e)[:160]})") from None
     if layers is not None:
         _set_layers(cfg, layers)
@@ -242,7 +239,7 @@ def build_skeleton(config: dict, layers: int | None = None):
         with torch.device("meta"):
             return (cls._from_config(cfg) if cls not in (AutoModelForCausalLM,) and not cls.__name__.startswith(
                 "Auto") else cls.from_config(cfg)), cfg
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a constructor that raises: a note, not a traceback
         raise StructureError(f"transformers {transformers_version()} cannot build {mt} from config.json "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
 
@@ -286,17 +283,13 @@ def _set_layers(cfg, n: int) -> None:
     for c in _subconfigs(cfg):
         for k in LAYER_KEYS:
             if isinstance(getattr(c, k, None), int):
-                try:
+                with contextlib.suppress(Exception):  # a config that refuses the count keeps its own
                     setattr(c, k, n)
-                except Exception:
-                    pass
         for k in ("layer_types", "layers_block_type", "mlp_layer_types"):
             cur = getattr(c, k, None)
             if isinstance(cur, (list, tuple)) and len(cur) > n:
-                try:
+                with contextlib.suppress(Exception):
                     setattr(c, k, type(cur)(cur[:n]))
-                except Exception:
-                    pass
 
 
 def family_from_model(model, cfg, name: str, version: str) -> dict:
@@ -313,7 +306,6 @@ def family_from_model(model, cfg, name: str, version: str) -> dict:
     state = model.state_dict()
     expert_after = set(EXPERT_LISTS)
     rows: list[dict] = []  # one per on-disk template
-    transposed, qkv = set(), {}
     for key, tensor in state.items():
         parts = key.split(".")
         chain = [("", model)] + [(parts[i], modules.get(".".join(parts[: i + 1]))) for i in range(len(parts) - 1)]
@@ -325,10 +317,10 @@ def family_from_model(model, cfg, name: str, version: str) -> dict:
             _has(owner_cls, "Expert") and not _has(owner_cls, "SharedExpert") and tensor.dim() >= 2
             and parts[-1] in ("weight", "bias") and tensor.dim() == 3)
         if stacked:
-            expert_after.add(parts[-2] if parts[-1] not in ("weight", "bias") else parts[-2])
+            expert_after.add(parts[-2])
         try:
             reverted = dict(revert_weight_conversion(model, {key: tensor})) or {key: tensor}
-        except Exception:
+        except Exception:  # noqa: BLE001 - a conversion rule that cannot run on meta: the module name as is
             reverted = {key: tensor}
         if (parts[-1] == "weight" and type(chain[-1][1]).__name__ == "Linear" and key[:-6] + "bias" not in state
                 and len(reverted) == 1 and next(iter(reverted)).endswith(".weight")):
@@ -336,8 +328,6 @@ def family_from_model(model, cfg, name: str, version: str) -> dict:
         if key not in reverted:  # the in-memory name too (a transformers 5 state dict: fused, stacked experts)
             reverted[key] = tensor
         disk = list(reverted)
-        if owner_cls == "Conv1D":
-            transposed.add(key)
         for d in disk:
             t = reverted[d]
             rows.append({"disk": canonical(d), "comp": comp,
@@ -453,6 +443,6 @@ def derive(config: dict, layers: int | None = None) -> dict:
         return family_from_model(model, cfg, config["model_type"], version)
     except StructureError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - never a traceback from an odd architecture
         raise StructureError(f"reading the {config['model_type']} classes failed ({type(e).__name__}: "
                              f"{str(e)[:160]})") from None
