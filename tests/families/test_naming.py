@@ -204,7 +204,7 @@ def test_every_shipped_family_has_a_tiny_model_case():
 
 def test_family_files_are_consistent():
     comps = naming.components()
-    assert comps == ("embed", "attn", "router", "mlp", "norm", "head", "other")
+    assert comps == ("embed", "attn", "ssm", "router", "mlp", "norm", "head", "other")
     seen: dict[str, str] = {}
     for fam in naming.families():
         assert all(r.component in comps for r in fam.modules)

@@ -82,9 +82,16 @@ def split(ref: TensorRef, family: Family,
     hit = _rule(ref.name, family, use_family)
     if hit is not None and "{e}" not in hit[1][0]:
         return {hit[1][0].format(*hit[0]): ref}, None
-    if hit is None or len(ref.shape) != 3:
+    if hit is None or len(ref.shape) not in (2, 3) or len(ref.shape) == 2 and (len(hit[1]) != 1 or not use_family
+                                                                               or not family.anchored):
         return None
     groups, templates = hit
+    if len(ref.shape) == 2:  # stacked per-expert biases [E, C] of a generated family (gpt-oss): one [C] per expert
+        n_exp, cols = ref.shape
+        out1 = {templates[0].format(*groups, e=e): ExpertSlice(ref.name, ref.dtype, (cols,), ref.file, start=e * cols,
+                                                               source=ref) for e in range(n_exp)}
+        first = re.compile("^" + re.escape(templates[0].format(*groups, e=_IDX)).replace(_IDX, r"(\d+)") + "$")
+        return out1, Split(ref.name, tuple(ref.shape), n_exp, tuple(out1), first)
     n_exp, rows, cols = ref.shape
     k = len(templates)
     if rows % k:

@@ -20,10 +20,10 @@ sums row or column statistics over ranges (`metrics.concentration`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
+
+from updelta.errors import UpdeltaError
+from updelta.families.naming import family as family_of
 
 LAYOUTS = ("separate", "stacked", "per_head", "grouped", "mla")
 
@@ -43,14 +43,13 @@ class Geometry:
     head_dim: int  # d
 
 
-@lru_cache(maxsize=None)
 def family_layout(family: str) -> dict | None:
-    """The family's `qkv_layout` object ({"layout": ..., "modules": {module: part}}), None when undeclared."""
+    """The family's `qkv_layout` object ({"layout": ..., "modules": {module: part}}), None when undeclared
+    (read through `naming.family`, the one loader of the family data)."""
     try:
-        text = resources.files("updelta.families").joinpath(f"{family}.json").read_text(encoding="utf-8")
-    except (FileNotFoundError, OSError):
+        d = family_of(family).qkv_layout
+    except UpdeltaError:
         return None
-    d = json.loads(text).get("qkv_layout")
     return d if isinstance(d, dict) and d.get("layout") in LAYOUTS else None
 
 
@@ -71,7 +70,7 @@ def _int(cfg: dict, *keys) -> int | None:
 
 def geometry(cfg: dict, layout: dict) -> Geometry | str:
     """H, G, d from a (text) config, or why not (a note)."""
-    h = _int(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads")
+    h = _int(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads")
     if h is None:
         return "config.json has no num_attention_heads"
     if layout.get("kv_rule") == "falcon":

@@ -63,6 +63,10 @@ class Family:
     ignore: tuple[re.Pattern, ...]
     expert: re.Pattern | None = None
     stacked_experts: tuple[tuple[re.Pattern, tuple[str, ...]], ...] = ()  # (stored-name regex, per-expert names)
+    anchored: bool = False  # rules full-match the canonical name (families generated from transformers' classes)
+    qkv_layout: dict | None = None  # attention-head layout (read by `updelta.families.heads`)
+    lens: dict | None = None  # logit-lens data (read by `updelta.scan.jobs.lens`)
+    generated: dict | None = None  # {"transformers": version, ...}: derived from transformers' classes
 
     @classmethod
     def from_json(cls, d: dict, source: str = "<family>") -> "Family":
@@ -88,6 +92,10 @@ class Family:
                 expert=re.compile(d["expert"]) if d.get("expert") else None,
                 stacked_experts=tuple((re.compile(r["pattern"]), tuple(r["as"]))
                                       for r in d.get("stacked_experts", [])),
+                anchored=bool(d.get("anchored", False)),
+                qkv_layout=d["qkv_layout"] if isinstance(d.get("qkv_layout"), dict) else None,
+                lens=d["lens"] if isinstance(d.get("lens"), dict) else None,
+                generated=d["generated"] if isinstance(d.get("generated"), dict) else None,
             )
         except (KeyError, TypeError, ValueError, re.error) as e:
             raise UpdeltaError(f"{source}: not a valid family file ({e.__class__.__name__}: {e}); "
@@ -99,7 +107,7 @@ class TensorName:
     """What a tensor's name says: block index, component, module and parameter kind."""
 
     layer: int | None
-    component: str  # one of components(): embed, attn, router, mlp, norm, head, other
+    component: str  # one of components(): embed, attn, ssm, router, mlp, norm, head, other
     module: str
     param: str  # weight, bias (or the last name part for other parameters)
     tower: str | None = None  # None: the text model; "vision", "projector": see `towers()`
@@ -115,6 +123,13 @@ class FamilyMatch:
     #              "tensor names" | "fallback"
     claimed: str | None = None  # the config.json value that named the family (or was set aside, see `rejected`)
     rejected: str | None = None  # family config.json named but the tensor names contradict
+    structure: str | None = None  # "transformers <version> classes (...)"; None: the family JSON
+    note: str | None = None  # why the map is less than certain (pairing notes["family_note"])
+
+    @property
+    def origin(self) -> str:
+        """Where the map came from: "transformers <version> classes (...)" or "family JSON <name>"."""
+        return self.structure or f"family JSON {self.family.name}"
 
 
 @dataclass(frozen=True)
@@ -137,7 +152,7 @@ def _common() -> dict:
 
 @lru_cache(maxsize=1)
 def components() -> tuple[str, ...]:
-    """Every component a tensor can get, in forward order (embed, attn, router, mlp, norm, head, other)."""
+    """Every component a tensor can get, in forward order (embed, attn, ssm, router, mlp, norm, head, other)."""
     return tuple(_common()["components"])
 
 
@@ -179,18 +194,29 @@ def families() -> tuple[Family, ...]:
     return tuple(fams) + (Family.from_json(_load(f"{GENERIC}.json"), f"updelta/families/{GENERIC}.json"),)
 
 
+_derived: dict[str, Family] = {}  # families from transformers' classes met in this process (by name)
+
+
+def remember(fam: Family) -> Family:
+    """Make a family from transformers' classes known to `family(name)` (heads, lens, plots look it up by name)."""
+    _derived[fam.name] = fam
+    return fam
+
+
 def family(name: str) -> Family:
     """The family called `name`."""
     for fam in families():
         if fam.name == name:
             return fam
+    if name in _derived:
+        return _derived[name]
     raise UpdeltaError(f"unknown model family {name!r}; known: {', '.join(f.name for f in families())}")
 
 
 def module_order(family_name: str) -> list[str]:
     """The modules of family `family_name` in forward order (e.g. llama: ..., q_proj, k_proj, v_proj, ...,
     o_proj, ..., gate_proj, up_proj, down_proj, ...); [] for the generic family and unknown names."""
-    for fam in families():
+    for fam in families() + tuple(_derived.values()):
         if fam.name == family_name:
             return list(fam.module_order)
     return []
@@ -215,9 +241,12 @@ def _config_claims(config) -> list[tuple[str, str]]:
     return out
 
 
-def _by_config(config) -> tuple[Family, str, str] | None:
+def _by_config(config, only: str | None = None) -> tuple[Family, str, str] | None:
+    """The family config.json names (`only`: "architectures" or "model_types", else both, architectures first)."""
     for source, value in _config_claims(config):
         key = "architectures" if source.endswith("architectures") else "model_types"
+        if only is not None and key != only:
+            continue
         for fam in families():
             if value in getattr(fam, key):
                 return fam, source, value
@@ -231,31 +260,96 @@ def _by_names(names: list[str]) -> Family | None:
     return None
 
 
-def resolve_family(names: Iterable[str], config=None) -> FamilyMatch:
-    """The family of a checkpoint with tensor `names` and parsed config.json `config` (any value; a
-    non-dict or unknown content is ignored), and how it was found.
+# The resolver of families derived from transformers' classes (`families.data.resolve`, registered by the
+# package's __init__: data builds on this module, so this module does not import it).
+STRUCTURE: list = []
 
-    config.json first (`architectures`, then `model_type`, then the same keys of a nested
-    `text_config`). The family it names is kept unless the tensor names contradict it: they point to
-    another family and either match nothing of the named one (its `detect` or `stacked_experts`
-    patterns) or point to a more specific family (higher priority: Phi-3 names under a config.json
-    that says Llama). Then tensor names, by descending priority; then the generic fallback. Names of
-    towers (`tower_of`) take no part in detection (a SigLIP tower's `self_attn.out_proj` is not OPT's),
+
+def resolve_family(names: Iterable[str], config=None, structure: bool = True) -> FamilyMatch:
+    """The family of a checkpoint with tensor `names` and parsed config.json `config` (any value; a
+    non-dict or unknown content is ignored), and how it was found (docs/families.md).
+
+    1. A family file whose `model_types` holds config.json's `model_type` (or `text_config.model_type`).
+    2. `structure`: the architecture's own classes (`updelta.families.data.resolve`: the shipped data generated
+       from transformers, the cache, or a live derivation), unless config.json has `auto_map` or a model_type
+       transformers does not know; kept when it leaves no more tensors unnamed than the family files would.
+    3. A family file named by config.json's `architectures`.
+    The family config.json names is kept unless the tensor names contradict it: they point to another family and
+    either match nothing of the named one (its `detect` or `stacked_experts` patterns) or point to a more specific
+    family (higher priority: Phi-3 names under a config.json that says Llama).
+    4. Tensor names, by descending priority, only when the guessed family names every tensor (else the generic
+    keyword rules, with a note: another family's rules are never applied on a guess); 5. the generic fallback.
+    Names of towers (`tower_of`) take no part in detection (a SigLIP tower's `self_attn.out_proj` is not OPT's),
     unless every name is a tower's."""
     names = list(names)
     names = [n for n in names if tower_of(n) is None] or names
     by_names = _by_names(names)
-    hit = _by_config(config)
+    hit = _by_config(config, "model_types")
+    arch = _by_config(config, "architectures")
+    if hit is not None and arch is not None and arch[0] is hit[0]:
+        hit = arch  # both name it: reported as architectures (the more telling)
+    if hit is not None and "text_config" in hit[1] and unnamed(hit[0], names):
+        hit = None  # a text model inside another architecture (an audio tower beside it): the classes come first
+    if hit is None and structure and isinstance(config, dict) and STRUCTURE:
+        fam, where, note = STRUCTURE[0](config, names)
+        if fam is not None:
+            fallback = _json_match(names, config, by_names)
+            if fallback.family.name != GENERIC and _unnamed(fallback.family, names) < _unnamed(fam, names):
+                return replace(fallback, note=f"the {fam.name} classes ({where}) name fewer tensors than the "
+                                              f"family files; {fallback.note or 'family JSON used'}")
+            return FamilyMatch(remember(fam), "config.json model_type", config.get("model_type"), structure=where,
+                               note=note)
+        match = _json_match(names, config, by_names)
+        return replace(match, note="; ".join(x for x in (f"no structure from transformers: {where}", match.note)
+                                             if x))
+    return _json_match(names, config, by_names, hit)
+
+
+def unnamed(fam: Family, names: Iterable[str]) -> list[str]:
+    """The stored names (towers and ignored buffers aside) family `fam` leaves in component `other`; a stacked
+    expert tensor is judged by its first per-expert name (`stacked_experts`, docs/experts.md)."""
+    out = []
+    for n in names:
+        if tower_of(n) is not None or is_ignored(n, fam):
+            continue
+        probe = n
+        for pattern, templates in fam.stacked_experts:
+            m = pattern.search(n)
+            if m:
+                probe = templates[0].format(*m.groups(), e=0)
+                break
+        if _parse(probe, fam).component == "other":
+            out.append(n)
+    return out
+
+
+def _unnamed(fam: Family, names: list[str]) -> int:
+    return len(unnamed(fam, names))
+
+
+def _json_match(names: list[str], config, by_names: Family | None, hit=None) -> FamilyMatch:
+    """Steps 1, 3, 4 and 5 of `resolve_family`: the family files only."""
+    hit = hit or _by_config(config, "architectures")
     if hit is not None:
         fam, source, value = hit
         named_matches = fam.detect is None or any(fam.detect.search(n) or any(p.search(n) for p, _ in
                                                                              fam.stacked_experts) for n in names)
         if by_names is None or by_names is fam or (by_names.priority <= fam.priority and named_matches):
             return FamilyMatch(fam, source, value)
-        return FamilyMatch(by_names, "tensor names", value, rejected=fam.name)
+        return _guess(by_names, names, FamilyMatch(by_names, "tensor names", value, rejected=fam.name))
     if by_names is not None:
-        return FamilyMatch(by_names, "tensor names")
+        return _guess(by_names, names, FamilyMatch(by_names, "tensor names"))
     return FamilyMatch(families()[-1], "fallback")
+
+
+def _guess(fam: Family, names: list[str], match: FamilyMatch) -> FamilyMatch:
+    """A family guessed from tensor names is applied only when it names every tensor; else the generic rules."""
+    missed = unnamed(fam, names)
+    if not missed:
+        return match
+    return FamilyMatch(families()[-1], "fallback", match.claimed, match.rejected,
+                       note=f"tensor names look like family {fam.name} but its rules leave {len(missed)} tensors "
+                            f"unnamed (e.g. {missed[0]}): not certain, generic keyword rules used")
 
 
 def detect_family(names: Iterable[str], config=None) -> Family:
@@ -291,6 +385,8 @@ def _parse(name: str, family: Family) -> TensorName:
     last = name.rsplit(".", 1)
     param = last[1] if len(last) == 2 else "weight"
     padded = name if name.endswith(".") else name + "."
+    if family.anchored:  # generated rules full-match the canonical name
+        padded = canonical(padded[:-1]) + "."
     for rule in family.modules:
         mm = rule.pattern.search(padded)
         if mm:

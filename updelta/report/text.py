@@ -168,6 +168,15 @@ def _notes(p: PairingNotes, res: Result) -> list[str]:
         lines.append(f"de-quantized ({who}): {q.get('dequantized')} {stored} weights x their scales ({blocks}; "
                      f"{q.get('method')}), measured as float32 values; scale tensors not compared")
     lines += gguf_lines(p.extra, res.tensors)  # GGUF names, transforms and error by quant type (gguf_notes)
+    where = p.extra.get("structure")
+    if where and not where.startswith("family JSON"):
+        lines.append(f"map of the model (component, module, layer, expert, heads): {where}")
+    if p.extra.get("family_note"):
+        lines.append(f"map: {p.extra['family_note']}")
+    if "component" in res.tensors.columns:
+        n_other = res.tensors.loc[res.tensors["component"] == "other", "name"].nunique()
+        if n_other:
+            lines.append(f"component other: {n_other} tensors have no place in the model's map (docs/families.md)")
     lines += base_lines(res.info)  # per-run bases, pairs not compared
     if "n_spectral_skipped" in res.summary.columns:
         n = int(res.summary["n_spectral_skipped"].fillna(0).max())

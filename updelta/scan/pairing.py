@@ -107,6 +107,7 @@ def pair_checkpoints(base: Checkpoint, runs: dict[str, Checkpoint], opts: DiffOp
     notes: dict = {"family": family.name, "tied": [], "only_in_base": {r: [] for r in runs},
                    "only_in_run": {r: [] for r in runs}, "resized": [], "skipped_shape": [],
                    "non_float": [], "ignored": [], "filtered_out": 0, "family_source": match.source,
+                   "structure": match.origin, "family_note": match.note,
                    "unindexed": {n: ck.unindexed for n, ck in (("base", base), *runs.items()) if ck.unindexed},
                    "dequantized": {n: ck.quantization for n, ck in (("base", base), *runs.items()) if ck.quantization},
                    "split_experts": split_notes, **({"gguf": gguf_notes} if gguf_notes else {})}

@@ -17,13 +17,10 @@
 """
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from importlib import resources
-
 import numpy as np
 import torch
 
+from updelta.errors import UpdeltaError
 from updelta.families.heads import text_config
 from updelta.families.naming import canonical, family as family_of
 from updelta.io.locations import TensorLocation
@@ -37,14 +34,13 @@ KEY = "_lens"  # the spectral columns' key of a run's Directions (not a column)
 TABLE = "lens"
 
 
-@lru_cache(maxsize=None)
 def family_lens(family: str) -> dict | None:
-    """The family's `lens` object ({"modules": [...], "final_norm": name or null, "norm_offset": {...}})."""
+    """The family's `lens` object ({"modules": [...], "final_norm": name or null, "norm_offset": {...}}), read
+    through `naming.family` (the one loader of the family data)."""
     try:
-        text = resources.files("updelta.families").joinpath(f"{family}.json").read_text(encoding="utf-8")
-    except (FileNotFoundError, OSError):
+        d = family_of(family).lens
+    except UpdeltaError:
         return None
-    d = json.loads(text).get("lens")
     return d if isinstance(d, dict) and d.get("modules") else None
 
 
