@@ -22,6 +22,7 @@ from updelta.scan.jobs.read import materialize, raw_to_torch, read_wide, stored,
 from updelta.scan.jobs.spectral_cache import base_provider, decomp_key, kept_k
 from updelta.scan.plan import SpectralJob
 
+BASIS_FLOOR = 64 << 20  # the streamed solver's basis and Gram matrix get half the budget, at least this
 REFUSED = "_memory_refused"  # a run's spectral columns' key of the note of a tensor refused under --max-memory
 
 
@@ -46,7 +47,7 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
     if full and budget is not None and len(t.shape) == 2:
         need = full_bytes(t.shape, opts, t.numel * max(_itemsize(s.loc) for s in t.sides if hasattr(s.loc, "dtype")))
         if need > budget:
-            note = (f"{t.name}: spectral full needs about {need / (1 << 20):.0f} MiB > --max-memory "
+            note = (f"{t.name}: spectral full needs about {need} bytes ({need / (1 << 20):.1f} MiB) > --max-memory "
                     f"{opts.max_memory} ({budget} bytes); its full columns are null (raise --max-memory, or "
                     f"--spectral fast streams it)")
             return {s.run: {REFUSED: note} for s in t.sides}
@@ -129,7 +130,7 @@ def _fast_streamed(job: SpectralJob, budget: int) -> dict[str, dict]:
             return (x1 - x0).reshape(b - a, N)
 
         kl = int(opts.lens_k) if job.lens else 0
-        cols, res = streamed_columns(rows, (M, N), opts, budget // 2, keep_vectors=kl)
+        cols, res = streamed_columns(rows, (M, N), opts, max(budget // 2, BASIS_FLOOR), keep_vectors=kl)
         out[side.run] = cols
         if kl and res is not None:
             cols[lens.KEY] = _directions(rows, M, N, res, t.transposed, kl)
