@@ -112,6 +112,11 @@ class DiffOptions:
                           "output-side update (the family's lens modules, e.g. o_proj, down_proj) are pushed through "
                           "the base's final norm and unembedding into `Result.lens`; 0: none (docs/metrics.md).",
                        at_least=0)
+    max_memory: str = option("auto", "Memory budget of one spectral job, in bytes (suffix K, M, G: powers of 1024) or "
+                                   "`auto`. `fast`: a tensor whose whole-tensor copies (W0, W1 as stored and D in "
+                                   "float32) would exceed it is streamed by row blocks instead (flat memory; auto: "
+                                   "512 MiB). `full`: a tensor whose decomposition would exceed it is refused with a "
+                                   "warning naming the bytes it needs (auto: no limit). docs/metrics.md.")
     merge_dtype: MergeDtype = option("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
                                           "dtype would store (D in float32, cast, added to W0 in this dtype), which "
                                           "gives sparsity; `off` measures the exact update from the factors "
@@ -119,6 +124,7 @@ class DiffOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        memory_bytes(self.max_memory)
         if self.ray_address and self.executor != "ray":
             raise UpdeltaError(f"--ray-address {self.ray_address!r} applies to --executor ray only")
 
@@ -130,6 +136,22 @@ class DiffOptions:
 
     def replace(self, **changes) -> "DiffOptions":
         return replace(self, **changes)
+
+
+AUTO_MEMORY = 512 << 20  # `--max-memory auto` for `fast`: tensors whose whole copies exceed 512 MiB are streamed
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def memory_bytes(value: str) -> int | None:
+    """`--max-memory` in bytes: None for `auto`, else the number times its unit (K, M, G, T: powers of 1024, an
+    optional trailing B or iB); a one-line UpdeltaError naming the flag otherwise."""
+    v = str(value).strip()
+    if v.lower() == "auto":
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?", v)
+    if not m or float(m.group(1)) * _UNITS[m.group(2).upper()] < 1:
+        raise UpdeltaError(f"--max-memory {value!r}: must be `auto` or a positive number of bytes, e.g. 4G, 512M")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 EvalBaseMismatch = Literal["error", "warn"]

@@ -55,10 +55,11 @@ def planted(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("case,mode", [("untied", "fast"), ("tied", "full"), ("gemma", "fast")])
+@pytest.mark.parametrize("case,mode", [("untied", "fast"), ("tied", "full"), ("gemma", "fast"), ("untied", "streamed")])
 def test_planted_token_is_promoted_first(planted, case, mode, tmp_path):
     base, ft, expected, wu, gain = planted[case]
-    res = updelta.diff(base, ft, DiffOptions(spectral=mode, progress=False))
+    streamed = dict(spectral="fast", max_memory="1") if mode == "streamed" else dict(spectral=mode)  # row blocks
+    res = updelta.diff(base, ft, DiffOptions(progress=False, **streamed))
     note = res.meta["pairing"]["lens"]
     assert note["tied"] == (case != "untied") and note["norm_offset"] == (1.0 if case == "gemma" else 0.0)
     lens = res.lens

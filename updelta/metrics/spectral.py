@@ -50,6 +50,7 @@ from updelta.metrics.linalg import (
     topk_vectors_may_pay,
 )
 from updelta.metrics.registry import metric
+from updelta.metrics.streamed import Streamed, topk_streamed
 from updelta.metrics.summary import summarize  # noqa: F401  (torch-free; kept here for existing callers)
 from updelta.options import DiffOptions
 
@@ -342,6 +343,36 @@ def update_columns(d: torch.Tensor, opts: DiffOptions) -> dict[str, object]:
         torch.cuda.synchronize(d.device)
     out["spectral_s"] = time.perf_counter() - t0
     return out
+
+
+def streamed_columns(rows: Callable[[int, int], torch.Tensor], shape: tuple[int, int], opts: DiffOptions,
+                     max_bytes: int, keep_vectors: int = 0) -> tuple[dict[str, object], Streamed | None]:
+    """`fast` mode's columns of an update D (M x N) given by its row blocks `rows(a, b)` (`streamed.topk_streamed`:
+    memory is a row block and the Krylov basis, never D whole; docs/metrics.md, "Streamed spectra"), with the
+    solve itself (for the lens's directions), or None when D is not finite. Includes `spectral_s`. The values
+    satisfy the same tolerance as `update_columns` (rtol FAST_RTOL; ||D||_F^2 accumulated in float64)."""
+    t0 = time.perf_counter()
+    k = max(1, int(opts.topk))
+    M, N = shape
+    res = topk_streamed(rows, M, N, min(k, M, N), rtol=FAST_RTOL, block=max(k, 8), max_bytes=max_bytes,
+                        keep_vectors=keep_vectors)
+    if not res.finite:
+        out = _null_row("fast")
+        out["spectral_s"] = time.perf_counter() - t0
+        return out, None
+    out = _fast_from_values(res.top.values, res.fro2, k)
+    out["topk_sv_err_est"] = 0.0 if res.top.exact else float(res.top.err_est)
+    out["spectral_s"] = time.perf_counter() - t0
+    return out, res
+
+
+def full_bytes(shape: tuple[int, ...], opts: DiffOptions, stored_bytes: int) -> int:
+    """What `full` mode holds for one tensor of this shape at the most (docs/metrics.md, "Memory"): W0, W1 and D in
+    the working dtype, LAPACK's copy of one of them and the economy U, Vh of W0 and W1 (each at most m n), beside
+    the stored bytes of one side."""
+    wide = 8 if opts.spectral_float64 else 4
+    numel = math.prod(shape)
+    return stored_bytes + 6 * wide * numel
 
 
 def _all_finite(x: torch.Tensor, chunk: int = 1 << 22) -> bool:

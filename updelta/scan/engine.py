@@ -34,6 +34,7 @@ from updelta.scan.executors import default_memory_budget, make_executor
 from updelta.scan.jobs import kernel, lens as jobs_lens
 from updelta.scan.jobs.cheap import run_job, tensor_records
 from updelta.scan.jobs.factored import run_factored_job, sort_records
+from updelta.scan.jobs import spectral as jobs_spectral
 from updelta.scan.jobs.spectral import run_spectral_job
 from updelta.scan.pairing import Pairing, pair_checkpoints
 from updelta.scan.plan import Env, Plan, make_plan, resolve_pairs, spectral_budget
@@ -103,6 +104,8 @@ def _run_jobs(plan: Plan, opts: DiffOptions, ex) -> tuple[list[dict], list[dict]
             dirs: dict[tuple[str, str], object] = {}
             for job, cols in zip(plan.spectral, sx.map(run_spectral_job, plan.spectral, cost=lambda j: j.cost)):
                 for r, c in cols.items():
+                    if jobs_spectral.REFUSED in c:  # over --max-memory (docs/metrics.md, Streamed spectra)
+                        tables.setdefault(REFUSED_TABLE, []).append({"run": r, "note": c.pop(jobs_spectral.REFUSED)})
                     by_key[(r, job.tensor.name)] = c
                     if jobs_lens.KEY in c:
                         dirs[(r, job.tensor.name)] = c.pop(jobs_lens.KEY)
@@ -113,6 +116,9 @@ def _run_jobs(plan: Plan, opts: DiffOptions, ex) -> tuple[list[dict], list[dict]
         for rec in records:
             rec.update(by_key.get((rec["run"], rec["name"]), {}))
     return records, pair_records, nonfinite, tables
+
+
+REFUSED_TABLE = "_spectral_refused"  # notes of tensors refused under --max-memory (popped into the warnings)
 
 
 def nonfinite_warning(notes: list[str]) -> str:
@@ -241,6 +247,7 @@ def scan(base: str | os.PathLike, runs: dict[str, str | os.PathLike], opts: Diff
         pairing_notes = merge_notes(group_notes)
         notes = [nonfinite_warning(nonfinite)] if nonfinite else []
         notes += [n for n in (towers_note(records, opts.towers),) if n]
+        notes += sorted({row["note"] for row in tables.pop(REFUSED_TABLE, [])})
         for who, names in pairing_notes.get("unindexed", {}).items():
             notes.append(f"{who}: {len(names)} tensor(s) in shards that the index does not name were left out: "
                          + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))

@@ -6,15 +6,24 @@ W0 in its storage dtype; `full` mode decomposes W0 once (`spectral_cache`). Adap
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from updelta.io.locations import TensorLocation
+from updelta.io.readers import open_reader
+from updelta.metrics import lens as ml
 from updelta.metrics import spectral
+from updelta.metrics.spectral import full_bytes, streamed_columns
+from updelta.metrics.streamed import streamed_directions
+from updelta.options import AUTO_MEMORY, memory_bytes
 from updelta.scan.jobs import lens
 from updelta.scan.jobs.factored import spectral_only, spectral_side
-from updelta.scan.jobs.read import materialize, read_wide, stored, use_threads
+from updelta.scan.jobs.read import materialize, raw_to_torch, read_wide, stored, use_threads
 from updelta.scan.jobs.spectral_cache import base_provider, decomp_key, kept_k
 from updelta.scan.plan import SpectralJob
+
+BASIS_FLOOR = 64 << 20  # the streamed solver's basis and Gram matrix get half the budget, at least this
+REFUSED = "_memory_refused"  # a run's spectral columns' key of the note of a tensor refused under --max-memory
 
 
 def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
@@ -30,8 +39,18 @@ def run_spectral_job(job: SpectralJob) -> dict[str, dict]:
             lens.factored(job, out[s.run], t, s.loc)
         return out
     full = opts.spectral == "full"
+    budget = memory_bytes(opts.max_memory)
     if not full and all(isinstance(s.loc, TensorLocation) for s in t.sides) and len(t.shape) == 2:
+        if fast_bytes(t) > (AUTO_MEMORY if budget is None else budget):
+            return _fast_streamed(job, AUTO_MEMORY if budget is None else budget)
         return _fast_from_updates(job)
+    if full and budget is not None and len(t.shape) == 2:
+        need = full_bytes(t.shape, opts, t.numel * max(_itemsize(s.loc) for s in t.sides if hasattr(s.loc, "dtype")))
+        if need > budget:
+            note = (f"{t.name}: spectral full needs about {need} bytes ({need / (1 << 20):.1f} MiB) > --max-memory "
+                    f"{opts.max_memory} ({budget} bytes); its full columns are null (raise --max-memory, or "
+                    f"--spectral fast streams it)")
+            return {s.run: {REFUSED: note} for s in t.sides}
     w0, digest = read_wide(t.base, t.numel, t.shape, dev, digest=full and opts.cache)
     if t.transposed:
         w0 = w0.transpose(-1, -2)
@@ -80,3 +99,52 @@ def _fast_from_updates(job: SpectralJob) -> dict[str, dict]:
         lens.dense(job, out[side.run], d)
         del d
     return out
+
+
+def _itemsize(loc) -> int:
+    return {"float64": 8, "float32": 4}.get(getattr(loc, "dtype", "float32"), 2)
+
+
+def fast_bytes(t) -> int:
+    """What `_fast_from_updates` holds for tensor `t` at once: W0 and one W1 as stored and D widened."""
+    wide = 8 if "float64" in (t.base.dtype, *(s.loc.dtype for s in t.sides)) else 4
+    return t.numel * (_itemsize(t.base) + max(_itemsize(s.loc) for s in t.sides) + wide)
+
+
+def _fast_streamed(job: SpectralJob, budget: int) -> dict[str, dict]:
+    """`fast` mode without D whole (docs/metrics.md, "Streamed spectra"): each pass reads row blocks of W0 and W1
+    through the readers and forms D's rows as `_fast_from_updates` forms its elements (widened, then subtracted);
+    the solve is `metrics.streamed`. The rows are those of the stored orientation (a transposed tensor streams D^T:
+    the same singular values; the lens's output-side vectors are then the Ritz vectors themselves)."""
+    t, opts = job.tensor, job.opts
+    M, N = t.shape
+    r0 = open_reader(t.base)
+    out = {}
+    for side in t.sides:
+        r1 = open_reader(side.loc)
+        wide = torch.float64 if "float64" in (t.base.dtype, side.loc.dtype) else torch.float32
+
+        def rows(a: int, b: int, r1=r1, loc=side.loc, wide=wide) -> torch.Tensor:
+            x0 = raw_to_torch(r0.read(a * N, (b - a) * N), t.base.dtype).to(wide)
+            x1 = raw_to_torch(r1.read(a * N, (b - a) * N), loc.dtype).to(wide)
+            return (x1 - x0).reshape(b - a, N)
+
+        kl = int(opts.lens_k) if job.lens else 0
+        cols, res = streamed_columns(rows, (M, N), opts, max(budget // 2, BASIS_FLOOR), keep_vectors=kl)
+        out[side.run] = cols
+        if kl and res is not None:
+            cols[lens.KEY] = _directions(rows, M, N, res, t.transposed, kl)
+    return out
+
+
+def _directions(rows, M: int, N: int, res, transposed: bool, k: int) -> "ml.Directions":
+    """The lens's top directions of a streamed update: left vectors of D ([out, k], float64)."""
+    out_side = N if transposed else M
+    if res.basis is None or res.fro2 == 0.0:
+        return ml.Directions.empty(out_side)
+    Y, s, resid = streamed_directions(rows, M, N, res.basis[:, :k])
+    U = res.basis[:, :k] if transposed else Y
+    order = np.argsort(-s, kind="stable")
+    keep = s[order] > max(M, N) * torch.finfo(torch.float32).eps * s[order[0]]
+    order = order[keep]
+    return ml.Directions(s[order], U.numpy()[:, order], resid[order])
