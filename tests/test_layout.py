@@ -192,3 +192,29 @@ def test_option_defaults_are_declared_once():
                         line = text.count("\n", 0, hit.start()) + 1
                         bad.append(f"{p.relative_to(PKG.parent)}:{line}: {hit.group(0)}")
     assert bad == []
+
+
+def test_no_submodule_shadows_a_name_its_package_exports():
+    """A package that exports a name which is also one of its submodules' names must load that submodule itself:
+    otherwise the first `import pkg.name` elsewhere replaces the exported function by the module (the trade-off
+    figure's `updelta.plot.tradeoff` was broken this way, depending on test order). Checked in a fresh process."""
+    import subprocess
+    import sys
+
+    code = r"""
+import importlib, pkgutil, sys, json
+from pathlib import Path
+bad = []
+for m in json.loads(sys.argv[1]):
+    pkg = importlib.import_module(m)
+    for s in pkgutil.iter_modules(pkg.__path__):
+        v = pkg.__dict__.get(s.name)
+        if v is not None and getattr(v, "__name__", None) != f"{m}.{s.name}" and f"{m}.{s.name}" not in sys.modules:
+            bad.append(f"{m}.{s.name}")
+print(json.dumps(bad))
+"""
+    import json
+
+    pkgs = sorted(m for m, p in MODULES.items() if p.name == "__init__.py")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(pkgs)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

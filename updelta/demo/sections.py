@@ -6,7 +6,7 @@ added to a report folder that `updelta.report.write_report` has written (before 
 - summary.json gains `claims` (one record per claim: `claim_rules.Claim.as_record`: claim, source, kind,
   verdict, threshold, measured, settings, text) and `zoo` (`runs`: `zoo_table.run_rows`, `groups`:
   `zoo_table.group_rows`), and `figures` lists figures/retention_vs_gain.png;
-- figures/retention_vs_gain.png: `plot.tradeoff.tradeoff_figure`;
+- figures/retention_vs_gain.png: `plot.retention.tradeoff_figure`;
 - report.md and report.html end with the trade-off table and its figure (the claims themselves are a table near
   the top of the report: `write_report(..., claims=...)`).
 """
@@ -67,8 +67,8 @@ def sections_html(claims, groups, png: bytes | None) -> str:
 
 def add_zoo_sections(folder: Path, claims, rows: list[dict], groups: list[dict]) -> None:
     """See the module docstring. `folder` is a report folder written by `write_report`."""
-    from updelta.plot.common import savefig  # torch: loaded only on this path
-    from updelta.plot.tradeoff import tradeoff_figure  # torch: loaded only on this path
+    from updelta.plot.common import savefig  # matplotlib: loaded only when the figure is drawn
+    from updelta.plot.retention import tradeoff_figure  # matplotlib: loaded only when the figure is drawn
 
     folder = Path(folder)
     (folder / "figures").mkdir(exist_ok=True)
