@@ -55,6 +55,8 @@ def claim_row(c) -> dict[str, str]:
         d = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
     else:
         d = dict(c)
+    if d.get("threshold") and isinstance(d.get("text"), str):  # the threshold has its own column
+        d["text"] = d["text"].split("; threshold: ")[0]
     keys = [k for k in CLAIM_ORDER if k in d] + [k for k in d if k not in CLAIM_ORDER]
     return {k: _plain(d[k]) for k in keys if k not in CLAIM_DATA}
 

@@ -13,7 +13,7 @@ from updelta.report.document import Heading, Para, Table
 from updelta.report.text import fmt
 
 DIRECTIONS = 6  # directions shown per run, largest sigma first (fewer with many runs: `directions`)
-ROWS = 36  # the table's rows at most: with more than 6 runs each run shows fewer directions (at least 2)
+ROWS = 24  # the table's rows at most: with more than 4 runs each run shows fewer directions (at least 2)
 
 
 def directions(n_runs: int) -> int:

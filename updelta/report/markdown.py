@@ -63,7 +63,7 @@ def _block(b, doc: Document | None = None) -> str:
         return table(b)
     if isinstance(b, Image):
         s = f"![{b.alt}]({b.path})"
-        return f"*{b.caption}*\n{s}" if b.caption else s  # one paragraph: the caption, then the figure
+        return f"*{b.caption}*<br>{s}" if b.caption else s  # one line: the caption, a break, the figure
     if isinstance(b, Details):
         inner = "\n\n".join(_block(x) for x in b.blocks)
         return f"<details><summary>{b.summary}</summary>\n\n{inner}\n\n</details>"
@@ -74,7 +74,7 @@ def render(doc: Document) -> str:
     parts, figs = [f"# {doc.title}"], []
     for b in doc.blocks:  # consecutive figures: one paragraph, a line break after each caption and figure
         if isinstance(b, Image):
-            figs.append(_block(b, doc).replace("\n", "<br>\n"))
+            figs.append(_block(b, doc))
             continue
         if figs:
             parts.append("<br>\n".join(figs))
