@@ -18,9 +18,32 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>
 
 static inline float bits2f(uint32_t u) { union { uint32_t u; float f; } x; x.u = u; return x.f; }
 static inline uint32_t f2bits(float f) { union { uint32_t u; float f; } x; x.f = f; return x.u; }
+
+/* Each loop is compiled three times from one body: portable (the compiler's baseline: SSE2 on x86-64), AVX2+FMA
+ * and AVX-512, and `simd_level` (chosen once at import from the CPU, capped by the environment variable
+ * UPDELTA_KERNEL_SIMD=portable|avx2|avx512 or by the module function `simd(name)`) picks one per call. No
+ * -march flag: the installed module runs on any x86-64 (and builds elsewhere with the portable body only).
+ * The three give the same counts and maximum bit for bit; their float sums differ by summation order only. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define UPD_X86 1
+#define T_AVX2 __attribute__((target("avx2,fma")))
+#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#else
+#define T_AVX2
+#define T_AVX512
+#endif
+static int simd_level = 0; /* 0 portable, 1 avx2, 2 avx512 */
+static const char *SIMD_NAMES[3] = {"portable", "avx2", "avx512"};
+#define PICK3(NAME, ARGS)                                                     \
+    do {                                                                      \
+        if (simd_level == 2) NAME##_a5 ARGS;                                  \
+        else if (simd_level == 1) NAME##_a2 ARGS;                             \
+        else NAME##_p ARGS;                                                   \
+    } while (0)
 
 typedef struct {
     int64_t used, nfa, nfb, eq, at, rt;
@@ -101,25 +124,97 @@ typedef struct {
             s->maxd = (double)bits2f((uint32_t)mx);                           \
     }
 
-#define DEF_STATS(NAME, LA, LB, HIST)                                         \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
-                 float eta, int64_t *hist, Stats *s) {                        \
+/* The fast chunk: the same sums when every value of the chunk is finite (all but damaged files), without the
+ * masks. max(|a|, |b|) (needed by the relative count anyway) is folded into a running maximum `bm`; a chunk
+ * where it reaches the exponent of Inf/NaN, or whose float sums overflowed, is done again by STATS_CHUNK (the
+ * masked loop above, with its float64 redo), which then gives every sum and count of the chunk. So the counts,
+ * `used` (the whole chunk) and the maximum are those of STATS_CHUNK bit for bit; only the float sums' order
+ * differs. `m` is 1 for the EXTRA terms (KEEP_HEAD_TERMS). */
+#define FAST_ELEM(UA, UB, EXTRA)                                              \
+    {                                                                         \
+        uint32_t ua = (UA), ub = (UB);                                        \
+        uint32_t ia = ua & 0x7FFFFFFFu, ib = ub & 0x7FFFFFFFu;                \
+        float a = bits2f(ua), b = bits2f(ub);                                 \
+        float d = b - a;                                                      \
+        float ad = fabsf(d);                                                  \
+        ss_d += d * d; ss_a += a * a; dot += d * a; sabs += ad;               \
+        uint32_t adb = f2bits(ad);                                            \
+        mx = adb > mx ? adb : mx;                                             \
+        uint32_t ibig = ia > ib ? ia : ib;                                    \
+        bm = ibig > bm ? ibig : bm;                                           \
+        float big = bits2f(ibig);                                             \
+        const int32_t m = 1; (void)m;                                         \
+        eq += a == b; at += ad <= atol; rt += ad <= eta * big;                \
+        EXTRA                                                                 \
+    }
+
+#define FAST_COMMIT(LA, LB, EXTRA)                                            \
+    if (bm >= 0x7F800000u || mx >= 0x7F800000u || F_OVERFLOW(ss_d) ||        \
+        F_OVERFLOW(ss_a) || F_OVERFLOW(dot) || F_OVERFLOW(sabs))              \
+        STATS_CHUNK(LA, LB, HIST_OFF, EXTRA)                                  \
+    else {                                                                    \
+        s->used += c1 - c0; s->eq += eq; s->at += at; s->rt += rt;            \
+        s->ss_d += ss_d; s->ss_a += ss_a; s->dot += dot; s->sabs += sabs;     \
+        if ((double)bits2f(mx) > s->maxd) s->maxd = (double)bits2f(mx);       \
+    }
+
+#define FAST_CHUNK(LA, LB, HIST, EXTRA)                                       \
+    {                                                                         \
+        int32_t eq = 0, at = 0, rt = 0;                                       \
+        uint32_t mx = 0, bm = 0;                                              \
+        float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
+        for (Py_ssize_t i = c0; i < c1; i++) FAST_ELEM(LA(pa, i), LB(pb, i), EXTRA) \
+        FAST_COMMIT(LA, LB, EXTRA)                                            \
+    }
+
+/* Two bf16 blocks: one 32-bit load gives two elements (low half << 16, high half masked), so decoding is one
+ * operation per element; the order of elements within a chunk does not matter to the sums. c0 is even. */
+static inline uint32_t load_u32(const void *p, Py_ssize_t k) {
+    uint32_t w;
+    memcpy(&w, (const char *)p + 4 * k, 4);
+    return w;
+}
+#define FAST_CHUNK_BB(LA, LB, HIST, EXTRA)                                    \
+    {                                                                         \
+        int32_t eq = 0, at = 0, rt = 0;                                       \
+        uint32_t mx = 0, bm = 0;                                              \
+        float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
+        for (Py_ssize_t k = c0 / 2; k < c1 / 2; k++) {                        \
+            uint32_t wa = load_u32(pa, k), wb = load_u32(pb, k);              \
+            FAST_ELEM(wa << 16, wb << 16, )                                   \
+            FAST_ELEM(wa & 0xFFFF0000u, wb & 0xFFFF0000u, )                   \
+        }                                                                     \
+        if ((c1 - c0) & 1) FAST_ELEM(LA(pa, c1 - 1), LB(pb, c1 - 1), )        \
+        FAST_COMMIT(LA, LB, )                                                 \
+    }
+
+#define DEF_STATS_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                       \
+ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, \
+                      float eta, int64_t *hist, Stats *s) {                   \
     (void)hist;                                                               \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;                      \
-        STATS_CHUNK(LA, LB, HIST, )                                           \
+        CHUNKF(LA, LB, HIST, )                                                \
     }                                                                         \
 }
+#define DEF_STATS(NAME, LA, LB, HIST, CHUNKF)                                 \
+DEF_STATS_AT(NAME##_p, , LA, LB, HIST, CHUNKF)                                \
+DEF_STATS_AT(NAME##_a2, T_AVX2, LA, LB, HIST, CHUNKF)                         \
+DEF_STATS_AT(NAME##_a5, T_AVX512, LA, LB, HIST, CHUNKF)                       \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s) {                        \
+    PICK3(NAME, (pa, pb, n, atol, eta, hist, s));                             \
+}
 
-DEF_STATS(stats_ff, LOAD_F32, LOAD_F32, HIST_OFF)
-DEF_STATS(stats_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
-DEF_STATS(stats_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
-DEF_STATS(stats_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
-DEF_STATS(stats_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
-DEF_STATS(stats_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
-DEF_STATS(stats_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
-DEF_STATS(stats_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+/* The histogram (opt-in) keeps the masked loop. */
+DEF_STATS(stats_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS(stats_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS(stats_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS(stats_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
+DEF_STATS(stats_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
+DEF_STATS(stats_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
+DEF_STATS(stats_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
+DEF_STATS(stats_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, STATS_CHUNK)
 
 typedef void (*stats_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *);
 static stats_fn STATS_FNS[2][2][2] = {
@@ -195,9 +290,10 @@ typedef struct {
     double dot, ssa, ssb;
 } PairStats;
 
-__attribute__((target_clones("avx2", "default")))
-static void pair_loop(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb, Py_ssize_t n, float atol,
-                      float eta, PairStats *s) {
+/* One body, inlined into the three SIMD variants below (a default-target body inlines into a wider target). */
+static inline __attribute__((always_inline)) void pair_body(const uint32_t *p0, const uint32_t *pa,
+                                                            const uint32_t *pb, Py_ssize_t n, float atol,
+                                                            float eta, PairStats *s) {
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
         int32_t used = 0, be = 0, ba = 0, br = 0, sg = 0;
@@ -240,6 +336,15 @@ static void pair_loop(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb
     }
 }
 
+#define PAIR_AT(NAME, ATTR)                                                   \
+ATTR static void NAME(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb, Py_ssize_t n, float atol, \
+                      float eta, PairStats *s) {                              \
+    pair_body(p0, pa, pb, n, atol, eta, s);                                   \
+}
+PAIR_AT(pair_loop_p, )
+PAIR_AT(pair_loop_a2, T_AVX2)
+PAIR_AT(pair_loop_a5, T_AVX512)
+
 /*
  * pair(base, a, b, atol, eta) on float32 blocks (already widened) ->
  * (used, dot_ab, ss_a, ss_b, both_exact, both_atol, both_rtol, sign_agree)
@@ -264,7 +369,7 @@ static PyObject *py_pair(PyObject *self, PyObject *args) {
     PairStats s;
     memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
-    pair_loop(v0.buf, va.buf, vb.buf, n0, atol, eta, &s);
+    PICK3(pair_loop, (v0.buf, va.buf, vb.buf, n0, atol, eta, &s));
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&v0); PyBuffer_Release(&va); PyBuffer_Release(&vb);
     return Py_BuildValue("(LdddLLLL)", (long long)s.used, s.dot, s.ssa, s.ssb, (long long)s.be,
@@ -326,9 +431,8 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
  * updelta/metrics/concentration.py, `block`). */
 #define KEEP_D { dt[i - c0] = d; }
 
-#define DEF_STATS_ROWCOL(NAME, LA, LB, HIST)                                  \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+#define DEF_STATS_ROWCOL_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                                  \
+ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
                  Py_ssize_t cols, double *rowp, double *colp) {               \
     (void)hist;                                                               \
@@ -338,7 +442,7 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     double racc = 0.0;                                                        \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
-        STATS_CHUNK(LA, LB, HIST, KEEP_D)                                     \
+        CHUNKF(LA, LB, HIST, KEEP_D)                                     \
         WIDE_ENERGIES(LA, LB)                                                 \
         for (Py_ssize_t j = 0; j < m;) {                                      \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
@@ -358,14 +462,23 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     }                                                                         \
     if (cc != 0) rowp[ri] += racc;                                            \
 }
-DEF_STATS_ROWCOL(sr_ff, LOAD_F32, LOAD_F32, HIST_OFF)
-DEF_STATS_ROWCOL(sr_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
-DEF_STATS_ROWCOL(sr_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
-DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
-DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
-DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
-DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
-DEF_STATS_ROWCOL(sr_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+#define DEF_STATS_ROWCOL(NAME, LA, LB, HIST, CHUNKF)                                 \
+DEF_STATS_ROWCOL_AT(NAME##_p, , LA, LB, HIST, CHUNKF)                                \
+DEF_STATS_ROWCOL_AT(NAME##_a2, T_AVX2, LA, LB, HIST, CHUNKF)                         \
+DEF_STATS_ROWCOL_AT(NAME##_a5, T_AVX512, LA, LB, HIST, CHUNKF)                       \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
+                 Py_ssize_t cols, double *rowp, double *colp) {                                                   \
+    PICK3(NAME, (pa, pb, n, atol, eta, hist, s, start, cols, rowp, colp));                                                   \
+}
+DEF_STATS_ROWCOL(sr_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
+DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
+DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
+DEF_STATS_ROWCOL(sr_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, STATS_CHUNK)
 typedef void (*sr_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
                       Py_ssize_t, double *, double *);
 static sr_fn SR_FNS[2][2][2] = {
@@ -448,9 +561,8 @@ static PyObject *py_stats_rowcol(PyObject *self, PyObject *args) {
     { dt[i - c0] = d; av[i - c0] = a;                                         \
       fl[i - c0] = m | (((a == b) & m) << 1) | (((ad <= atol) & m) << 2) | (((ad <= eta * big) & m) << 3); }
 
-#define DEF_STATS_HEADS(NAME, LA, LB, HIST)                                   \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+#define DEF_STATS_HEADS_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                                   \
+ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
                  Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp) { \
     (void)hist;                                                               \
@@ -461,7 +573,7 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     double racc[6] = {0, 0, 0, 0, 0, 0};                                      \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
-        STATS_CHUNK(LA, LB, HIST, KEEP_HEAD_TERMS)                            \
+        CHUNKF(LA, LB, HIST, KEEP_HEAD_TERMS)                            \
         WIDE_ENERGIES(LA, LB)                                                 \
         if (!wide)                                                            \
             for (Py_ssize_t j = 0; j < m; j++) et[j] = (double)dt[j] * (double)dt[j]; \
@@ -501,14 +613,23 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     if (cc != 0)                                                              \
         for (int k = 0; k < 6; k++) rowp[k * nrows + ri] += racc[k];          \
 }
-DEF_STATS_HEADS(sh_ff, LOAD_F32, LOAD_F32, HIST_OFF)
-DEF_STATS_HEADS(sh_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
-DEF_STATS_HEADS(sh_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
-DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
-DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
-DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
-DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
-DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+#define DEF_STATS_HEADS(NAME, LA, LB, HIST, CHUNKF)                                 \
+DEF_STATS_HEADS_AT(NAME##_p, , LA, LB, HIST, CHUNKF)                                \
+DEF_STATS_HEADS_AT(NAME##_a2, T_AVX2, LA, LB, HIST, CHUNKF)                         \
+DEF_STATS_HEADS_AT(NAME##_a5, T_AVX512, LA, LB, HIST, CHUNKF)                       \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
+                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp) {                                                   \
+    PICK3(NAME, (pa, pb, n, atol, eta, hist, s, start, cols, axis, nrows, rowp, colp));                                                   \
+}
+DEF_STATS_HEADS(sh_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
+DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
+DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
+DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, STATS_CHUNK)
 typedef void (*sh_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
                       Py_ssize_t, int, Py_ssize_t, double *, double *);
 static sh_fn SH_FNS[2][2][2] = {
@@ -543,7 +664,45 @@ static PyObject *py_stats_heads(PyObject *self, PyObject *args) {
     return stats_tuple(&s);
 }
 
+/* simd() -> the name of the loops in use; simd(name) selects "portable", "avx2" or "avx512" (ValueError when the
+ * CPU lacks it) or "auto" (the widest the CPU has) and returns the name now in use. */
+static int simd_supported(int level) {
+#ifdef UPD_X86
+    __builtin_cpu_init();
+    if (level == 2)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (level == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return level == 0;
+}
+
+static int simd_best(void) { return simd_supported(2) ? 2 : simd_supported(1) ? 1 : 0; }
+
+static PyObject *py_simd(PyObject *self, PyObject *args) {
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|s", &name)) return NULL;
+    if (name != NULL) {
+        int level = -1;
+        for (int k = 0; k < 3; k++)
+            if (strcmp(name, SIMD_NAMES[k]) == 0) level = k;
+        if (strcmp(name, "auto") == 0) level = simd_best();
+        if (level < 0) {
+            PyErr_Format(PyExc_ValueError, "simd: unknown name %s (portable, avx2, avx512 or auto)", name);
+            return NULL;
+        }
+        if (!simd_supported(level)) {
+            PyErr_Format(PyExc_ValueError, "simd: this CPU (or build) has no %s path", name);
+            return NULL;
+        }
+        simd_level = level;
+    }
+    return PyUnicode_FromString(SIMD_NAMES[simd_level]);
+}
+
 static PyMethodDef methods[] = {
+    {"simd", py_simd, METH_VARARGS, "The SIMD path of the loops (portable, avx2, avx512); simd(name) selects one."},
     {"stats", py_stats, METH_VARARGS, "Fused per-block statistics of base vs fine-tuned weights."},
     {"pair", py_pair, METH_VARARGS, "Fused per-block statistics of two updates of one base."},
     {"widen_bf16", py_widen_bf16, METH_VARARGS, "Exact bfloat16 -> float32 widening."},
@@ -554,4 +713,12 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
+/* The widest path the CPU has, capped by UPDELTA_KERNEL_SIMD (portable, avx2 or avx512; other values ignored). */
+PyMODINIT_FUNC PyInit__fused(void) {
+    simd_level = simd_best();
+    const char *env = getenv("UPDELTA_KERNEL_SIMD");
+    if (env != NULL)
+        for (int k = 0; k < 3; k++)
+            if (strcmp(env, SIMD_NAMES[k]) == 0 && k < simd_level) simd_level = k;
+    return PyModule_Create(&module);
+}
