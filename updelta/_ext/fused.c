@@ -125,11 +125,12 @@ typedef struct {
     }
 
 /* The fast chunk: the same sums when every value of the chunk is finite (all but damaged files), without the
- * masks. max(|a|, |b|) (needed by the relative count anyway) is folded into a running maximum `bm`; a chunk
- * where it reaches the exponent of Inf/NaN, or whose float sums overflowed, is done again by STATS_CHUNK (the
- * masked loop above, with its float64 redo), which then gives every sum and count of the chunk. So the counts,
- * `used` (the whole chunk) and the maximum are those of STATS_CHUNK bit for bit; only the float sums' order
- * differs. `m` is 1 for the EXTRA terms (KEEP_HEAD_TERMS). */
+ * masks. A NaN or Inf in `a` makes `ss_a` (a sum of a * a) NaN or Inf, one in `b` (with `a` finite) makes `d`
+ * and so `ss_d` NaN or Inf: a chunk whose float sums are not all finite (a non-finite value, or finite values
+ * whose float32 sums overflowed) is done again by STATS_CHUNK (the masked loop above, with its float64 redo),
+ * which then gives every sum and count of the chunk. So the counts, `used` (the whole chunk) and the maximum
+ * are those of STATS_CHUNK bit for bit; only the float sums' order differs. `m` is 1 for the EXTRA terms
+ * (KEEP_HEAD_TERMS). */
 #define FAST_ELEM(UA, UB, EXTRA)                                              \
     {                                                                         \
         uint32_t ua = (UA), ub = (UB);                                        \
@@ -141,7 +142,6 @@ typedef struct {
         uint32_t adb = f2bits(ad);                                            \
         mx = adb > mx ? adb : mx;                                             \
         uint32_t ibig = ia > ib ? ia : ib;                                    \
-        bm = ibig > bm ? ibig : bm;                                           \
         float big = bits2f(ibig);                                             \
         const int32_t m = 1; (void)m;                                         \
         eq += a == b; at += ad <= atol; rt += ad <= eta * big;                \
@@ -149,26 +149,28 @@ typedef struct {
     }
 
 #define FAST_COMMIT(LA, LB, EXTRA)                                            \
-    if (bm >= 0x7F800000u || mx >= 0x7F800000u || F_OVERFLOW(ss_d) ||        \
+    if (mx >= 0x7F800000u || F_OVERFLOW(ss_d) ||                              \
         F_OVERFLOW(ss_a) || F_OVERFLOW(dot) || F_OVERFLOW(sabs))              \
         STATS_CHUNK(LA, LB, HIST_OFF, EXTRA)                                  \
     else {                                                                    \
         s->used += c1 - c0; s->eq += eq; s->at += at; s->rt += rt;            \
         s->ss_d += ss_d; s->ss_a += ss_a; s->dot += dot; s->sabs += sabs;     \
         if ((double)bits2f(mx) > s->maxd) s->maxd = (double)bits2f(mx);       \
+        masked = 0;                                                           \
     }
 
 #define FAST_CHUNK(LA, LB, HIST, EXTRA)                                       \
     {                                                                         \
         int32_t eq = 0, at = 0, rt = 0;                                       \
-        uint32_t mx = 0, bm = 0;                                              \
+        uint32_t mx = 0;                                              \
         float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
         for (Py_ssize_t i = c0; i < c1; i++) FAST_ELEM(LA(pa, i), LB(pb, i), EXTRA) \
         FAST_COMMIT(LA, LB, EXTRA)                                            \
     }
 
-/* Two bf16 blocks: one 32-bit load gives two elements (low half << 16, high half masked), so decoding is one
- * operation per element; the order of elements within a chunk does not matter to the sums. c0 is even. */
+/* Two bf16 blocks: one 32-bit load gives two elements (low half << 16, high half masked: elements 2k and 2k + 1
+ * on a little-endian machine), so decoding is one operation per element. c0 is even. `stats`, `stats_rowcol` and
+ * `stats_heads` all use it on bf16 pairs, so their sums agree bit for bit (tests/metrics/test_kernel_simd.py). */
 static inline uint32_t load_u32(const void *p, Py_ssize_t k) {
     uint32_t w;
     memcpy(&w, (const char *)p + 4 * k, 4);
@@ -177,15 +179,16 @@ static inline uint32_t load_u32(const void *p, Py_ssize_t k) {
 #define FAST_CHUNK_BB(LA, LB, HIST, EXTRA)                                    \
     {                                                                         \
         int32_t eq = 0, at = 0, rt = 0;                                       \
-        uint32_t mx = 0, bm = 0;                                              \
+        uint32_t mx = 0;                                              \
         float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
         for (Py_ssize_t k = c0 / 2; k < c1 / 2; k++) {                        \
             uint32_t wa = load_u32(pa, k), wb = load_u32(pb, k);              \
-            FAST_ELEM(wa << 16, wb << 16, )                                   \
-            FAST_ELEM(wa & 0xFFFF0000u, wb & 0xFFFF0000u, )                   \
+            { Py_ssize_t i = 2 * k; (void)i; FAST_ELEM(wa << 16, wb << 16, EXTRA) }    \
+            { Py_ssize_t i = 2 * k + 1; (void)i;                                     \
+              FAST_ELEM(wa & 0xFFFF0000u, wb & 0xFFFF0000u, EXTRA) }          \
         }                                                                     \
-        if ((c1 - c0) & 1) FAST_ELEM(LA(pa, c1 - 1), LB(pb, c1 - 1), )        \
-        FAST_COMMIT(LA, LB, )                                                 \
+        if ((c1 - c0) & 1) { Py_ssize_t i = c1 - 1; FAST_ELEM(LA(pa, i), LB(pb, i), EXTRA) } \
+        FAST_COMMIT(LA, LB, EXTRA)                                            \
     }
 
 #define DEF_STATS_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                       \
@@ -194,7 +197,9 @@ ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, 
     (void)hist;                                                               \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;                      \
+        int masked = 1; /* 0 once FAST_COMMIT kept the fast chunk */          \
         CHUNKF(LA, LB, HIST, )                                                \
+        (void)masked;                                                         \
     }                                                                         \
 }
 #define DEF_STATS(NAME, LA, LB, HIST, CHUNKF)                                 \
@@ -404,8 +409,8 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
 #define WIDE_ENERGIES(LA, LB)                                                 \
     int wide;                                                                 \
     {                                                                         \
-        uint32_t big_ = 0;                                                    \
-        for (Py_ssize_t j = 0; j < m; j++) {                                  \
+        uint32_t big_ = 0; /* a kept fast chunk has no overflowed difference */ \
+        for (Py_ssize_t j = 0; j < (masked ? m : 0); j++) {                   \
             uint32_t u = f2bits(dt[j]) & 0x7FFFFFFFu;                         \
             big_ = u > big_ ? u : big_;                                       \
         }                                                                     \
@@ -442,6 +447,7 @@ ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, 
     double racc = 0.0;                                                        \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
+        int masked = 1;                                                       \
         CHUNKF(LA, LB, HIST, KEEP_D)                                     \
         WIDE_ENERGIES(LA, LB)                                                 \
         for (Py_ssize_t j = 0; j < m;) {                                      \
@@ -474,7 +480,7 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
 DEF_STATS_ROWCOL(sr_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS_ROWCOL(sr_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
 DEF_STATS_ROWCOL(sr_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
-DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
 DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
 DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
 DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
@@ -559,20 +565,35 @@ static PyObject *py_stats_rowcol(PyObject *self, PyObject *args) {
  * the head axis only. The stats sums are those of `stats` bit for bit. */
 #define KEEP_HEAD_TERMS                                                       \
     { dt[i - c0] = d; av[i - c0] = a;                                         \
-      fl[i - c0] = m | (((a == b) & m) << 1) | (((ad <= atol) & m) << 2) | (((ad <= eta * big) & m) << 3); }
+      fl[i - c0] = (uint64_t)m | ((uint64_t)((a == b) & m) << 16) | ((uint64_t)((ad <= atol) & m) << 32) | \
+                   ((uint64_t)((ad <= eta * big) & m) << 48); }
+
+/* The four flags of an element packed in 16-bit fields of one uint64 (finite, a == b, atol, rtol): a sum of at
+ * most 65535 of them adds each field apart. Field k of a packed sum: */
+#define FIELD(x, k) ((double)(((x) >> (16 * (k))) & 0xFFFFu))
+
+/* Adds the packed flag sums pk[0..cols) into cols_out rows 2-5 and clears them. */
+#define HEADS_FLUSH                                                           \
+    for (Py_ssize_t c = 0; c < cols; c++) {                                   \
+        for (int k = 0; k < 4; k++) colp[(2 + k) * cols + c] += FIELD(pk[c], k); \
+        pk[c] = 0;                                                            \
+    }
 
 #define DEF_STATS_HEADS_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                                   \
 ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
-                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp) { \
+                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp, \
+                 uint64_t *pk) {                                              \
     (void)hist;                                                               \
     float dt[CHUNK], av[CHUNK];                                               \
     double et[CHUNK];                                                         \
-    int32_t fl[CHUNK];                                                        \
+    uint64_t fl[CHUNK];                                                       \
+    Py_ssize_t since = 0; /* axis 1: full rows added into pk since its last flush into colp */ \
     Py_ssize_t ri = 0, cc = start % cols;                                     \
     double racc[6] = {0, 0, 0, 0, 0, 0};                                      \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
+        int masked = 1;                                                       \
         CHUNKF(LA, LB, HIST, KEEP_HEAD_TERMS)                            \
         WIDE_ENERGIES(LA, LB)                                                 \
         if (!wide)                                                            \
@@ -581,25 +602,22 @@ ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, 
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
             const double *e = et + j;                                         \
             const float *q = av + j;                                          \
-            const int32_t *f = fl + j;                                        \
+            const uint64_t *f = fl + j;                                       \
             if (axis == 0) {                                                  \
                 double *cp = colp + cc, s0 = 0, s1 = 0;                       \
-                int32_t n0 = 0, n1 = 0, n2 = 0, n3 = 0;                       \
+                uint64_t nf = 0; /* len <= CHUNK < 65536 */                   \
                 for (Py_ssize_t k = 0; k < len; k++) {                        \
                     cp[k] += e[k]; s0 += e[k]; s1 += (double)q[k] * (double)q[k]; \
-                    n0 += f[k] & 1; n1 += (f[k] >> 1) & 1;                    \
-                    n2 += (f[k] >> 2) & 1; n3 += (f[k] >> 3) & 1;             \
+                    nf += f[k];                                               \
                 }                                                             \
-                racc[0] += s0; racc[1] += s1; racc[2] += n0; racc[3] += n1;   \
-                racc[4] += n2; racc[5] += n3;                                 \
+                racc[0] += s0; racc[1] += s1;                                 \
+                for (int k = 0; k < 4; k++) racc[2 + k] += FIELD(nf, k);      \
             } else {                                                          \
-                double *c0p = colp + cc, *c1p = c0p + cols, *c2p = c1p + cols, \
-                       *c3p = c2p + cols, *c4p = c3p + cols, *c5p = c4p + cols; \
-                double s0 = 0;                                                \
+                double *c0p = colp + cc, *c1p = c0p + cols, s0 = 0;           \
+                uint64_t *pp = pk + cc;                                       \
                 for (Py_ssize_t k = 0; k < len; k++) {                        \
                     c0p[k] += e[k]; c1p[k] += (double)q[k] * (double)q[k]; s0 += e[k]; \
-                    c2p[k] += f[k] & 1; c3p[k] += (f[k] >> 1) & 1;            \
-                    c4p[k] += (f[k] >> 2) & 1; c5p[k] += (f[k] >> 3) & 1;     \
+                    pp[k] += f[k];                                            \
                 }                                                             \
                 racc[0] += s0;                                                \
             }                                                                 \
@@ -607,11 +625,13 @@ ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, 
             if (cc == cols) {                                                 \
                 for (int k = 0; k < 6; k++) { rowp[k * nrows + ri] += racc[k]; racc[k] = 0; } \
                 ri++; cc = 0;                                                 \
+                if (axis == 1 && ++since == 65535) { HEADS_FLUSH; since = 0; } \
             }                                                                 \
         }                                                                     \
     }                                                                         \
     if (cc != 0)                                                              \
         for (int k = 0; k < 6; k++) rowp[k * nrows + ri] += racc[k];          \
+    if (axis == 1) HEADS_FLUSH;                                               \
 }
 #define DEF_STATS_HEADS(NAME, LA, LB, HIST, CHUNKF)                                 \
 DEF_STATS_HEADS_AT(NAME##_p, , LA, LB, HIST, CHUNKF)                                \
@@ -619,19 +639,19 @@ DEF_STATS_HEADS_AT(NAME##_a2, T_AVX2, LA, LB, HIST, CHUNKF)                     
 DEF_STATS_HEADS_AT(NAME##_a5, T_AVX512, LA, LB, HIST, CHUNKF)                       \
 static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
-                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp) {                                                   \
-    PICK3(NAME, (pa, pb, n, atol, eta, hist, s, start, cols, axis, nrows, rowp, colp));                                                   \
+                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp, uint64_t *pk) { \
+    PICK3(NAME, (pa, pb, n, atol, eta, hist, s, start, cols, axis, nrows, rowp, colp, pk)); \
 }
 DEF_STATS_HEADS(sh_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS_HEADS(sh_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
 DEF_STATS_HEADS(sh_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
-DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
 DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
 DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
 DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
 DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, STATS_CHUNK)
 typedef void (*sh_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
-                      Py_ssize_t, int, Py_ssize_t, double *, double *);
+                      Py_ssize_t, int, Py_ssize_t, double *, double *, uint64_t *);
 static sh_fn SH_FNS[2][2][2] = {
     {{sh_ff, sh_ff_h}, {sh_fb, sh_fb_h}},
     {{sh_bf, sh_bf_h}, {sh_bb, sh_bb_h}},
@@ -654,12 +674,18 @@ static PyObject *py_stats_heads(PyObject *self, PyObject *args) {
         release_io(&io);
         return NULL;
     }
+    uint64_t *pk = NULL; /* axis 1: the packed flag sums per column (see FIELD) */
+    if (axis == 1 && (pk = calloc((size_t)cols, sizeof *pk)) == NULL) {
+        release_io(&io);
+        return PyErr_NoMemory();
+    }
     Stats s;
     memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
     SH_FNS[ka][kb][io.has_hist](io.a.buf, io.b.buf, na, atol, eta, io.has_hist ? (int64_t *)io.h.buf : NULL, &s,
-                                start, cols, axis, nrows, (double *)io.r.buf, (double *)io.c.buf);
+                                start, cols, axis, nrows, (double *)io.r.buf, (double *)io.c.buf, pk);
     Py_END_ALLOW_THREADS
+    free(pk);
     release_io(&io);
     return stats_tuple(&s);
 }
