@@ -100,18 +100,25 @@ def test_each_path_equals_the_torch_reference(path, ka, kb, n, damage, hist):
 
 @pytest.mark.parametrize("ka,kb", [(0, 0), (1, 1), (0, 1)])
 @pytest.mark.parametrize("damage", ["", "nonfinite", "overflow"])
-def test_where_kernels_give_the_stats_sums_bit_for_bit(path, ka, kb, damage):
-    """The where figures on or off (`--no-where`) never change a cheap column: the three kernels share one loop."""
+@pytest.mark.parametrize("hist", [False, True])
+def test_where_kernels_give_the_stats_sums_bit_for_bit(path, ka, kb, damage, hist):
+    """The where figures on or off (`--no-where`) and the histogram never change a cheap column: the three kernels
+    share one loop, the histogram is a pass of its own."""
     n, cols = 2 * 256 * 3 + 5, 96
     a, b = _block(n, 7, damage)
     ra, rb = _as_kind(a, ka), _as_kind(b, kb)
-    plain = kernel.fused.stats(ra, ka, rb, kb, ATOL, ETA, None)
+
+    def h():
+        return np.zeros(257, np.int64) if hist else None
+
+    plain = kernel.fused.stats(ra, ka, rb, kb, ATOL, ETA, h())
+    assert plain == kernel.fused.stats(ra, ka, rb, kb, ATOL, ETA, None)  # the histogram changes no sum
     for start in (0, 37):
         nrows = (start + n - 1) // cols - start // cols + 1
-        rc = kernel.fused.stats_rowcol(ra, ka, rb, kb, ATOL, ETA, None, start, cols, np.zeros(nrows), np.zeros(cols))
+        rc = kernel.fused.stats_rowcol(ra, ka, rb, kb, ATOL, ETA, h(), start, cols, np.zeros(nrows), np.zeros(cols))
         assert rc == plain
         for axis in (0, 1):
-            hs = kernel.fused.stats_heads(ra, ka, rb, kb, ATOL, ETA, None, start, cols, axis, np.zeros((6, nrows)),
+            hs = kernel.fused.stats_heads(ra, ka, rb, kb, ATOL, ETA, h(), start, cols, axis, np.zeros((6, nrows)),
                                           np.zeros((6, cols)))
             assert hs == plain
 

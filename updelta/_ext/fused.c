@@ -63,7 +63,7 @@ typedef struct {
 
 /* Body of one element. Finiteness is a test on exponent bits, masking instead of branching;
  * max(|a|,|b|) is an integer max on sign-cleared bits (no fmaxf, which blocks vectorisation). */
-#define STATS_ELEM(LA, LB, HIST, EXTRA)                                       \
+#define STATS_ELEM(LA, LB, HIST_UNUSED, EXTRA)                                       \
     {                                                                         \
         uint32_t ua = LA(pa, i), ub = LB(pb, i);                              \
         int32_t fa = ((ua >> 23) & 0xFFu) != 0xFFu;                           \
@@ -84,23 +84,28 @@ typedef struct {
         eq += (a == b) & m;                                                   \
         at += (ad <= atol) & m;                                               \
         rt += (ad <= eta * big) & m;                                          \
-        HIST                                                                  \
         EXTRA                                                                 \
     }
 
-#define HIST_ON                                                               \
-    if (m) {                                                                  \
+/* The exponent histogram (opt-in) is a second pass over the chunk, after its sums: the sums' loop is then the same
+ * with the histogram on or off (and in `stats`, `stats_rowcol`, `stats_heads`), so the histogram never changes a
+ * sum. |d| is the same float32 difference as in the sums. */
+#define HIST_ON(LA, LB)                                                       \
+    for (Py_ssize_t i = c0; i < c1; i++) {                                    \
+        uint32_t ua = LA(pa, i), ub = LB(pb, i);                              \
+        if (((ua >> 23) & 0xFFu) == 0xFFu || ((ub >> 23) & 0xFFu) == 0xFFu) continue; \
+        float ad = fabsf(bits2f(ub) - bits2f(ua));                            \
         if (ad == 0.0f) hist[256]++;                                          \
         else hist[(f2bits(ad) >> 23) & 0xFFu]++;                              \
     }
-#define HIST_OFF
+#define HIST_OFF(LA, LB)
 
 /* Elements [c0, c1) of the block (one chunk) into *s; EXTRA runs per element with `d` in scope. */
-#define STATS_CHUNK(LA, LB, HIST, EXTRA)                                      \
+#define STATS_CHUNK(LA, LB, HIST_UNUSED, EXTRA)                                      \
     {                                                                         \
         int32_t used = 0, nfa = 0, nfb = 0, eq = 0, at = 0, rt = 0, mx = 0;   \
         float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
-        for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, HIST, EXTRA)  \
+        for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, , EXTRA)  \
         s->used += used; s->nfa += nfa; s->nfb += nfb; s->eq += eq;           \
         s->at += at; s->rt += rt;                                             \
         if (F_OVERFLOW(ss_d) || F_OVERFLOW(ss_a) || F_OVERFLOW(dot) ||        \
@@ -198,7 +203,7 @@ ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, 
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;                      \
         int masked = 1; /* 0 once FAST_COMMIT kept the fast chunk */          \
-        CHUNKF(LA, LB, HIST, )                                                \
+        CHUNKF(LA, LB, HIST, ) HIST(LA, LB)                                   \
         (void)masked;                                                         \
     }                                                                         \
 }
@@ -211,15 +216,14 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     PICK3(NAME, (pa, pb, n, atol, eta, hist, s));                             \
 }
 
-/* The histogram (opt-in) keeps the masked loop. */
 DEF_STATS(stats_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS(stats_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
 DEF_STATS(stats_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS(stats_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
-DEF_STATS(stats_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
-DEF_STATS(stats_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
-DEF_STATS(stats_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
-DEF_STATS(stats_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, STATS_CHUNK)
+DEF_STATS(stats_ff_h, LOAD_F32, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS(stats_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, FAST_CHUNK)
+DEF_STATS(stats_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS(stats_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, FAST_CHUNK_BB)
 
 typedef void (*stats_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *);
 static stats_fn STATS_FNS[2][2][2] = {
@@ -448,7 +452,7 @@ ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, 
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
         int masked = 1;                                                       \
-        CHUNKF(LA, LB, HIST, KEEP_D)                                     \
+        CHUNKF(LA, LB, HIST, KEEP_D) HIST(LA, LB)                        \
         WIDE_ENERGIES(LA, LB)                                                 \
         for (Py_ssize_t j = 0; j < m;) {                                      \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
@@ -481,10 +485,10 @@ DEF_STATS_ROWCOL(sr_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS_ROWCOL(sr_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
 DEF_STATS_ROWCOL(sr_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
-DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
-DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
-DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
-DEF_STATS_ROWCOL(sr_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, STATS_CHUNK)
+DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, FAST_CHUNK_BB)
 typedef void (*sr_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
                       Py_ssize_t, double *, double *);
 static sr_fn SR_FNS[2][2][2] = {
@@ -594,7 +598,7 @@ ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, 
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
         int masked = 1;                                                       \
-        CHUNKF(LA, LB, HIST, KEEP_HEAD_TERMS)                            \
+        CHUNKF(LA, LB, HIST, KEEP_HEAD_TERMS) HIST(LA, LB)               \
         WIDE_ENERGIES(LA, LB)                                                 \
         if (!wide)                                                            \
             for (Py_ssize_t j = 0; j < m; j++) et[j] = (double)dt[j] * (double)dt[j]; \
@@ -646,10 +650,10 @@ DEF_STATS_HEADS(sh_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS_HEADS(sh_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
 DEF_STATS_HEADS(sh_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
 DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
-DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON, STATS_CHUNK)
-DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, STATS_CHUNK)
-DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, STATS_CHUNK)
-DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, STATS_CHUNK)
+DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, FAST_CHUNK_BB)
 typedef void (*sh_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
                       Py_ssize_t, int, Py_ssize_t, double *, double *, uint64_t *);
 static sh_fn SH_FNS[2][2][2] = {
