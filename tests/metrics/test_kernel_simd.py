@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from updelta.metrics import elementwise as ew
+from updelta.metrics import elementwise as ew, pairwise as pw
 from updelta.metrics.schema import BlockSums
 from updelta.scan.jobs import kernel
 
@@ -182,3 +182,22 @@ def test_simd_names_and_the_environment_cap():
     code = "from updelta.scan.jobs import kernel; print(kernel.fused.simd())"
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "portable"
+
+
+@pytest.mark.parametrize("n", [1, 257, 3 * 256 + 7])
+@pytest.mark.parametrize("damage", ["", "nonfinite", "overflow"])
+def test_pair_on_each_path_equals_the_torch_reference(path, n, damage):
+    """`pair` (two runs of one base): counts exact, sums within tolerance and finite, chunks with NaN/Inf or an
+    overflow done again by the masked loop."""
+    w0, wa = _block(n, 11, damage if n > 301 else "")
+    _, wb = _block(n, 11, "")
+    wb = wb + (np.random.default_rng(2).standard_normal(n) * 1e-3 * (np.arange(n) % 3 == 0)).astype(np.float32)
+    if damage == "overflow" and n > 301:
+        wb[262] = 3e38
+    got = kernel.pair(w0, wa, wb, ATOL, ETA)
+    want = pw.pair_partial_sums(*(torch.from_numpy(x.copy()) for x in (w0, wa, wb)), ATOL, ETA)
+    for f in ("used", "both_exact", "both_atol", "both_rtol", "sign_agree"):
+        assert getattr(got, f) == getattr(want, f), f
+    for f in ("dot", "ss_a", "ss_b"):
+        assert np.isfinite(getattr(got, f)), f
+        assert getattr(got, f) == pytest.approx(getattr(want, f), rel=1e-5, abs=1e-12), f

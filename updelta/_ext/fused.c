@@ -305,6 +305,30 @@ static inline __attribute__((always_inline)) void pair_body(const uint32_t *p0, 
                                                             float eta, PairStats *s) {
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
+        { /* the fast chunk (as FAST_CHUNK): no masks; a NaN/Inf in the base, in a or in b makes ssa or ssb
+           * non-finite, and so does an overflow: such a chunk goes to the masked loop below */
+            int32_t be = 0, ba = 0, br = 0, sg = 0;
+            float dot = 0, ssa = 0, ssb = 0;
+            for (Py_ssize_t i = c0; i < c1; i++) {
+                uint32_t u0 = p0[i], ua = pa[i], ub = pb[i];
+                float w = bits2f(u0), x = bits2f(ua), y = bits2f(ub);
+                float da = x - w, db = y - w;
+                dot += da * db; ssa += da * da; ssb += db * db;
+                int32_t ce = (x != w) & (y != w);
+                be += ce;
+                float ada = fabsf(da), adb = fabsf(db);
+                ba += (ada > atol) & (adb > atol);
+                uint32_t i0 = u0 & 0x7FFFFFFFu, ix = ua & 0x7FFFFFFFu, iy = ub & 0x7FFFFFFFu;
+                float bx = bits2f(i0 > ix ? i0 : ix), by = bits2f(i0 > iy ? i0 : iy);
+                br += (ada > eta * bx) & (adb > eta * by);
+                sg += ce & ((da > 0) == (db > 0));
+            }
+            if (!F_OVERFLOW(dot) && !F_OVERFLOW(ssa) && !F_OVERFLOW(ssb)) {
+                s->used += c1 - c0; s->be += be; s->ba += ba; s->br += br; s->sg += sg;
+                s->dot += dot; s->ssa += ssa; s->ssb += ssb;
+                continue;
+            }
+        }
         int32_t used = 0, be = 0, ba = 0, br = 0, sg = 0;
         float dot = 0, ssa = 0, ssb = 0;
         for (Py_ssize_t i = c0; i < c1; i++) {
