@@ -1,4 +1,4 @@
-"""The C kernel's SIMD paths (`updelta._fused.simd`: portable, avx2, avx512; docs/performance.md, The C kernel):
+"""The C kernel's SIMD paths (`updelta._fused.simd`: portable, avx2, avx512; docs/kernel.md):
 each path the CPU has gives the torch reference's counts, non-finite counts and maximum exactly and its float sums
 within the kernel-vs-torch tolerance, on blocks with NaN/Inf and with finite values whose float32 sums overflow
 (the chunks done again by the masked loop); `stats`, `stats_rowcol` and `stats_heads` give the same sums bit for

@@ -10,8 +10,9 @@
  * Inputs are raw little-endian storage: kind 0 = float32, kind 1 = bfloat16
  * (the top 16 bits of a float32, so widening is a shift and is exact).
  * Element pairs where either value is NaN/Inf are skipped and counted.
- * The loops are written branch-free so the compiler can vectorise them; the
- * GIL is released while they run so two Python threads can use two cores.
+ * The loops are written branch-free so the compiler can vectorise them, compiled for three SIMD paths chosen
+ * at import; the GIL is released while they run so two Python threads can use two cores. docs/kernel.md
+ * describes the loops, what is exact and what depends on the summation order, and their cost.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
