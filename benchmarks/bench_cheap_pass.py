@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DATA, PY, ensure_pair, qwen25_3b_shapes  # noqa: E402
+from _common import DATA, PY, ensure_pair  # noqa: E402
 
 IN_PROCESS = r"""
 import json, os, sys, time
@@ -86,7 +86,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternations of this tree and --baseline")
     ap.add_argument("--baseline", type=Path, default=None)
     args = ap.parse_args()
-    assert qwen25_3b_shapes  # (the 3B shapes are built in a child: this process never imports torch)
     b, f = pair(args.shapes, args.layers)
     nbytes = sum(p.stat().st_size for d in (b, f) for p in d.glob("*.safetensors"))
     trees = {"this tree": None} | ({"baseline": args.baseline} if args.baseline else {})
