@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from updelta.metrics import elementwise as ew, pairwise as pw
-from updelta.metrics.schema import BlockSums
 from updelta.scan.jobs import kernel
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="the C kernel was not built")
