@@ -11,7 +11,7 @@ setup(
         Extension(
             "updelta._fused",
             sources=["updelta/_ext/fused.c"],
-            extra_compile_args=["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"],
+            extra_compile_args=["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-ffp-contract=fast"],
             optional=True,
         )
     ]

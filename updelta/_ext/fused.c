@@ -10,17 +10,41 @@
  * Inputs are raw little-endian storage: kind 0 = float32, kind 1 = bfloat16
  * (the top 16 bits of a float32, so widening is a shift and is exact).
  * Element pairs where either value is NaN/Inf are skipped and counted.
- * The loops are written branch-free so the compiler can vectorise them; the
- * GIL is released while they run so two Python threads can use two cores.
+ * The loops are written branch-free so the compiler can vectorise them, compiled for three SIMD paths chosen
+ * at import; the GIL is released while they run so two Python threads can use two cores. docs/kernel.md
+ * describes the loops, what is exact and what depends on the summation order, and their cost.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>
 
 static inline float bits2f(uint32_t u) { union { uint32_t u; float f; } x; x.u = u; return x.f; }
 static inline uint32_t f2bits(float f) { union { uint32_t u; float f; } x; x.f = f; return x.u; }
+
+/* Each loop is compiled three times from one body: portable (the compiler's baseline: SSE2 on x86-64), AVX2+FMA
+ * and AVX-512, and `simd_level` (chosen once at import from the CPU, capped by the environment variable
+ * UPDELTA_KERNEL_SIMD=portable|avx2|avx512 or by the module function `simd(name)`) picks one per call. No
+ * -march flag: the installed module runs on any x86-64 (and builds elsewhere with the portable body only).
+ * The three give the same counts and maximum bit for bit; their float sums differ by summation order only. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define UPD_X86 1
+#define T_AVX2 __attribute__((target("avx2,fma")))
+#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#else
+#define T_AVX2
+#define T_AVX512
+#endif
+static int simd_level = 0; /* 0 portable, 1 avx2, 2 avx512 */
+static const char *SIMD_NAMES[3] = {"portable", "avx2", "avx512"};
+#define PICK3(NAME, ARGS)                                                     \
+    do {                                                                      \
+        if (simd_level == 2) NAME##_a5 ARGS;                                  \
+        else if (simd_level == 1) NAME##_a2 ARGS;                             \
+        else NAME##_p ARGS;                                                   \
+    } while (0)
 
 typedef struct {
     int64_t used, nfa, nfb, eq, at, rt;
@@ -40,7 +64,7 @@ typedef struct {
 
 /* Body of one element. Finiteness is a test on exponent bits, masking instead of branching;
  * max(|a|,|b|) is an integer max on sign-cleared bits (no fmaxf, which blocks vectorisation). */
-#define STATS_ELEM(LA, LB, HIST, EXTRA)                                       \
+#define STATS_ELEM(LA, LB, HIST_UNUSED, EXTRA)                                       \
     {                                                                         \
         uint32_t ua = LA(pa, i), ub = LB(pb, i);                              \
         int32_t fa = ((ua >> 23) & 0xFFu) != 0xFFu;                           \
@@ -61,23 +85,28 @@ typedef struct {
         eq += (a == b) & m;                                                   \
         at += (ad <= atol) & m;                                               \
         rt += (ad <= eta * big) & m;                                          \
-        HIST                                                                  \
         EXTRA                                                                 \
     }
 
-#define HIST_ON                                                               \
-    if (m) {                                                                  \
+/* The exponent histogram (opt-in) is a second pass over the chunk, after its sums: the sums' loop is then the same
+ * with the histogram on or off (and in `stats`, `stats_rowcol`, `stats_heads`), so the histogram never changes a
+ * sum. |d| is the same float32 difference as in the sums. */
+#define HIST_ON(LA, LB)                                                       \
+    for (Py_ssize_t i = c0; i < c1; i++) {                                    \
+        uint32_t ua = LA(pa, i), ub = LB(pb, i);                              \
+        if (((ua >> 23) & 0xFFu) == 0xFFu || ((ub >> 23) & 0xFFu) == 0xFFu) continue; \
+        float ad = fabsf(bits2f(ub) - bits2f(ua));                            \
         if (ad == 0.0f) hist[256]++;                                          \
         else hist[(f2bits(ad) >> 23) & 0xFFu]++;                              \
     }
-#define HIST_OFF
+#define HIST_OFF(LA, LB)
 
 /* Elements [c0, c1) of the block (one chunk) into *s; EXTRA runs per element with `d` in scope. */
-#define STATS_CHUNK(LA, LB, HIST, EXTRA)                                      \
+#define STATS_CHUNK(LA, LB, HIST_UNUSED, EXTRA)                                      \
     {                                                                         \
         int32_t used = 0, nfa = 0, nfb = 0, eq = 0, at = 0, rt = 0, mx = 0;   \
         float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
-        for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, HIST, EXTRA)  \
+        for (Py_ssize_t i = c0; i < c1; i++) STATS_ELEM(LA, LB, , EXTRA)  \
         s->used += used; s->nfa += nfa; s->nfb += nfb; s->eq += eq;           \
         s->at += at; s->rt += rt;                                             \
         if (F_OVERFLOW(ss_d) || F_OVERFLOW(ss_a) || F_OVERFLOW(dot) ||        \
@@ -101,25 +130,101 @@ typedef struct {
             s->maxd = (double)bits2f((uint32_t)mx);                           \
     }
 
-#define DEF_STATS(NAME, LA, LB, HIST)                                         \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
-                 float eta, int64_t *hist, Stats *s) {                        \
+/* The fast chunk: the same sums when every value of the chunk is finite (all but damaged files), without the
+ * masks. A NaN or Inf in `a` makes `ss_a` (a sum of a * a) NaN or Inf, one in `b` (with `a` finite) makes `d`
+ * and so `ss_d` NaN or Inf: a chunk whose float sums are not all finite (a non-finite value, or finite values
+ * whose float32 sums overflowed) is done again by STATS_CHUNK (the masked loop above, with its float64 redo),
+ * which then gives every sum and count of the chunk. So the counts, `used` (the whole chunk) and the maximum
+ * are those of STATS_CHUNK bit for bit; only the float sums' order differs. `m` is 1 for the EXTRA terms
+ * (KEEP_HEAD_TERMS). */
+#define FAST_ELEM(UA, UB, EXTRA)                                              \
+    {                                                                         \
+        uint32_t ua = (UA), ub = (UB);                                        \
+        uint32_t ia = ua & 0x7FFFFFFFu, ib = ub & 0x7FFFFFFFu;                \
+        float a = bits2f(ua), b = bits2f(ub);                                 \
+        float d = b - a;                                                      \
+        float ad = fabsf(d);                                                  \
+        ss_d += d * d; ss_a += a * a; dot += d * a; sabs += ad;               \
+        uint32_t adb = f2bits(ad);                                            \
+        mx = adb > mx ? adb : mx;                                             \
+        uint32_t ibig = ia > ib ? ia : ib;                                    \
+        float big = bits2f(ibig);                                             \
+        const int32_t m = 1; (void)m;                                         \
+        eq += a == b; at += ad <= atol; rt += ad <= eta * big;                \
+        EXTRA                                                                 \
+    }
+
+#define FAST_COMMIT(LA, LB, EXTRA)                                            \
+    if (mx >= 0x7F800000u || F_OVERFLOW(ss_d) ||                              \
+        F_OVERFLOW(ss_a) || F_OVERFLOW(dot) || F_OVERFLOW(sabs))              \
+        STATS_CHUNK(LA, LB, HIST_OFF, EXTRA)                                  \
+    else {                                                                    \
+        s->used += c1 - c0; s->eq += eq; s->at += at; s->rt += rt;            \
+        s->ss_d += ss_d; s->ss_a += ss_a; s->dot += dot; s->sabs += sabs;     \
+        if ((double)bits2f(mx) > s->maxd) s->maxd = (double)bits2f(mx);       \
+        masked = 0;                                                           \
+    }
+
+#define FAST_CHUNK(LA, LB, HIST, EXTRA)                                       \
+    {                                                                         \
+        int32_t eq = 0, at = 0, rt = 0;                                       \
+        uint32_t mx = 0;                                              \
+        float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
+        for (Py_ssize_t i = c0; i < c1; i++) FAST_ELEM(LA(pa, i), LB(pb, i), EXTRA) \
+        FAST_COMMIT(LA, LB, EXTRA)                                            \
+    }
+
+/* Two bf16 blocks: one 32-bit load gives two elements (low half << 16, high half masked: elements 2k and 2k + 1
+ * on a little-endian machine), so decoding is one operation per element. c0 is even. `stats`, `stats_rowcol` and
+ * `stats_heads` all use it on bf16 pairs, so their sums agree bit for bit (tests/metrics/test_kernel_simd.py). */
+static inline uint32_t load_u32(const void *p, Py_ssize_t k) {
+    uint32_t w;
+    memcpy(&w, (const char *)p + 4 * k, 4);
+    return w;
+}
+#define FAST_CHUNK_BB(LA, LB, HIST, EXTRA)                                    \
+    {                                                                         \
+        int32_t eq = 0, at = 0, rt = 0;                                       \
+        uint32_t mx = 0;                                              \
+        float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
+        for (Py_ssize_t k = c0 / 2; k < c1 / 2; k++) {                        \
+            uint32_t wa = load_u32(pa, k), wb = load_u32(pb, k);              \
+            { Py_ssize_t i = 2 * k; (void)i; FAST_ELEM(wa << 16, wb << 16, EXTRA) }    \
+            { Py_ssize_t i = 2 * k + 1; (void)i;                                     \
+              FAST_ELEM(wa & 0xFFFF0000u, wb & 0xFFFF0000u, EXTRA) }          \
+        }                                                                     \
+        if ((c1 - c0) & 1) { Py_ssize_t i = c1 - 1; FAST_ELEM(LA(pa, i), LB(pb, i), EXTRA) } \
+        FAST_COMMIT(LA, LB, EXTRA)                                            \
+    }
+
+#define DEF_STATS_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                       \
+ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol, \
+                      float eta, int64_t *hist, Stats *s) {                   \
     (void)hist;                                                               \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;                      \
-        STATS_CHUNK(LA, LB, HIST, )                                           \
+        int masked = 1; /* 0 once FAST_COMMIT kept the fast chunk */          \
+        CHUNKF(LA, LB, HIST, ) HIST(LA, LB)                                   \
+        (void)masked;                                                         \
     }                                                                         \
 }
+#define DEF_STATS(NAME, LA, LB, HIST, CHUNKF)                                 \
+DEF_STATS_AT(NAME##_p, , LA, LB, HIST, CHUNKF)                                \
+DEF_STATS_AT(NAME##_a2, T_AVX2, LA, LB, HIST, CHUNKF)                         \
+DEF_STATS_AT(NAME##_a5, T_AVX512, LA, LB, HIST, CHUNKF)                       \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s) {                        \
+    PICK3(NAME, (pa, pb, n, atol, eta, hist, s));                             \
+}
 
-DEF_STATS(stats_ff, LOAD_F32, LOAD_F32, HIST_OFF)
-DEF_STATS(stats_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
-DEF_STATS(stats_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
-DEF_STATS(stats_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
-DEF_STATS(stats_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
-DEF_STATS(stats_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
-DEF_STATS(stats_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
-DEF_STATS(stats_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+DEF_STATS(stats_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS(stats_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS(stats_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS(stats_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
+DEF_STATS(stats_ff_h, LOAD_F32, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS(stats_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, FAST_CHUNK)
+DEF_STATS(stats_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS(stats_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, FAST_CHUNK_BB)
 
 typedef void (*stats_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *);
 static stats_fn STATS_FNS[2][2][2] = {
@@ -195,11 +300,36 @@ typedef struct {
     double dot, ssa, ssb;
 } PairStats;
 
-__attribute__((target_clones("avx2", "default")))
-static void pair_loop(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb, Py_ssize_t n, float atol,
-                      float eta, PairStats *s) {
+/* One body, inlined into the three SIMD variants below (a default-target body inlines into a wider target). */
+static inline __attribute__((always_inline)) void pair_body(const uint32_t *p0, const uint32_t *pa,
+                                                            const uint32_t *pb, Py_ssize_t n, float atol,
+                                                            float eta, PairStats *s) {
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
+        { /* the fast chunk (as FAST_CHUNK): no masks; a NaN/Inf in the base, in a or in b makes ssa or ssb
+           * non-finite, and so does an overflow: such a chunk goes to the masked loop below */
+            int32_t be = 0, ba = 0, br = 0, sg = 0;
+            float dot = 0, ssa = 0, ssb = 0;
+            for (Py_ssize_t i = c0; i < c1; i++) {
+                uint32_t u0 = p0[i], ua = pa[i], ub = pb[i];
+                float w = bits2f(u0), x = bits2f(ua), y = bits2f(ub);
+                float da = x - w, db = y - w;
+                dot += da * db; ssa += da * da; ssb += db * db;
+                int32_t ce = (x != w) & (y != w);
+                be += ce;
+                float ada = fabsf(da), adb = fabsf(db);
+                ba += (ada > atol) & (adb > atol);
+                uint32_t i0 = u0 & 0x7FFFFFFFu, ix = ua & 0x7FFFFFFFu, iy = ub & 0x7FFFFFFFu;
+                float bx = bits2f(i0 > ix ? i0 : ix), by = bits2f(i0 > iy ? i0 : iy);
+                br += (ada > eta * bx) & (adb > eta * by);
+                sg += ce & ((da > 0) == (db > 0));
+            }
+            if (!F_OVERFLOW(dot) && !F_OVERFLOW(ssa) && !F_OVERFLOW(ssb)) {
+                s->used += c1 - c0; s->be += be; s->ba += ba; s->br += br; s->sg += sg;
+                s->dot += dot; s->ssa += ssa; s->ssb += ssb;
+                continue;
+            }
+        }
         int32_t used = 0, be = 0, ba = 0, br = 0, sg = 0;
         float dot = 0, ssa = 0, ssb = 0;
         for (Py_ssize_t i = c0; i < c1; i++) {
@@ -240,6 +370,15 @@ static void pair_loop(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb
     }
 }
 
+#define PAIR_AT(NAME, ATTR)                                                   \
+ATTR static void NAME(const uint32_t *p0, const uint32_t *pa, const uint32_t *pb, Py_ssize_t n, float atol, \
+                      float eta, PairStats *s) {                              \
+    pair_body(p0, pa, pb, n, atol, eta, s);                                   \
+}
+PAIR_AT(pair_loop_p, )
+PAIR_AT(pair_loop_a2, T_AVX2)
+PAIR_AT(pair_loop_a5, T_AVX512)
+
 /*
  * pair(base, a, b, atol, eta) on float32 blocks (already widened) ->
  * (used, dot_ab, ss_a, ss_b, both_exact, both_atol, both_rtol, sign_agree)
@@ -264,7 +403,7 @@ static PyObject *py_pair(PyObject *self, PyObject *args) {
     PairStats s;
     memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
-    pair_loop(v0.buf, va.buf, vb.buf, n0, atol, eta, &s);
+    PICK3(pair_loop, (v0.buf, va.buf, vb.buf, n0, atol, eta, &s));
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&v0); PyBuffer_Release(&va); PyBuffer_Release(&vb);
     return Py_BuildValue("(LdddLLLL)", (long long)s.used, s.dot, s.ssa, s.ssb, (long long)s.be,
@@ -299,8 +438,8 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
 #define WIDE_ENERGIES(LA, LB)                                                 \
     int wide;                                                                 \
     {                                                                         \
-        uint32_t big_ = 0;                                                    \
-        for (Py_ssize_t j = 0; j < m; j++) {                                  \
+        uint32_t big_ = 0; /* a kept fast chunk has no overflowed difference */ \
+        for (Py_ssize_t j = 0; j < (masked ? m : 0); j++) {                   \
             uint32_t u = f2bits(dt[j]) & 0x7FFFFFFFu;                         \
             big_ = u > big_ ? u : big_;                                       \
         }                                                                     \
@@ -326,9 +465,8 @@ static PyObject *py_widen_bf16(PyObject *self, PyObject *args) {
  * updelta/metrics/concentration.py, `block`). */
 #define KEEP_D { dt[i - c0] = d; }
 
-#define DEF_STATS_ROWCOL(NAME, LA, LB, HIST)                                  \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+#define DEF_STATS_ROWCOL_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                                  \
+ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
                  Py_ssize_t cols, double *rowp, double *colp) {               \
     (void)hist;                                                               \
@@ -338,7 +476,8 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     double racc = 0.0;                                                        \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
-        STATS_CHUNK(LA, LB, HIST, KEEP_D)                                     \
+        int masked = 1;                                                       \
+        CHUNKF(LA, LB, HIST, KEEP_D) HIST(LA, LB)                        \
         WIDE_ENERGIES(LA, LB)                                                 \
         for (Py_ssize_t j = 0; j < m;) {                                      \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
@@ -358,14 +497,23 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
     }                                                                         \
     if (cc != 0) rowp[ri] += racc;                                            \
 }
-DEF_STATS_ROWCOL(sr_ff, LOAD_F32, LOAD_F32, HIST_OFF)
-DEF_STATS_ROWCOL(sr_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
-DEF_STATS_ROWCOL(sr_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
-DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
-DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
-DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
-DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
-DEF_STATS_ROWCOL(sr_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+#define DEF_STATS_ROWCOL(NAME, LA, LB, HIST, CHUNKF)                                 \
+DEF_STATS_ROWCOL_AT(NAME##_p, , LA, LB, HIST, CHUNKF)                                \
+DEF_STATS_ROWCOL_AT(NAME##_a2, T_AVX2, LA, LB, HIST, CHUNKF)                         \
+DEF_STATS_ROWCOL_AT(NAME##_a5, T_AVX512, LA, LB, HIST, CHUNKF)                       \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
+                 Py_ssize_t cols, double *rowp, double *colp) {                                                   \
+    PICK3(NAME, (pa, pb, n, atol, eta, hist, s, start, cols, rowp, colp));                                                   \
+}
+DEF_STATS_ROWCOL(sr_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
+DEF_STATS_ROWCOL(sr_ff_h, LOAD_F32, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_ROWCOL(sr_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, FAST_CHUNK_BB)
 typedef void (*sr_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
                       Py_ssize_t, double *, double *);
 static sr_fn SR_FNS[2][2][2] = {
@@ -446,22 +594,36 @@ static PyObject *py_stats_rowcol(PyObject *self, PyObject *args) {
  * the head axis only. The stats sums are those of `stats` bit for bit. */
 #define KEEP_HEAD_TERMS                                                       \
     { dt[i - c0] = d; av[i - c0] = a;                                         \
-      fl[i - c0] = m | (((a == b) & m) << 1) | (((ad <= atol) & m) << 2) | (((ad <= eta * big) & m) << 3); }
+      fl[i - c0] = (uint64_t)m | ((uint64_t)((a == b) & m) << 16) | ((uint64_t)((ad <= atol) & m) << 32) | \
+                   ((uint64_t)((ad <= eta * big) & m) << 48); }
 
-#define DEF_STATS_HEADS(NAME, LA, LB, HIST)                                   \
-__attribute__((target_clones("avx2", "default")))                             \
-static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+/* The four flags of an element packed in 16-bit fields of one uint64 (finite, a == b, atol, rtol): a sum of at
+ * most 65535 of them adds each field apart. Field k of a packed sum: */
+#define FIELD(x, k) ((double)(((x) >> (16 * (k))) & 0xFFFFu))
+
+/* Adds the packed flag sums pk[0..cols) into cols_out rows 2-5 and clears them. */
+#define HEADS_FLUSH                                                           \
+    for (Py_ssize_t c = 0; c < cols; c++) {                                   \
+        for (int k = 0; k < 4; k++) colp[(2 + k) * cols + c] += FIELD(pk[c], k); \
+        pk[c] = 0;                                                            \
+    }
+
+#define DEF_STATS_HEADS_AT(NAME, ATTR, LA, LB, HIST, CHUNKF)                                   \
+ATTR static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
                  float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
-                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp) { \
+                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp, \
+                 uint64_t *pk) {                                              \
     (void)hist;                                                               \
     float dt[CHUNK], av[CHUNK];                                               \
     double et[CHUNK];                                                         \
-    int32_t fl[CHUNK];                                                        \
+    uint64_t fl[CHUNK];                                                       \
+    Py_ssize_t since = 0; /* axis 1: full rows added into pk since its last flush into colp */ \
     Py_ssize_t ri = 0, cc = start % cols;                                     \
     double racc[6] = {0, 0, 0, 0, 0, 0};                                      \
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {                            \
         Py_ssize_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n, m = c1 - c0;         \
-        STATS_CHUNK(LA, LB, HIST, KEEP_HEAD_TERMS)                            \
+        int masked = 1;                                                       \
+        CHUNKF(LA, LB, HIST, KEEP_HEAD_TERMS) HIST(LA, LB)               \
         WIDE_ENERGIES(LA, LB)                                                 \
         if (!wide)                                                            \
             for (Py_ssize_t j = 0; j < m; j++) et[j] = (double)dt[j] * (double)dt[j]; \
@@ -469,25 +631,22 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
             Py_ssize_t len = cols - cc < m - j ? cols - cc : m - j;           \
             const double *e = et + j;                                         \
             const float *q = av + j;                                          \
-            const int32_t *f = fl + j;                                        \
+            const uint64_t *f = fl + j;                                       \
             if (axis == 0) {                                                  \
                 double *cp = colp + cc, s0 = 0, s1 = 0;                       \
-                int32_t n0 = 0, n1 = 0, n2 = 0, n3 = 0;                       \
+                uint64_t nf = 0; /* len <= CHUNK < 65536 */                   \
                 for (Py_ssize_t k = 0; k < len; k++) {                        \
                     cp[k] += e[k]; s0 += e[k]; s1 += (double)q[k] * (double)q[k]; \
-                    n0 += f[k] & 1; n1 += (f[k] >> 1) & 1;                    \
-                    n2 += (f[k] >> 2) & 1; n3 += (f[k] >> 3) & 1;             \
+                    nf += f[k];                                               \
                 }                                                             \
-                racc[0] += s0; racc[1] += s1; racc[2] += n0; racc[3] += n1;   \
-                racc[4] += n2; racc[5] += n3;                                 \
+                racc[0] += s0; racc[1] += s1;                                 \
+                for (int k = 0; k < 4; k++) racc[2 + k] += FIELD(nf, k);      \
             } else {                                                          \
-                double *c0p = colp + cc, *c1p = c0p + cols, *c2p = c1p + cols, \
-                       *c3p = c2p + cols, *c4p = c3p + cols, *c5p = c4p + cols; \
-                double s0 = 0;                                                \
+                double *c0p = colp + cc, *c1p = c0p + cols, s0 = 0;           \
+                uint64_t *pp = pk + cc;                                       \
                 for (Py_ssize_t k = 0; k < len; k++) {                        \
                     c0p[k] += e[k]; c1p[k] += (double)q[k] * (double)q[k]; s0 += e[k]; \
-                    c2p[k] += f[k] & 1; c3p[k] += (f[k] >> 1) & 1;            \
-                    c4p[k] += (f[k] >> 2) & 1; c5p[k] += (f[k] >> 3) & 1;     \
+                    pp[k] += f[k];                                            \
                 }                                                             \
                 racc[0] += s0;                                                \
             }                                                                 \
@@ -495,22 +654,33 @@ static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
             if (cc == cols) {                                                 \
                 for (int k = 0; k < 6; k++) { rowp[k * nrows + ri] += racc[k]; racc[k] = 0; } \
                 ri++; cc = 0;                                                 \
+                if (axis == 1 && ++since == 65535) { HEADS_FLUSH; since = 0; } \
             }                                                                 \
         }                                                                     \
     }                                                                         \
     if (cc != 0)                                                              \
         for (int k = 0; k < 6; k++) rowp[k * nrows + ri] += racc[k];          \
+    if (axis == 1) HEADS_FLUSH;                                               \
 }
-DEF_STATS_HEADS(sh_ff, LOAD_F32, LOAD_F32, HIST_OFF)
-DEF_STATS_HEADS(sh_fb, LOAD_F32, LOAD_BF16, HIST_OFF)
-DEF_STATS_HEADS(sh_bf, LOAD_BF16, LOAD_F32, HIST_OFF)
-DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF)
-DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON)
-DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON)
-DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON)
-DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON)
+#define DEF_STATS_HEADS(NAME, LA, LB, HIST, CHUNKF)                                 \
+DEF_STATS_HEADS_AT(NAME##_p, , LA, LB, HIST, CHUNKF)                                \
+DEF_STATS_HEADS_AT(NAME##_a2, T_AVX2, LA, LB, HIST, CHUNKF)                         \
+DEF_STATS_HEADS_AT(NAME##_a5, T_AVX512, LA, LB, HIST, CHUNKF)                       \
+static void NAME(const void *pa, const void *pb, Py_ssize_t n, float atol,    \
+                 float eta, int64_t *hist, Stats *s, Py_ssize_t start,        \
+                 Py_ssize_t cols, int axis, Py_ssize_t nrows, double *rowp, double *colp, uint64_t *pk) { \
+    PICK3(NAME, (pa, pb, n, atol, eta, hist, s, start, cols, axis, nrows, rowp, colp, pk)); \
+}
+DEF_STATS_HEADS(sh_ff, LOAD_F32, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_fb, LOAD_F32, LOAD_BF16, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bf, LOAD_BF16, LOAD_F32, HIST_OFF, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bb, LOAD_BF16, LOAD_BF16, HIST_OFF, FAST_CHUNK_BB)
+DEF_STATS_HEADS(sh_ff_h, LOAD_F32, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_HEADS(sh_fb_h, LOAD_F32, LOAD_BF16, HIST_ON, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bf_h, LOAD_BF16, LOAD_F32, HIST_ON, FAST_CHUNK)
+DEF_STATS_HEADS(sh_bb_h, LOAD_BF16, LOAD_BF16, HIST_ON, FAST_CHUNK_BB)
 typedef void (*sh_fn)(const void *, const void *, Py_ssize_t, float, float, int64_t *, Stats *, Py_ssize_t,
-                      Py_ssize_t, int, Py_ssize_t, double *, double *);
+                      Py_ssize_t, int, Py_ssize_t, double *, double *, uint64_t *);
 static sh_fn SH_FNS[2][2][2] = {
     {{sh_ff, sh_ff_h}, {sh_fb, sh_fb_h}},
     {{sh_bf, sh_bf_h}, {sh_bb, sh_bb_h}},
@@ -533,17 +703,61 @@ static PyObject *py_stats_heads(PyObject *self, PyObject *args) {
         release_io(&io);
         return NULL;
     }
+    uint64_t *pk = NULL; /* axis 1: the packed flag sums per column (see FIELD) */
+    if (axis == 1 && (pk = calloc((size_t)cols, sizeof *pk)) == NULL) {
+        release_io(&io);
+        return PyErr_NoMemory();
+    }
     Stats s;
     memset(&s, 0, sizeof s);
     Py_BEGIN_ALLOW_THREADS
     SH_FNS[ka][kb][io.has_hist](io.a.buf, io.b.buf, na, atol, eta, io.has_hist ? (int64_t *)io.h.buf : NULL, &s,
-                                start, cols, axis, nrows, (double *)io.r.buf, (double *)io.c.buf);
+                                start, cols, axis, nrows, (double *)io.r.buf, (double *)io.c.buf, pk);
     Py_END_ALLOW_THREADS
+    free(pk);
     release_io(&io);
     return stats_tuple(&s);
 }
 
+/* simd() -> the name of the loops in use; simd(name) selects "portable", "avx2" or "avx512" (ValueError when the
+ * CPU lacks it) or "auto" (the widest the CPU has) and returns the name now in use. */
+static int simd_supported(int level) {
+#ifdef UPD_X86
+    __builtin_cpu_init();
+    if (level == 2)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (level == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return level == 0;
+}
+
+static int simd_best(void) { return simd_supported(2) ? 2 : simd_supported(1) ? 1 : 0; }
+
+static PyObject *py_simd(PyObject *self, PyObject *args) {
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|s", &name)) return NULL;
+    if (name != NULL) {
+        int level = -1;
+        for (int k = 0; k < 3; k++)
+            if (strcmp(name, SIMD_NAMES[k]) == 0) level = k;
+        if (strcmp(name, "auto") == 0) level = simd_best();
+        if (level < 0) {
+            PyErr_Format(PyExc_ValueError, "simd: unknown name %s (portable, avx2, avx512 or auto)", name);
+            return NULL;
+        }
+        if (!simd_supported(level)) {
+            PyErr_Format(PyExc_ValueError, "simd: this CPU (or build) has no %s path", name);
+            return NULL;
+        }
+        simd_level = level;
+    }
+    return PyUnicode_FromString(SIMD_NAMES[simd_level]);
+}
+
 static PyMethodDef methods[] = {
+    {"simd", py_simd, METH_VARARGS, "The SIMD path of the loops (portable, avx2, avx512); simd(name) selects one."},
     {"stats", py_stats, METH_VARARGS, "Fused per-block statistics of base vs fine-tuned weights."},
     {"pair", py_pair, METH_VARARGS, "Fused per-block statistics of two updates of one base."},
     {"widen_bf16", py_widen_bf16, METH_VARARGS, "Exact bfloat16 -> float32 widening."},
@@ -554,4 +768,12 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
+/* The widest path the CPU has, capped by UPDELTA_KERNEL_SIMD (portable, avx2 or avx512; other values ignored). */
+PyMODINIT_FUNC PyInit__fused(void) {
+    simd_level = simd_best();
+    const char *env = getenv("UPDELTA_KERNEL_SIMD");
+    if (env != NULL)
+        for (int k = 0; k < 3; k++)
+            if (strcmp(env, SIMD_NAMES[k]) == 0 && k < simd_level) simd_level = k;
+    return PyModule_Create(&module);
+}
