@@ -112,11 +112,8 @@ class DiffOptions:
                           "output-side update (the family's lens modules, e.g. o_proj, down_proj) are pushed through "
                           "the base's final norm and unembedding into `Result.lens`; 0: none (docs/metrics.md).",
                        at_least=0)
-    max_memory: str = option("auto", "Memory budget of one spectral job, in bytes (suffix K, M, G: powers of 1024) or "
-                                   "`auto`. `fast`: a tensor whose whole-tensor copies (W0, W1 as stored and D in "
-                                   "float32) would exceed it is streamed by row blocks instead (flat memory; auto: "
-                                   "512 MiB). `full`: a tensor whose decomposition would exceed it is refused with a "
-                                   "warning naming the bytes it needs (auto: no limit). docs/metrics.md.")
+    max_memory: str = option("auto", "Spectral memory per job (bytes, K/M/G) or auto: fast streams a larger tensor by "
+                                   "row blocks (auto 512M); full refuses it in a warning (auto: no limit).")
     merge_dtype: MergeDtype = option("off", "Adapter runs (PEFT LoRA folders): measure what a checkpoint merged in this "
                                           "dtype would store (D in float32, cast, added to W0 in this dtype), which "
                                           "gives sparsity; `off` measures the exact update from the factors "

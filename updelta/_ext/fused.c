@@ -144,7 +144,7 @@ typedef struct {
         float a = bits2f(ua), b = bits2f(ub);                                 \
         float d = b - a;                                                      \
         float ad = fabsf(d);                                                  \
-        ss_d += d * d; ss_a += a * a; dot += d * a; sabs += ad;               \
+        ss_d += d * d; ss_a += a * a; dot += (double)d * a; sabs += ad;       \
         uint32_t adb = f2bits(ad);                                            \
         mx = adb > mx ? adb : mx;                                             \
         uint32_t ibig = ia > ib ? ia : ib;                                    \
@@ -169,7 +169,7 @@ typedef struct {
     {                                                                         \
         int32_t eq = 0, at = 0, rt = 0;                                       \
         uint32_t mx = 0;                                              \
-        float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
+        float ss_d = 0, ss_a = 0, sabs = 0; double dot = 0;                 \
         for (Py_ssize_t i = c0; i < c1; i++) FAST_ELEM(LA(pa, i), LB(pb, i), EXTRA) \
         FAST_COMMIT(LA, LB, EXTRA)                                            \
     }
@@ -186,7 +186,7 @@ static inline uint32_t load_u32(const void *p, Py_ssize_t k) {
     {                                                                         \
         int32_t eq = 0, at = 0, rt = 0;                                       \
         uint32_t mx = 0;                                              \
-        float ss_d = 0, ss_a = 0, dot = 0, sabs = 0;                          \
+        float ss_d = 0, ss_a = 0, sabs = 0; double dot = 0;                 \
         for (Py_ssize_t k = c0 / 2; k < c1 / 2; k++) {                        \
             uint32_t wa = load_u32(pa, k), wb = load_u32(pb, k);              \
             { Py_ssize_t i = 2 * k; (void)i; FAST_ELEM(wa << 16, wb << 16, EXTRA) }    \
@@ -309,12 +309,13 @@ static inline __attribute__((always_inline)) void pair_body(const uint32_t *p0, 
         { /* the fast chunk (as FAST_CHUNK): no masks; a NaN/Inf in the base, in a or in b makes ssa or ssb
            * non-finite, and so does an overflow: such a chunk goes to the masked loop below */
             int32_t be = 0, ba = 0, br = 0, sg = 0;
-            float dot = 0, ssa = 0, ssb = 0;
+            float ssa = 0, ssb = 0;
+            double dot = 0; /* products of two updates cancel (cosines near 0): summed in double */
             for (Py_ssize_t i = c0; i < c1; i++) {
                 uint32_t u0 = p0[i], ua = pa[i], ub = pb[i];
                 float w = bits2f(u0), x = bits2f(ua), y = bits2f(ub);
                 float da = x - w, db = y - w;
-                dot += da * db; ssa += da * da; ssb += db * db;
+                dot += (double)da * db; ssa += da * da; ssb += db * db;
                 int32_t ce = (x != w) & (y != w);
                 be += ce;
                 float ada = fabsf(da), adb = fabsf(db);
