@@ -12,16 +12,12 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from updelta.api import base_identities, compare
 from updelta.commands.common import RUN_BASE_HELP, parse_runs
 from updelta.commands.params import ENGINE_PANEL, with_options
 from updelta.errors import UpdeltaError
 from updelta.options import DiffOptions, ReportOptions
-from updelta.report import check_out_dir, write_report
 from updelta.report.gates import GRAMMAR, check_runs, parse_gates
 from updelta.scan.runbases import parse_run_bases
-from updelta.tables.evals import check_bases, check_names, parse_eval_specs
-from updelta.tables.trajectory import load_result as load
 
 
 def _esc(s: str) -> str:
@@ -68,6 +64,11 @@ def report(
 ):
 
     # Everything that can be checked without reading a checkpoint, before reading one.
+    from updelta.api import base_identities, compare  # fast --help: pandas and the engine when the command runs
+    from updelta.report import check_out_dir, write_report  # fast --help: loaded when the command runs
+    from updelta.tables.evals import check_bases, check_names, parse_eval_specs  # fast --help: pandas on use
+    from updelta.tables.trajectory import load_result as load  # fast --help: loaded when the command runs
+
     gates = parse_gates(gate or [])
     evals = parse_eval_specs(eval_ or [])
     run_bases = parse_run_bases(run_base)

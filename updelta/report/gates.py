@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 from updelta.errors import UpdeltaError
 from updelta.metrics import schema
-from updelta.tables.aggregate import aggregate_pairs, aggregate_tensors, counted, towers_included
 
 GRAMMAR = ("gate grammar: [AGG:]METRIC OP VALUE[@SELECTOR]; AGG in max, min, mean (over the selected tensors; "
            "without AGG: each run's whole-model value); OP in <, <=, >, >=; SELECTOR: comma-separated run names "
@@ -260,6 +259,8 @@ def _subjects(gate: Gate, result) -> tuple:
     """(kind, per-tensor table filtered by tensor selectors, subjects) or an `UpdeltaError`."""
     import pandas as pd  # pandas: not needed to parse a gate
 
+    from updelta.tables.aggregate import counted, towers_included  # pandas: not needed to parse a gate
+
 
     if gate.is_pair:
         table = result.pairs if result.pairs is None else counted(result.pairs, towers_included(result.meta))
@@ -303,6 +304,7 @@ def _subjects(gate: Gate, result) -> tuple:
 # ---- evaluation --------------------------------------------------------------------------------
 def _whole(kind: str, sel_t, full: bool, result):
     """Per-subject aggregate of the selected tensors (the stored whole-model table when nothing is filtered)."""
+    from updelta.tables.aggregate import aggregate_pairs, aggregate_tensors  # pandas: not needed to parse a gate
 
     if kind == "run":
         if full:
