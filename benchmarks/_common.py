@@ -11,49 +11,37 @@ from pathlib import Path
 DATA = Path(__file__).parent / "_data"
 
 
+def qwen2_shapes(hidden: int, inter: int, vocab: int, kv: int, layers: int) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a Qwen2-family model (q/k/v biases, untied head left out): `kv` = KV heads x head dim."""
+    h = hidden
+    s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        s[p + "self_attn.q_proj.weight"] = (h, h)
+        s[p + "self_attn.q_proj.bias"] = (h,)
+        s[p + "self_attn.k_proj.weight"] = (kv, h)
+        s[p + "self_attn.k_proj.bias"] = (kv,)
+        s[p + "self_attn.v_proj.weight"] = (kv, h)
+        s[p + "self_attn.v_proj.bias"] = (kv,)
+        s[p + "self_attn.o_proj.weight"] = (h, h)
+        s[p + "mlp.gate_proj.weight"] = (inter, h)
+        s[p + "mlp.up_proj.weight"] = (inter, h)
+        s[p + "mlp.down_proj.weight"] = (h, inter)
+        s[p + "input_layernorm.weight"] = (h,)
+        s[p + "post_attention_layernorm.weight"] = (h,)
+    s["model.norm.weight"] = (h,)
+    return s
+
+
 def qwen2_05b_shapes(layers: int = 24) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of Qwen2-0.5B (hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab 151936)."""
-    h, inter, vocab, kv = 896, 4864, 151936, 128
-    s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        s[p + "self_attn.q_proj.weight"] = (h, h)
-        s[p + "self_attn.q_proj.bias"] = (h,)
-        s[p + "self_attn.k_proj.weight"] = (kv, h)
-        s[p + "self_attn.k_proj.bias"] = (kv,)
-        s[p + "self_attn.v_proj.weight"] = (kv, h)
-        s[p + "self_attn.v_proj.bias"] = (kv,)
-        s[p + "self_attn.o_proj.weight"] = (h, h)
-        s[p + "mlp.gate_proj.weight"] = (inter, h)
-        s[p + "mlp.up_proj.weight"] = (inter, h)
-        s[p + "mlp.down_proj.weight"] = (h, inter)
-        s[p + "input_layernorm.weight"] = (h,)
-        s[p + "post_attention_layernorm.weight"] = (h,)
-    s["model.norm.weight"] = (h,)
-    return s
+    return qwen2_shapes(896, 4864, 151936, 128, layers)
 
 
-def qwen25_3b_shapes(layers: int = 36) -> dict[str, tuple[int, ...]]:
+def qwen25_3b_shapes(layers: int = 36, vocab: int = 151936) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of Qwen2.5-3B (hidden 2048, 16 heads, 2 KV heads, MLP 11008, vocab 151936, tied embeddings);
     fewer `layers` keep the per-tensor shapes (what the kernel's per-element cost depends on) at a smaller size."""
-    h, inter, vocab, kv = 2048, 11008, 151936, 256
-    s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        s[p + "self_attn.q_proj.weight"] = (h, h)
-        s[p + "self_attn.q_proj.bias"] = (h,)
-        s[p + "self_attn.k_proj.weight"] = (kv, h)
-        s[p + "self_attn.k_proj.bias"] = (kv,)
-        s[p + "self_attn.v_proj.weight"] = (kv, h)
-        s[p + "self_attn.v_proj.bias"] = (kv,)
-        s[p + "self_attn.o_proj.weight"] = (h, h)
-        s[p + "mlp.gate_proj.weight"] = (inter, h)
-        s[p + "mlp.up_proj.weight"] = (inter, h)
-        s[p + "mlp.down_proj.weight"] = (h, inter)
-        s[p + "input_layernorm.weight"] = (h,)
-        s[p + "post_attention_layernorm.weight"] = (h,)
-    s["model.norm.weight"] = (h,)
-    return s
+    return qwen2_shapes(2048, 11008, vocab, 256, layers)
 
 
 def llama_shapes(hidden: int = 1024, inter: int = 2816, layers: int = 10, vocab: int = 32000,

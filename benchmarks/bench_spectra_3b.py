@@ -22,27 +22,6 @@ from _common import DATA, PY, folder_bytes, measure
 UPDELTA = str(Path(PY).parent / "updelta")
 
 
-def qwen25_3b_shapes(layers: int, vocab: int) -> dict[str, tuple[int, ...]]:
-    h, inter, kv = 2048, 11008, 256
-    s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        s[p + "self_attn.q_proj.weight"] = (h, h)
-        s[p + "self_attn.q_proj.bias"] = (h,)
-        s[p + "self_attn.k_proj.weight"] = (kv, h)
-        s[p + "self_attn.k_proj.bias"] = (kv,)
-        s[p + "self_attn.v_proj.weight"] = (kv, h)
-        s[p + "self_attn.v_proj.bias"] = (kv,)
-        s[p + "self_attn.o_proj.weight"] = (h, h)
-        s[p + "mlp.gate_proj.weight"] = (inter, h)
-        s[p + "mlp.up_proj.weight"] = (inter, h)
-        s[p + "mlp.down_proj.weight"] = (h, inter)
-        s[p + "input_layernorm.weight"] = (h,)
-        s[p + "post_attention_layernorm.weight"] = (h,)
-    s["model.norm.weight"] = (h,)
-    return s
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2)
@@ -52,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     folder = DATA / f"qwen25_3b_L{args.layers}_V{args.vocab}"
     code = ("import sys; sys.path.insert(0, %r); from _common import write_pair; from pathlib import Path; "
-            "from bench_spectra_3b import qwen25_3b_shapes as q; write_pair(Path(%r), q(%d, %d), shards=2)"
+            "from _common import qwen25_3b_shapes as q; write_pair(Path(%r), q(%d, %d), shards=2)"
             ) % (str(Path(__file__).parent), str(folder), args.layers, args.vocab)
     subprocess.run([PY, "-c", code], check=True, cwd=Path(__file__).parent)  # torch stays out of this process
     base, ft = folder / "base", folder / "ft"

@@ -10,7 +10,7 @@ Per run: `gain` (after - before on the run's own task: target_id for a target ru
 with its standard error `gain_se` (`claim_rules.gain_se`), `retention_change` (after - before on retention) with
 `retention_se`, `kl` (forward KL per token to the base on the run's own task, `claims.run_kl`), `rel_delta`
 (||D||_F / ||W0||_F, whole model), `sparsity` (atol convention), `concentration` (top-1% share of the token rows of
-the unembedding, or of the embedding when the head is tied: `claim_predictions.named_tensors`),
+the unembedding, or of the embedding when the head is tied: `predictions.named_tensors`),
 `gain_per_update` = gain / rel_delta and `retention_lost_per_gain` = (-retention_change) / gain (NaN unless the
 gain is positive).
 """

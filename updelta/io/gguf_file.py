@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from updelta.errors import CheckpointError
+from updelta.io.regular import Descriptor, open_regular
 from updelta.io.gguf_header import read_header
 from updelta.io.gguf_names import transform_of
 
@@ -57,7 +57,7 @@ def gguf_version() -> str:
         return "?"
 
 
-class GGUFFile:
+class GGUFFile(Descriptor):
     """One validated .gguf file: names, shapes, ggml types, metadata, and de-quantized block reads."""
 
     location_format = "gguf"
@@ -65,14 +65,7 @@ class GGUFFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._fd = -1
-        try:
-            st = self.path.stat()
-            if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(f"{self.path}: not a regular file; pass the .gguf file itself")
-            self.size = st.st_size
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot open ({e.strerror})") from None
+        self._fd, self.size = open_regular(self.path, "the .gguf file itself")
         try:
             header = read_header(self._fd, self.size, self.path)
             for t in header.tensors.values():
@@ -186,16 +179,6 @@ class GGUFFile:
         self.transform(name).read(self, name, start, count, vals)
         return vals
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def split_files(p: Path) -> tuple[Path, ...] | None:

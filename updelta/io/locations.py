@@ -77,6 +77,11 @@ class FactoredLocation:
     dtype: str  # the factors' storage dtype
 
     @property
+    def stored(self) -> str:
+        """No stored type beside `dtype` (cf. `TensorLocation.stored`)."""
+        return ""
+
+    @property
     def numel(self) -> int:
         return math.prod(self.shape)
 

@@ -1,6 +1,6 @@
 """Quantized checkpoints: FP8 weights de-quantized block by block; every other quantized layout refused by name.
 
-`dequantize(ck)` runs when a checkpoint is opened (`checkpoint.open_checkpoint`), on the tensors' names, dtypes and
+`dequantize(ck)` runs when a checkpoint is opened (`opener.open_checkpoint`), on the tensors' names, dtypes and
 shapes and on `config.json`'s `quantization_config` (docs/quantized.md):
 
 - **FP8 with scales** (DeepSeek-V3/R1 `weight_scale_inv` block scales, per-tensor and per-row `weight_scale` of

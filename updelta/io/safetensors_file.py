@@ -11,12 +11,12 @@ pages read with pread do not. Memory therefore stays flat whatever the model siz
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from updelta.errors import CheckpointError
+from updelta.io.regular import Descriptor, open_regular
 from updelta.io.safetensors_header import DTYPE_BITS, read_header
 
 # safetensors dtype -> (torch-style name, numpy dtype of the raw storage or None when never read).
@@ -84,20 +84,13 @@ class HeaderEntries:
         return self.entries[name][1]
 
 
-class SafetensorsFile(HeaderEntries):
+class SafetensorsFile(HeaderEntries, Descriptor):
     """The header of one .safetensors file, validated (`safetensors_header`), and block reads from it."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._fd = -1
-        try:
-            st = self.path.stat()
-            if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(f"{self.path}: not a regular file; pass the weights file itself")
-            self.size = st.st_size
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot open ({e.strerror})") from None
+        self._fd, self.size = open_regular(self.path, "the weights file itself")
         try:
             header = read_header(self._fd, self.size, self.path)
         except BaseException:
@@ -121,14 +114,3 @@ class SafetensorsFile(HeaderEntries):
         """
         _, _, offset = self.entries[name]
         return pread_elements(self._fd, offset, self.raw_dtype(name), start, count, out, self.path, name)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -185,6 +185,19 @@ class _BandGram:
         return np.sqrt(np.clip(w[::-1], 0.0, None))
 
 
+def ritz_error(delta: np.ndarray, prev_delta: np.ndarray, theta: np.ndarray, anorm: float) -> float:
+    """The estimated largest relative error of the Ritz values `theta` from their last two changes (`delta` and
+    `prev_delta`: geometric extrapolation of the remaining change), scaled by max(theta, 1e-6 * ||A||); 0 for none."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # a value that moves after a step without change gets no estimate (inf), not a zero one
+        rho = np.where(prev_delta > 0, delta / np.where(prev_delta > 0, prev_delta, 1.0),
+                       np.where(delta > 0, np.inf, 0.0))
+    est = np.where(rho < 0.95, delta * rho / np.maximum(1.0 - rho, 1e-12), np.inf)
+    est = np.where(delta == 0, 0.0, est)
+    scale = np.maximum(theta, anorm * 1e-6)
+    return float(np.max(est / scale)) if est.size else 0.0
+
+
 def _gram_values(A: torch.Tensor, k: int) -> tuple[np.ndarray, float]:
     """Top-k singular values of a tall A (m >= n) from the eigenvalues of its n x n Gram matrix A^T A
     (one GEMM in A's dtype, eigvalsh in float64), with an estimate of their relative rounding error:
@@ -287,14 +300,7 @@ def topk_singular_values(A: torch.Tensor, k: int, *, rtol: float = 2.5e-4, block
         anorm = max(anorm, float(theta[0]))
         delta = np.maximum(theta - prev, 0.0)
         if prev_delta is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                # a value that moves after a step without change gets no estimate (inf), not a zero one
-                rho = np.where(prev_delta > 0, delta / np.where(prev_delta > 0, prev_delta, 1.0),
-                               np.where(delta > 0, np.inf, 0.0))
-            est = np.where(rho < 0.95, delta * rho / np.maximum(1.0 - rho, 1e-12), np.inf)
-            est = np.where(delta == 0, 0.0, est)
-            scale = np.maximum(theta, anorm * 1e-6)
-            err = float(np.max(est / scale)) if est.size else 0.0
+            err = ritz_error(delta, prev_delta, theta, anorm)
             if err <= rtol:
                 break
         prev_delta = delta

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from updelta.metrics.linalg import TopK
+from updelta.metrics.linalg import TopK, ritz_error
 
 Rows = Callable[[int, int], torch.Tensor]
 BLOCK_ELEMS = 1 << 21  # elements per row block of a pass (16 MiB in float64)
@@ -127,12 +127,7 @@ def topk_streamed(rows: Rows, M: int, N: int, k: int, *, rtol: float = 2.5e-4, b
         if prev is not None:
             delta = np.maximum(theta - prev, 0.0)
             if prev_delta is not None:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    rho = np.where(prev_delta > 0, delta / np.where(prev_delta > 0, prev_delta, 1.0),
-                                   np.where(delta > 0, np.inf, 0.0))
-                est = np.where(rho < 0.95, delta * rho / np.maximum(1.0 - rho, 1e-12), np.inf)
-                est = np.where(delta == 0, 0.0, est)
-                err = float(np.max(est / np.maximum(theta, anorm * 1e-6)))
+                err = ritz_error(delta, prev_delta, theta, anorm)
                 if err <= rtol:
                     break
             prev_delta = delta

@@ -128,7 +128,7 @@ class SpectralJob:
     opts: DiffOptions
     device: str
     threads: int
-    lens: bool = False  # also the update's top directions for the logit lens (jobs_lens)
+    lens: bool = False  # also the update's top directions for the logit lens (scan/jobs/lens.py)
 
     @property
     def cost(self) -> int:

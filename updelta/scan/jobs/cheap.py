@@ -171,7 +171,7 @@ def tensor_records(t: TensorSpec, parts: list[CheapPart]) -> TensorRecords:
     recs, nonfinite = [], []
     for side in t.sides:
         r, s = side.run, sums[side.run]
-        rec = {"run": r, **common, "dtype_ft": getattr(side.loc, "stored", "") or side.loc.dtype, "resized": side.added_rows > 0,
+        rec = {"run": r, **common, "dtype_ft": side.loc.stored or side.loc.dtype, "resized": side.added_rows > 0,
                "added_rows": side.added_rows, "added_fro": added.get(r, 0.0),
                "tied": bool(side.tied or t.base_tied), **ew.finalize(s)}
         if r in hists:
